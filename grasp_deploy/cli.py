@@ -38,6 +38,13 @@ def main() -> None:
     """
 
 
+def _quiet_transformers() -> None:
+    """No 'Loading weights' bars from transformers when the user asked for quiet output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _device_options(f):
     f = click.option("--dtype", default="auto", show_default=True,
                      help="auto (bfloat16 on CUDA or CPUs with native bf16, else float32), bfloat16, float16 or float32.")(f)
@@ -98,6 +105,8 @@ def prune(model, prune_ratio, out, method, calib, num_samples, seq_len, epochs, 
     from .grasp import GraspSettings
     from .pruning import PruneConfig, run_prune
 
+    if quiet:
+        _quiet_transformers()
     try:
         settings = GraspSettings(epochs=epochs, scale_epochs=scale_epochs, lr=lr, tau=tau,
                                  tie_break=tie_break)
@@ -156,6 +165,8 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, device, dtype,
     """
     from .evaluate import EvalConfig, run_eval
 
+    if quiet or as_json:
+        _quiet_transformers()
     result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
                                  max_windows=max_windows, batch_size=batch_size, device=device,
                                  dtype=dtype, progress=not (quiet or as_json)))
@@ -166,6 +177,77 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, device, dtype,
                f"x {result.seq_len} tokens ({result.tokens:,}), {result.model}"
                f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}, "
                f"{result.seconds:.1f}s")
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] PLAN_DIR")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="CKPT_DIR to write (atomically).")
+@click.option("--format", "fmt", default="safetensors", show_default=True,
+              type=click.Choice(["safetensors", "onnx"]),
+              help="onnx also writes onnx/model.onnx and checks it with onnxruntime.")
+@click.option("--dtype", default="source", show_default=True,
+              help="Weight dtype: source (as the source checkpoint), bfloat16, float16, float32.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Split weights into shards (with an index) above this size.")
+@click.option("--force", is_flag=True, help="Replace an existing CKPT_DIR.")
+def export(args, out, fmt, dtype, max_shard_size, force):
+    """Materialise a plan: a smaller dense checkpoint with per-layer widths.
+
+    MODEL defaults to the plan's source model. The directory loads with
+    AutoModelForCausalLM.from_pretrained(CKPT, trust_remote_code=True) in stock transformers,
+    and with grasp-deploy serve (vLLM).
+    """
+    from .export import ExportConfig, run_export
+
+    if len(args) > 2:
+        raise GraspError(f"export takes [MODEL] PLAN_DIR, got {len(args)} arguments")
+    model, plan_dir = (None, args[0]) if len(args) == 1 else args
+    result = run_export(ExportConfig(plan_dir=Path(plan_dir), out=out, model=model, format=fmt,
+                                     dtype=dtype, max_shard_size=max_shard_size, force=force))
+    m = result.manifest
+    p, kv = m["parameters"], m["kv_cache_bytes_per_token"]
+    lines = [f"checkpoint written to {result.directory}",
+             f"  parameters   {p['dense']:,} -> {p['pruned']:,} (-{p['reduction']:.2%})",
+             f"  KV bytes/tok {kv['dense']:,} -> {kv['pruned']:,} ({kv['dtype']}, "
+             f"x{kv['pruned'] / kv['dense']:.3f})",
+             f"  weights      {', '.join(m['weights'])}"]
+    if result.onnx:
+        lines.append(f"  onnx         {result.onnx['file']}; max |logits diff| vs PyTorch "
+                     f"{result.onnx['max_abs_logits_diff']:.2e}")
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(checkpoint, as_json):
+    """Per-layer widths, parameter counts and KV-cache bytes of CHECKPOINT; verifies sha256."""
+    from .export import inspect_checkpoint
+
+    r = inspect_checkpoint(checkpoint)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    lines = [f"{r['directory']}: {r['architecture']}, {len(r['layers'])} layers"]
+    if "source" in r:
+        lines.append(f"  source       {r['source']['model']} ({r['source']['fingerprint']}), "
+                     f"method {r['method']}")
+        lines.append(f"  parameters   {r['dense_parameters']:,} dense -> {r['parameters']:,} "
+                     f"(x{r['parameters'] / r['dense_parameters']:.3f})")
+        lines.append(f"  KV bytes/tok {r['dense_kv_cache_bytes_per_token']:,} dense -> "
+                     f"{r['kv_cache_bytes_per_token']:,} "
+                     f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})")
+    else:
+        lines.append(f"  parameters   {r['parameters']:,}")
+        lines.append(f"  KV bytes/tok {r['kv_cache_bytes_per_token']:,}")
+    lines.append("  layer  ffn_width  kv_heads  q_heads")
+    for i, l in enumerate(r["layers"]):
+        lines.append(f"  {i:>5}  {l['intermediate_size']:>9}  {l['num_key_value_heads']:>8}  "
+                     f"{l['num_attention_heads']:>7}")
+    lines.append("  sha256 of every weight file matches grasp_manifest.json" if r["verified_sha256"]
+                 else "  (no grasp_manifest.json: weights not hash-checked)")
+    click.echo("\n".join(lines))
 
 
 @main.command()

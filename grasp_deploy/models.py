@@ -160,10 +160,15 @@ def load_model(source: ModelSource, dtype: torch.dtype = torch.float32,
     """The frozen causal LM in eval mode (config checked first, before any weights load)."""
     from transformers import AutoModelForCausalLM
 
-    load_config(source)
+    config = load_config(source)
+    if source.kind == "local" and config.model_type == "grasp_llama":
+        from .export import read_checkpoint, verify_checkpoint
+
+        # Shapes against config and readable headers: a clear error instead of a stack trace.
+        verify_checkpoint(read_checkpoint(Path(source.location)), hashes=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(ensure_available(source), dtype=dtype)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise GraspError(f"cannot load model {source.spec}: {_first_line(err)}") from err
     model.to(device).eval().requires_grad_(False)
     return model
