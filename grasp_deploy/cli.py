@@ -250,6 +250,51 @@ def inspect(checkpoint, as_json):
     click.echo("\n".join(lines))
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("model", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None, help="Require this bearer token from clients.")
+@click.option("--max-model-len", default=None, type=int, help="Context length to serve.")
+@click.option("--kv-cache-gb", default=None, type=float,
+              help="KV-cache memory in GiB (CPU RAM or GPU memory; vLLM's "
+                   "--kv-cache-memory-bytes). Same value for dense and pruned = fair A/B.")
+@click.option("--dtype", default="auto", show_default=True, help="vLLM --dtype.")
+@click.option("--served-model-name", default=None, help="[default: the directory name]")
+@click.option("--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start).")
+@click.option("--startup-timeout", default=900.0, show_default=True, type=float, help="Seconds.")
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_model_name,
+          enforce_eager, startup_timeout, vllm_args):
+    """Serve a pruned checkpoint or a dense model with vLLM's OpenAI-compatible server.
+
+    Other vLLM flags go after '--', e.g.  grasp-deploy serve CKPT -- --max-num-seqs 32.
+    Ctrl-C or SIGTERM stops the server and its engine process.
+    """
+    from .serve import kv_summary, run_serve, server_config
+
+    config = server_config(model, host=host, port=port, api_key=api_key,
+                           max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=dtype,
+                           served_name=served_model_name, enforce_eager=enforce_eager,
+                           startup_timeout=startup_timeout, extra_args=tuple(vllm_args))
+
+    def on_ready(server):
+        auth = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
+        click.echo("\n".join([
+            f"serving {config.name} at {server.url}/v1  (OpenAI-compatible)",
+            f"  model     {config.model}",
+            f"  {kv_summary(server)}",
+            f"  log       {server.log_path}",
+            f"  try       curl {server.url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+            f"-d '{{\"model\": \"{config.name}\", \"messages\": [{{\"role\": \"user\", "
+            f"\"content\": \"Hello\"}}], \"max_tokens\": 32}}'",
+            "  Ctrl-C to stop",
+        ]))
+
+    code = run_serve(config, on_ready, say=lambda msg: click.echo(msg, err=True))
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--fetch", "fetch_name", default=None, metavar="NAME",
               help="Download and convert a known model into the cache now.")

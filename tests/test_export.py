@@ -18,7 +18,7 @@ from grasp_deploy.export import ExportConfig, materialize, run_export
 from grasp_deploy.masking import multiplied
 from grasp_deploy.plan import Plan, SourceModel, budget_report, layers_from_mask
 from grasp_deploy.projection import UnitLayout, project
-from conftest import listing, save_tiny, tiny_model
+from conftest import listing, save_tiny
 
 VARIANTS = {
     "gqa-untied": dict(),

@@ -1,0 +1,65 @@
+"""The serve job: check the model, start vLLM through the launcher, wait, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import models
+
+
+def server_config(model: str | None, **options: Any):
+    """A launcher config for a pruned checkpoint or a dense model, checked before start-up."""
+    from grasp_serving.launcher import ServerConfig, require_vllm
+
+    require_vllm()
+    source = models.resolve_source(model)
+    models.load_config(source)  # missing config / unsupported architecture fail here
+    location = models.ensure_available(source)
+    name = options.pop("served_name", None) or (
+        source.spec if source.kind != "local" else Path(location).name)
+    return ServerConfig(model=location, served_name=name, **options)
+
+
+def _raise_interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def run_serve(config, on_ready: Callable[[Any], None], say: Callable[[str], None]) -> int:
+    """Serve until Ctrl-C / SIGTERM (exit 0) or until the server dies (exit 1)."""
+    from grasp_serving.launcher import VllmServer
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    server = VllmServer(config, say=say)
+    try:
+        server.start()
+        on_ready(server)
+        while server.alive():
+            time.sleep(1.0)
+        say(f"vLLM exited (code {server.proc.returncode}); last lines of {server.log_path}:\n"
+            f"{server.log_tail()}")
+        return 1
+    except KeyboardInterrupt:
+        say("stopping vLLM ...")
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def kv_summary(server) -> str:
+    info = server.kv_capacity()
+    if not info:
+        return "KV cache: not reported by /metrics"
+    tokens = int(info.get("kv_cache_tokens", 0))
+    parts = [f"KV cache: {tokens:,} tokens ({int(info['num_gpu_blocks']):,} blocks of "
+             f"{int(info['block_size'])})"]
+    if "kv_cache_max_concurrency" in info:
+        parts.append(f"max concurrency {info['kv_cache_max_concurrency']:.2f}x at the max model length")
+    if "kv_cache_memory_bytes" in info:
+        parts.append(f"{info['kv_cache_memory_bytes'] / 2**30:.2f} GiB")
+    return ", ".join(parts)
+
+
