@@ -23,6 +23,14 @@ _WORDS = ("the model prunes channels and heads under one budget while gates lear
           "matter most for the loss of a small language model on plain text data").split()
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+# vLLM's CPU attention needs head_dim in {32, 64, 80, ...}: the serving tests use this shape.
+SERVING_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                     intermediate_size=192, num_hidden_layers=4)
+
+
 def tiny_config(**overrides) -> LlamaConfig:
     fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -63,8 +71,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator([make_text(3000, seed=1)], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def save_tiny(directory: Path, seed: int = 0, **overrides) -> Path:
