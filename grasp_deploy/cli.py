@@ -295,6 +295,104 @@ def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_
     sys.exit(code)
 
 
+def _parse_levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise GraspError(f"--concurrency {text!r} must be integers separated by commas, e.g. 1,4,16")
+    return levels
+
+
+def _parse_slo(items: tuple[str, ...]) -> dict[str, float]:
+    slo = {}
+    for item in items:
+        key, _, value = item.partition(":")
+        if key not in ("ttft", "tpot") or not value:
+            raise GraspError(f"--slo {item!r}: use ttft:MS or tpot:MS, e.g. --slo ttft:500")
+        try:
+            slo[key] = float(value)
+        except ValueError:
+            raise GraspError(f"--slo {item!r}: {value!r} is not a number of milliseconds")
+    return slo
+
+
+def _bench_options(f):
+    for decorator in reversed([
+        click.option("--concurrency", default="1,4,16,64", show_default=True,
+                     help="Closed-loop concurrency levels (comma-separated)."),
+        click.option("--requests", default=64, show_default=True, type=int,
+                     help="Requests per level, per model, per repeat."),
+        click.option("--input-len", default=128, show_default=True, type=int,
+                     help="Prompt tokens (seeded random ids, identical for both models)."),
+        click.option("--output-len", default=64, show_default=True, type=int,
+                     help="Output tokens per request (max_tokens with ignore_eos)."),
+        click.option("--repeats", default=1, show_default=True, type=int,
+                     help="Alternate dense/pruned this many times (ABAB)."),
+        click.option("--request-rate", default=None, type=float,
+                     help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool)."),
+        click.option("--warmup", default=4, show_default=True, type=int,
+                     help="Discarded requests after each server start."),
+        click.option("--kv-cache-gb", default=1.0, show_default=True, type=float,
+                     help="KV-cache memory given to both servers."),
+        click.option("--bench-max-model-len", "max_model_len", default=None, type=int,
+                     help="vLLM --max-model-len for both servers."),
+        click.option("--bench-dtype", "bench_dtype", default="auto", show_default=True,
+                     help="vLLM --dtype for both servers."),
+        click.option("--enforce-eager", is_flag=True, help="No torch.compile / CUDA graphs."),
+        click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS",
+                     help="Goodput targets, e.g. --slo ttft:1000 --slo tpot:100."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _bench_config(pruned, dense, out, concurrency, requests, input_len, output_len, repeats,
+                  request_rate, warmup, kv_cache_gb, max_model_len, bench_dtype, enforce_eager,
+                  slo, labels=None):
+    from grasp_bench.ab import BenchConfig
+
+    from .serve import servable
+
+    pruned_path, _, _ = servable(pruned)
+    dense_path, _, dense_cfg = servable(dense)
+    targets = _parse_slo(slo)
+    return BenchConfig(
+        pruned=pruned_path, dense=dense_path, out=Path(out), concurrency=_parse_levels(concurrency),
+        requests=requests, input_len=input_len, output_len=output_len, repeats=repeats,
+        request_rate=request_rate, warmup=warmup, kv_cache_gb=kv_cache_gb,
+        max_model_len=max_model_len, dtype=bench_dtype, enforce_eager=enforce_eager,
+        slo_ttft_ms=targets.get("ttft"), slo_tpot_ms=targets.get("tpot"),
+        vocab_size=int(dense_cfg.vocab_size), labels=labels or {})
+
+
+@main.command()
+@click.option("--pruned", required=True, help="Pruned checkpoint directory.")
+@click.option("--dense", default="smollm2-135m", show_default=True, help="The dense model.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="RESULTS_DIR: results.json/.md, requests.jsonl, PNG plots.")
+@_bench_options
+@click.option("--force", is_flag=True, help="Overwrite an existing RESULTS_DIR.")
+def bench(pruned, dense, out, force, **options):
+    """A/B load test: the pruned checkpoint vs the dense model through vLLM.
+
+    Both servers get identical flags and KV memory; each level runs a fixed number of
+    streamed requests timed from the SSE stream (TTFT, TPOT, ITL, E2E); /metrics is scraped
+    for KV usage and preemptions. Everything stays on 127.0.0.1.
+    """
+    from grasp_bench.ab import run_ab
+    from grasp_bench.report import print_table
+
+    from .fsutil import check_target
+
+    check_target(out, force)
+    config = _bench_config(pruned, dense, out, **options)
+    results = run_ab(config, say=lambda m: click.echo(m, err=True))
+    print_table(results, say=click.echo)
+    click.echo(f"report: {out}/results.md  (plots: {', '.join(results.get('plots', []))})")
+    if results["status"] != "complete":
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--fetch", "fetch_name", default=None, metavar="NAME",
               help="Download and convert a known model into the cache now.")

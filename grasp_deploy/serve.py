@@ -10,17 +10,26 @@ from typing import Any, Callable
 from . import models
 
 
-def server_config(model: str | None, **options: Any):
-    """A launcher config for a pruned checkpoint or a dense model, checked before start-up."""
-    from grasp_serving.launcher import ServerConfig, require_vllm
+def servable(model: str | None) -> tuple[str, str, Any]:
+    """(location vLLM opens, default served name, HF config) of a checkpoint or dense model;
+    a missing config or an unsupported architecture fails here, before any server starts."""
+    from grasp_serving.launcher import require_vllm
 
     require_vllm()
     source = models.resolve_source(model)
-    models.load_config(source)  # missing config / unsupported architecture fail here
+    config = models.load_config(source)
     location = models.ensure_available(source)
-    name = options.pop("served_name", None) or (
-        source.spec if source.kind != "local" else Path(location).name)
-    return ServerConfig(model=location, served_name=name, **options)
+    name = source.spec if source.kind != "local" else Path(location).name
+    return location, name, config
+
+
+def server_config(model: str | None, **options: Any):
+    """A launcher config for a pruned checkpoint or a dense model, checked before start-up."""
+    from grasp_serving.launcher import ServerConfig
+
+    location, name, _ = servable(model)
+    return ServerConfig(model=location, served_name=options.pop("served_name", None) or name,
+                        **options)
 
 
 def _raise_interrupt(_signum, _frame):

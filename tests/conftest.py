@@ -99,3 +99,53 @@ def text_file(tmp_path_factory) -> Path:
 def listing(directory: Path) -> list[str]:
     """Every path under ``directory``, to check that a failed command wrote nothing."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+# -- a tiny dense model and its pruned checkpoint that vLLM on CPU can serve -------------------
+# Distinct per-layer widths and KV heads (dense: 192 channels, 2 KV heads in each of 4 layers).
+FFN_KEEP = (192, 150, 64, 97)
+KV_KEEP = ((0, 1), (1,), (0,), (0, 1))
+
+
+def serving_plan(model):
+    """A hand-made plan over SERVING_SHAPE with uneven widths and non-trivial scales."""
+    import numpy as np
+
+    from grasp_deploy import models
+    from grasp_deploy.arch import ModelShape
+    from grasp_deploy.plan import LayerPlan, Plan, SourceModel, budget_report
+    from grasp_deploy.projection import UnitLayout
+
+    shape = ModelShape.from_config(model.config)
+    rng = np.random.default_rng(0)
+    layers = []
+    for n_ffn, kv in zip(FFN_KEEP, KV_KEEP):
+        ffn = tuple(sorted(rng.choice(192, n_ffn, replace=False).tolist()))
+        layers.append(LayerPlan(ffn, kv, tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(n_ffn)),
+                                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv)))))
+    layout = UnitLayout.from_shape(shape)
+    mask = np.zeros(layout.num_units, dtype=bool)
+    for i, lp in enumerate(layers):
+        mask[layout.segment(i, "ffn").start + np.array(lp.ffn_keep)] = True
+        mask[layout.segment(i, "kv").start + np.array(lp.kv_keep)] = True
+    return Plan(method="grasp", settings={},
+                source=SourceModel(str(model.name_or_path), models.fingerprint(model), shape),
+                budget=budget_report(layout, mask, 0.3, models.count_parameters(model)),
+                layers=tuple(layers), calibration={"source": None}, seed=0)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """(dense dir, pruned checkpoint dir) in SERVING_SHAPE."""
+    from grasp_deploy import models
+    from grasp_deploy.export import ExportConfig, run_export
+
+    root = tmp_path_factory.mktemp("serving")
+    dense = save_tiny(root / "dense", seed=7, **SERVING_SHAPE)
+    model = models.load_model(models.resolve_source(str(dense)))
+    plan_dir = root / "plan"
+    plan_dir.mkdir()
+    serving_plan(model).save(plan_dir)
+    pruned = root / "pruned"
+    run_export(ExportConfig(plan_dir=plan_dir, out=pruned))
+    return dense, pruned

@@ -12,16 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from grasp_deploy import models
-from grasp_deploy.export import ExportConfig, run_export
-from grasp_deploy.plan import LayerPlan, Plan, SourceModel, budget_report
-from grasp_deploy.projection import UnitLayout
-from grasp_deploy.arch import ModelShape
-from conftest import SERVING_SHAPE, save_tiny
+from conftest import KV_KEEP, SERVING_SHAPE, save_tiny
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
 
@@ -31,40 +25,6 @@ from grasp_serving.tp import check_tp, tp_problems  # noqa: E402
 pytestmark = pytest.mark.slow
 KV_GB = 0.02
 COMMON = dict(dtype="float32", enforce_eager=True, max_model_len=256, kv_cache_gb=KV_GB)
-# Distinct per-layer widths and KV heads (dense: 192 channels, 2 KV heads in each of 4 layers).
-FFN_KEEP = (192, 150, 64, 97)
-KV_KEEP = ((0, 1), (1,), (0,), (0, 1))
-
-
-def _plan(model) -> Plan:
-    shape = ModelShape.from_config(model.config)
-    rng = np.random.default_rng(0)
-    layers, mask_cost = [], 0
-    for n_ffn, kv in zip(FFN_KEEP, KV_KEEP):
-        ffn = tuple(sorted(rng.choice(192, n_ffn, replace=False).tolist()))
-        layers.append(LayerPlan(ffn, kv, tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(n_ffn)),
-                                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv)))))
-    layout = UnitLayout.from_shape(shape)
-    mask = np.zeros(layout.num_units, dtype=bool)
-    for i, lp in enumerate(layers):
-        mask[layout.segment(i, "ffn").start + np.array(lp.ffn_keep)] = True
-        mask[layout.segment(i, "kv").start + np.array(lp.kv_keep)] = True
-    return Plan(method="grasp", settings={}, source=SourceModel(str(model.name_or_path), models.fingerprint(model), shape),
-                budget=budget_report(layout, mask, 0.3, models.count_parameters(model)),
-                layers=tuple(layers), calibration={"source": None}, seed=0)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    dense = save_tiny(root / "dense", seed=7, **SERVING_SHAPE)
-    model = models.load_model(models.resolve_source(str(dense)))
-    plan_dir = root / "plan"
-    plan_dir.mkdir()
-    _plan(model).save(plan_dir)
-    pruned = root / "pruned"
-    run_export(ExportConfig(plan_dir=plan_dir, out=pruned))
-    return dense, pruned
 
 
 def _group_processes(pgid: int) -> list[int]:
