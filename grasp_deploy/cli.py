@@ -53,71 +53,84 @@ def _device_options(f):
     return f
 
 
-@main.command()
-@click.argument("model", required=False)
-@click.option("--prune-ratio", "-r", type=float, required=True,
-              help="Fraction of the prunable parameters (FFN + attention projections) to remove, "
-                   "in (0, 1).")
-@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
-              help="PLAN_DIR to write (plan.json, run.json).")
-@click.option("--method", default="grasp", show_default=True,
-              type=click.Choice(["grasp", "magnitude"]),
-              help="grasp: learned global gates (GRASPrune); magnitude: per-layer weight norms.")
-@click.option("--calib", default="wikitext2", show_default=True,
-              help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH (.txt/.jsonl/.parquet), "
-                   "or self (sampled from the model: data-free).")
-@click.option("--num-samples", "-n", default=512, show_default=True, type=int,
-              help="Calibration blocks for stage A (gates).")
-@click.option("--seq-len", "-l", default=512, show_default=True, type=int,
-              help="Tokens per calibration block.")
-@click.option("--epochs", "-e", default=4, show_default=True, type=int,
-              help="Passes over the blocks in stage A.")
-@click.option("--scale-epochs", default=1, show_default=True, type=int,
-              help="Passes of stage B (per-unit scales, on held-out blocks); 0 skips stage B.")
-@click.option("--scale-samples", default=None, type=int,
-              help="Held-out blocks for stage B  [default: --num-samples]")
-@click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate.")
-@click.option("--tau", default=1.5, show_default=True, type=float,
-              help="Temperature of the keep probability sigmoid(score / tau).")
-@click.option("--tie-break", default="rank", show_default=True,
-              type=click.Choice(["rank", "index"]),
-              help="Order of equal scores in the projection: rank (a near-uniform first mask) or "
-                   "index (flat unit order, as a stable sort of the reference gives).")
-@click.option("--align", default=1, show_default=True, type=int,
-              help="Keep every layer's FFN width a multiple of this (e.g. 64 or 128 for fast "
-                   "kernels).")
-@click.option("--tp", default=1, show_default=True, type=int,
-              help="Keep every layer's KV-head count a multiple of this tensor-parallel degree.")
-@_device_options
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--checkpoint-every", default=50, show_default=True, type=int,
-              help="Save the gate state every N steps; re-running the same command resumes.")
-@click.option("--force", is_flag=True, help="Replace an existing PLAN_DIR.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def prune(model, prune_ratio, out, method, calib, num_samples, seq_len, epochs, scale_epochs,
-          scale_samples, lr, tau, tie_break, align, tp, device, dtype, seed, checkpoint_every,
-          force, quiet):
-    """Learn which FFN channels and KV groups to keep; write a plan.
+def _prune_options(f):
+    """Options shared by prune and prune-and-serve."""
+    for decorator in reversed([
+        click.option("--prune-ratio", "-r", type=float, required=True,
+                     help="Fraction of the prunable parameters (FFN + attention projections) to "
+                          "remove, in (0, 1)."),
+        click.option("--method", default="grasp", show_default=True,
+                     type=click.Choice(["grasp", "magnitude"]),
+                     help="grasp: learned global gates (GRASPrune); magnitude: per-layer weight norms."),
+        click.option("--calib", default="wikitext2", show_default=True,
+                     help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
+                          "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."),
+        click.option("--num-samples", "-n", default=512, show_default=True, type=int,
+                     help="Calibration blocks for stage A (gates)."),
+        click.option("--seq-len", "-l", default=512, show_default=True, type=int,
+                     help="Tokens per calibration block."),
+        click.option("--epochs", "-e", default=4, show_default=True, type=int,
+                     help="Passes over the blocks in stage A."),
+        click.option("--scale-epochs", default=1, show_default=True, type=int,
+                     help="Passes of stage B (per-unit scales, on held-out blocks); 0 skips it."),
+        click.option("--scale-samples", default=None, type=int,
+                     help="Held-out blocks for stage B  [default: --num-samples]"),
+        click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate."),
+        click.option("--tau", default=1.5, show_default=True, type=float,
+                     help="Temperature of the keep probability sigmoid(score / tau)."),
+        click.option("--tie-break", default="rank", show_default=True,
+                     type=click.Choice(["rank", "index"]),
+                     help="Order of equal scores in the projection: rank (a near-uniform first "
+                          "mask) or index (flat unit order, as a stable sort of the reference gives)."),
+        click.option("--align", default=1, show_default=True, type=int,
+                     help="Keep every layer's FFN width a multiple of this (e.g. 64 or 128)."),
+        click.option("--tp", default=1, show_default=True, type=int,
+                     help="Keep every layer's KV-head count a multiple of this tensor-parallel degree."),
+        _device_options,
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--checkpoint-every", default=50, show_default=True, type=int,
+                     help="Save the gate state every N steps; re-running the same command resumes."),
+    ]):
+        f = decorator(f)
+    return f
 
-    The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
-    FFN width and KV-head count. Export turns it into a smaller dense checkpoint.
-    """
+
+def _prune_config(model, out, force, quiet, prune_ratio, method, calib, num_samples, seq_len,
+                  epochs, scale_epochs, scale_samples, lr, tau, tie_break, align, tp, device,
+                  dtype, seed, checkpoint_every):
     from .grasp import GraspSettings
-    from .pruning import PruneConfig, run_prune
+    from .pruning import PruneConfig
 
-    if quiet:
-        _quiet_transformers()
     try:
         settings = GraspSettings(epochs=epochs, scale_epochs=scale_epochs, lr=lr, tau=tau,
                                  tie_break=tie_break)
     except ValueError as err:
         raise GraspError(f"{err}; check --epochs/--scale-epochs/--lr/--tau") from err
-    config = PruneConfig(prune_ratio=prune_ratio, out=out, model=model, method=method,
-                         calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
-                         scale_samples=scale_samples, align=align, tp=tp, device=device,
-                         dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
-                         progress=not quiet)
-    result = run_prune(config)
+    return PruneConfig(prune_ratio=prune_ratio, out=out, model=model, method=method,
+                       calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
+                       scale_samples=scale_samples, align=align, tp=tp, device=device,
+                       dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
+                       progress=not quiet)
+
+
+@main.command()
+@click.argument("model", required=False)
+@_prune_options
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="PLAN_DIR to write (plan.json, run.json).")
+@click.option("--force", is_flag=True, help="Replace an existing PLAN_DIR.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune(model, out, force, quiet, **options):
+    """Learn which FFN channels and KV groups to keep; write a plan.
+
+    The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
+    FFN width and KV-head count. Export turns it into a smaller dense checkpoint.
+    """
+    from .pruning import run_prune
+
+    if quiet:
+        _quiet_transformers()
+    result = run_prune(_prune_config(model, out, force, quiet, **options))
     _print_prune_summary(result)
 
 
@@ -334,10 +347,10 @@ def _bench_options(f):
                      help="Discarded requests after each server start."),
         click.option("--kv-cache-gb", default=1.0, show_default=True, type=float,
                      help="KV-cache memory given to both servers."),
-        click.option("--bench-max-model-len", "max_model_len", default=None, type=int,
-                     help="vLLM --max-model-len for both servers."),
-        click.option("--bench-dtype", "bench_dtype", default="auto", show_default=True,
-                     help="vLLM --dtype for both servers."),
+        click.option("--max-model-len", default=None, type=int,
+                     help="vLLM --max-model-len for the servers."),
+        click.option("--vllm-dtype", default="auto", show_default=True,
+                     help="vLLM --dtype for the servers."),
         click.option("--enforce-eager", is_flag=True, help="No torch.compile / CUDA graphs."),
         click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS",
                      help="Goodput targets, e.g. --slo ttft:1000 --slo tpot:100."),
@@ -347,7 +360,7 @@ def _bench_options(f):
 
 
 def _bench_config(pruned, dense, out, concurrency, requests, input_len, output_len, repeats,
-                  request_rate, warmup, kv_cache_gb, max_model_len, bench_dtype, enforce_eager,
+                  request_rate, warmup, kv_cache_gb, max_model_len, vllm_dtype, enforce_eager,
                   slo, labels=None):
     from grasp_bench.ab import BenchConfig
 
@@ -360,7 +373,7 @@ def _bench_config(pruned, dense, out, concurrency, requests, input_len, output_l
         pruned=pruned_path, dense=dense_path, out=Path(out), concurrency=_parse_levels(concurrency),
         requests=requests, input_len=input_len, output_len=output_len, repeats=repeats,
         request_rate=request_rate, warmup=warmup, kv_cache_gb=kv_cache_gb,
-        max_model_len=max_model_len, dtype=bench_dtype, enforce_eager=enforce_eager,
+        max_model_len=max_model_len, dtype=vllm_dtype, enforce_eager=enforce_eager,
         slo_ttft_ms=targets.get("ttft"), slo_tpot_ms=targets.get("tpot"),
         vocab_size=int(dense_cfg.vocab_size), labels=labels or {})
 
@@ -391,6 +404,87 @@ def bench(pruned, dense, out, force, **options):
     click.echo(f"report: {out}/results.md  (plots: {', '.join(results.get('plots', []))})")
     if results["status"] != "complete":
         sys.exit(1)
+
+
+@main.command(name="prune-and-serve")
+@click.argument("model", required=False)
+@_prune_options
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Directory for plan/, ckpt/ and bench/  [default: runs/<model>-<method>-r<R>-<key>]")
+@click.option("--bench", "do_bench", is_flag=True,
+              help="Run the A/B load test against the dense model before serving.")
+@_bench_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None)
+@click.option("--startup-timeout", default=900.0, show_default=True, type=float)
+@click.option("--once", is_flag=True,
+              help="Start the server, print the endpoint and one sample completion, then stop.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once, quiet,
+                    concurrency, requests, input_len, output_len, repeats, request_rate, warmup,
+                    kv_cache_gb, max_model_len, vllm_dtype, enforce_eager, slo, **prune_opts):
+    """Prune MODEL, export it, optionally A/B it against the dense model, and serve it.
+
+    Outputs are reused when the model and prune settings are unchanged, so re-running the
+    same command goes straight to serving.
+    """
+    from .pipeline import default_work_dir, prepare_checkpoint
+    from .serve import kv_summary, run_serve, server_config
+
+    if quiet:
+        _quiet_transformers()
+    from grasp_serving.launcher import port_in_use, require_vllm
+
+    require_vllm()
+    if port_in_use(host, port):
+        raise GraspError(f"port {port} on {host} is in use; pass another --port")
+    config = _prune_config(model, Path("unused"), True, quiet, **prune_opts)
+    work = work or default_work_dir(config)
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    made = prepare_checkpoint(config, work, say)
+    if made.get("prune_result") is not None:
+        _print_prune_summary(made["prune_result"])
+    ckpt = made["checkpoint"]
+    click.echo(f"checkpoint: {ckpt}")
+    if do_bench:
+        from grasp_bench.ab import run_ab
+        from grasp_bench.report import print_table
+
+        bench_cfg = _bench_config(ckpt, model or "smollm2-135m", Path(work) / "bench", concurrency,
+                                  requests, input_len, output_len, repeats, request_rate, warmup,
+                                  kv_cache_gb, max_model_len, vllm_dtype, enforce_eager, slo)
+        results = run_ab(bench_cfg, say=say)
+        print_table(results, say=click.echo)
+        click.echo(f"A/B report: {Path(work) / 'bench' / 'results.md'}")
+    serve_cfg = server_config(ckpt, host=host, port=port, api_key=api_key,
+                              max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+                              dtype=vllm_dtype, enforce_eager=enforce_eager,
+                              startup_timeout=startup_timeout)
+
+    def on_ready(server):
+        key = api_key or "none"
+        click.echo("\n".join([
+            f"serving {serve_cfg.name} at {server.url}/v1  (OpenAI-compatible)",
+            f"  {kv_summary(server)}",
+            f"  curl {server.url}/v1/completions -H 'Content-Type: application/json'"
+            + (f" -H 'Authorization: Bearer {api_key}'" if api_key else "")
+            + f" -d '{{\"model\": \"{serve_cfg.name}\", \"prompt\": \"The capital of France is\", "
+              f"\"max_tokens\": 16}}'",
+            f"  python: OpenAI(base_url=\"{server.url}/v1\", api_key=\"{key}\").chat.completions.create("
+            f"model=\"{serve_cfg.name}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}])",
+        ]))
+        if once:
+            from openai import OpenAI
+
+            client = OpenAI(base_url=server.url + "/v1", api_key=key)
+            reply = client.completions.create(model=serve_cfg.name, prompt="The capital of France is",
+                                              max_tokens=16, temperature=0)
+            click.echo(f"  sample: 'The capital of France is' -> {reply.choices[0].text!r}")
+            raise KeyboardInterrupt  # --once: stop cleanly now
+        click.echo("  Ctrl-C to stop")
+
+    sys.exit(run_serve(serve_cfg, on_ready, say=say))
 
 
 @main.command()

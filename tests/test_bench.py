@@ -109,8 +109,8 @@ def test_unreachable_server_counts_every_request_as_failed(tmp_path):
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
 
 BENCH = ["--concurrency", "1,2", "--requests", "4", "--output-len", "6", "--input-len", "12",
-         "--enforce-eager", "--bench-dtype", "float32", "--kv-cache-gb", "0.02",
-         "--bench-max-model-len", "256", "--warmup", "1"]
+         "--enforce-eager", "--vllm-dtype", "float32", "--kv-cache-gb", "0.02",
+         "--max-model-len", "256", "--warmup", "1"]
 
 
 @pytest.mark.slow
