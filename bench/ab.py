@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -195,6 +196,8 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
         "levels": {}, "events": [],
     }
     mode = "open" if config.request_rate else "closed"
+    # SIGTERM ends the run like Ctrl-C: servers stopped, partial results written.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         for rep in range(config.repeats):
             for label in ("dense", "pruned"):
@@ -217,7 +220,17 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
                     results["levels"].setdefault(str(level), {})[label] = summarize_level(rs, config)
         results["mode"] = mode
         write_report(results, out)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return results
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Path,

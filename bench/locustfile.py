@@ -20,6 +20,8 @@ import os
 import random
 import time
 
+import gevent
+
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
@@ -109,7 +111,10 @@ class OpenAIStreamUser(FastHttpUser):
         _Run.records.write(json.dumps(record) + "\n")
         _STATE["done"] += 1
         if _STATE["done"] >= _Run.total:
-            self.environment.runner.quit()
+            # quit() stops every user greenlet, this one included: run it from its own greenlet
+            # or it is killed halfway and the process lingers until --run-time.
+            gevent.spawn(self.environment.runner.quit)
+            raise StopUser()
 
 
 @events.quitting.add_listener

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,8 @@ def markdown(results: dict[str, Any]) -> str:
                      if isinstance(value, dict) else f"| {key} | {value} | | |")
     if results["events"]:
         lines += ["", "Events:", *[f"- {e}" for e in results["events"]]]
+    if results.get("command"):
+        lines += ["", f"Command: `{results['command']}`"]
     lines += ["", f"Machine: {results.get('machine', {}).get('Model name', '?')}; "
               f"versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
     return "\n".join(lines)
@@ -134,6 +138,7 @@ def print_table(results: dict[str, Any], say=print) -> None:
 def write_report(results: dict[str, Any], out: Path) -> None:
     from grasp_bench.quick_quality import machine
 
+    results.setdefault("command", shlex.join(["grasp-deploy", *sys.argv[1:]]))
     results.setdefault("machine", machine())
     results.setdefault("versions", package_versions())
     results["plots"] = plots(results, out) if results["levels"] else []
