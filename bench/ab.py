@@ -196,8 +196,10 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
         "levels": {}, "events": [],
     }
     mode = "open" if config.request_rate else "closed"
-    # SIGTERM ends the run like Ctrl-C: servers stopped, partial results written.
-    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
+    # for both, since libraries imported on the way (vLLM's) may have replaced SIGINT's.
+    previous = ({sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if _main_thread() else None)
     try:
         for rep in range(config.repeats):
             for label in ("dense", "pruned"):
@@ -220,8 +222,8 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
                     results["levels"].setdefault(str(level), {})[label] = summarize_level(rs, config)
         results["mode"] = mode
         write_report(results, out)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
     return results
 
 

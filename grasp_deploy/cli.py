@@ -54,34 +54,63 @@ def _device_options(f):
 
 
 def _prune_options(f):
-    """Options shared by prune and prune-and-serve."""
+    """Options shared by prune and prune-and-serve. GRASPrune's settings default to --recipe."""
     for decorator in reversed([
         click.option("--prune-ratio", "-r", type=float, required=True,
                      help="Fraction of the prunable parameters (FFN + attention projections) to "
                           "remove, in (0, 1)."),
         click.option("--method", default="grasp", show_default=True,
-                     type=click.Choice(["grasp", "magnitude"]),
-                     help="grasp: learned global gates (GRASPrune); magnitude: per-layer weight norms."),
+                     type=click.Choice(["grasp", "magnitude", "wanda-sp", "flap", "taylor", "gisp"]),
+                     help="grasp: learned global gates (GRASPrune). Baselines: magnitude (weight "
+                          "norms), wanda-sp (|W| x activation norm), taylor (first-order |W x grad|) "
+                          "- all three with a uniform per-layer ratio; flap (activation fluctuation, "
+                          "global, with bias compensation); gisp (iterative global first-order, "
+                          "nested plans).")
+        ,
+        click.option("--recipe", default="best", show_default=True,
+                     type=click.Choice(["paper", "best"]),
+                     help="GRASPrune settings: paper (4 epochs of 512 x 512, tau 1.5, lr 1e-2, "
+                          "score ranking, zero init, LM loss) or best (ours: informed Taylor "
+                          "initial scores and distillation to the dense logits). Options below "
+                          "override single settings."),
         click.option("--calib", default="wikitext2", show_default=True,
                      help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
                           "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."),
-        click.option("--num-samples", "-n", default=512, show_default=True, type=int,
-                     help="Calibration blocks for stage A (gates)."),
-        click.option("--seq-len", "-l", default=512, show_default=True, type=int,
-                     help="Tokens per calibration block."),
-        click.option("--epochs", "-e", default=4, show_default=True, type=int,
-                     help="Passes over the blocks in stage A."),
+        click.option("--num-samples", "-n", default=None, type=int,
+                     help="Calibration blocks (stage A for grasp; all of them for baselines)  "
+                          "[default: recipe's, 512]"),
+        click.option("--seq-len", "-l", default=None, type=int,
+                     help="Tokens per calibration block  [default: recipe's, 512]"),
+        click.option("--epochs", "-e", default=None, type=int,
+                     help="Passes over the blocks in stage A  [default: recipe's, 4]"),
         click.option("--scale-epochs", default=1, show_default=True, type=int,
                      help="Passes of stage B (per-unit scales, on held-out blocks); 0 skips it."),
         click.option("--scale-samples", default=None, type=int,
                      help="Held-out blocks for stage B  [default: --num-samples]"),
-        click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate."),
-        click.option("--tau", default=1.5, show_default=True, type=float,
-                     help="Temperature of the keep probability sigmoid(score / tau)."),
-        click.option("--tie-break", default="rank", show_default=True,
-                     type=click.Choice(["rank", "index"]),
+        click.option("--lr", default=None, type=float, help="AdamW learning rate  [default: 1e-2]"),
+        click.option("--tau", default=None, type=float,
+                     help="Temperature of the keep probability sigmoid(score / tau)  [default: 1.5]"),
+        click.option("--tie-break", default=None, type=click.Choice(["rank", "index"]),
                      help="Order of equal scores in the projection: rank (a near-uniform first "
-                          "mask) or index (flat unit order, as a stable sort of the reference gives)."),
+                          "mask) or index (flat unit order, as a stable sort of the reference "
+                          "gives)  [default: paper index, best rank]"),
+        click.option("--projection", default=None, type=click.Choice(["score", "cost"]),
+                     help="Rank units by keep probability (score) or by probability per "
+                          "parameter (cost: greedy knapsack)  [default: recipe's]"),
+        click.option("--init", "init", default=None, type=click.Choice(["zero", "taylor"]),
+                     help="Initial gate scores: zero, or from first-order Taylor importance  "
+                          "[default: recipe's]"),
+        click.option("--loss", default=None, type=click.Choice(["ce", "kd", "ce+kd"]),
+                     help="Gate loss: LM cross-entropy, KL to the dense logits, or both  "
+                          "[default: recipe's]"),
+        click.option("--gisp-step", default=0.025, show_default=True, type=float,
+                     help="gisp: prune-ratio increment per iteration (the plans of every "
+                          "multiple of it are nested; trajectory.json records them)."),
+        click.option("--gisp-blocks", default=16, show_default=True, type=int,
+                     help="gisp: calibration blocks per iteration's gradient."),
+        click.option("--from-trajectory", type=click.Path(path_type=Path), default=None,
+                     help="gisp: take the nested plan for --prune-ratio from an earlier gisp "
+                          "run's PLAN_DIR (no recomputation: prune once, deploy many)."),
         click.option("--align", default=1, show_default=True, type=int,
                      help="Keep every layer's FFN width a multiple of this (e.g. 64 or 128)."),
         click.option("--tp", default=1, show_default=True, type=int,
@@ -95,22 +124,31 @@ def _prune_options(f):
     return f
 
 
-def _prune_config(model, out, force, quiet, prune_ratio, method, calib, num_samples, seq_len,
-                  epochs, scale_epochs, scale_samples, lr, tau, tie_break, align, tp, device,
-                  dtype, seed, checkpoint_every):
-    from .grasp import GraspSettings
+def _prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, num_samples,
+                  seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
+                  init, loss, gisp_step, gisp_blocks, from_trajectory, align, tp, device, dtype,
+                  seed, checkpoint_every):
+    from .grasp import RECIPES, GraspSettings
     from .pruning import PruneConfig
 
+    if from_trajectory is not None and method != "gisp":
+        raise GraspError("--from-trajectory only applies to --method gisp")
+    chosen = dict(RECIPES[recipe])
+    given = dict(num_samples=num_samples, seq_len=seq_len, epochs=epochs, lr=lr, tau=tau,
+                 tie_break=tie_break, projection=projection, init=init, loss=loss)
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    n, length = chosen.pop("num_samples"), chosen.pop("seq_len")
     try:
-        settings = GraspSettings(epochs=epochs, scale_epochs=scale_epochs, lr=lr, tau=tau,
-                                 tie_break=tie_break)
+        settings = GraspSettings(scale_epochs=scale_epochs, **chosen)
     except ValueError as err:
         raise GraspError(f"{err}; check --epochs/--scale-epochs/--lr/--tau") from err
     return PruneConfig(prune_ratio=prune_ratio, out=out, model=model, method=method,
-                       calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
+                       calib=calib, num_samples=n, seq_len=length, grasp=settings,
                        scale_samples=scale_samples, align=align, tp=tp, device=device,
                        dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
-                       progress=not quiet)
+                       progress=not quiet, recipe=recipe if method == "grasp" else None,
+                       gisp_step=gisp_step, gisp_blocks=gisp_blocks,
+                       from_trajectory=from_trajectory)
 
 
 @main.command()

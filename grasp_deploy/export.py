@@ -59,6 +59,7 @@ def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[
     h, g = shape.head_dim, shape.group_size
     out: dict[str, torch.Tensor] = {}
     sliced_prefixes = set()
+    has_bias = plan.has_biases
     for i, (layer, lp) in enumerate(zip(decoder_layers(model), plan.layers, strict=True)):
         pre = f"model.layers.{i}."
         mlp, attn = layer.mlp, layer.self_attn
@@ -88,6 +89,13 @@ def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[
         for name, (bias, take) in biases.items():
             if bias is not None:
                 w[name] = take(bias.float())
+        # Compensation biases (FLAP) add to the projection's own bias, or become it; once any
+        # layer has one, every layer gets that bias (zeros where it has none): one config flag.
+        for name, extra, proj, key in (("self_attn.o_proj.bias", lp.o_bias, attn.o_proj, "o_proj"),
+                                       ("mlp.down_proj.bias", lp.down_bias, mlp.down_proj, "down_proj")):
+            if has_bias[key]:
+                base = w.get(name, torch.zeros(proj.out_features))
+                w[name] = base if extra is None else base + torch.tensor(extra, dtype=torch.float32)
         for name, t in w.items():
             out[pre + name] = t.to(dtype).contiguous()
         sliced_prefixes.add(pre + "mlp.")
@@ -114,6 +122,10 @@ def pruned_config(source_config: Any, plan: Plan, dtype: torch.dtype) -> dict[st
         per_layer_config={str(i): w for i, w in enumerate(plan.widths())},
         **{GROUP_SIZE_FIELD: shape.group_size},
     )
+    # Projections that gain a bias the source architecture lacks (GraspLlamaConfig fields).
+    has = plan.has_biases
+    cfg.update(o_proj_bias=has["o_proj"] and not shape.attention_bias,
+               down_proj_bias=has["down_proj"] and not shape.mlp_bias)
     return cfg
 
 

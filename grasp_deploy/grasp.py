@@ -22,11 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arch import FFN, ModelShape
+from .arch import FFN, KV, ModelShape
 from .masking import Multipliers, multiplied
 from .projection import TieBreak, UnitLayout, project
 
 STAGE_A, STAGE_B = "gates", "scales"
+PROJECTIONS = ("score", "cost")
+INITS = ("zero", "taylor")
+LOSSES = ("ce", "kd", "ce+kd")
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,34 @@ class GraspSettings:
     eps: float = 1e-8
     batch_size: int = 1
     tie_break: TieBreak = "rank"
+    # Past the paper (ALGORITHM.md); the defaults are the paper's method.
+    projection: str = "score"  # "score": rank by p; "cost": rank by p per parameter (knapsack)
+    init: str = "zero"  # "zero": s = 0; "taylor": s from first-order importance
+    loss: str = "ce"  # "ce": LM loss; "kd": KL to the dense model's logits; "ce+kd": both
+    init_samples: int = 32  # calibration blocks the Taylor initial scores average over
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.scale_epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs >= 1, scale_epochs >= 0 and batch_size >= 1 are required")
         if self.lr <= 0 or self.tau <= 0:
             raise ValueError("lr and tau must be positive")
+        for name, value, allowed in (("projection", self.projection, PROJECTIONS),
+                                     ("init", self.init, INITS), ("loss", self.loss, LOSSES)):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "betas": list(self.betas)}
+
+
+# Named recipes: the paper's (faithful) and ours, built from the "past the paper" list and kept
+# only where it measurably helped (bench/results/quality.md records every variant tried).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(epochs=4, num_samples=512, seq_len=512, tau=1.5, lr=1e-2, tie_break="index",
+                  projection="score", init="zero", loss="ce"),
+    "best": dict(epochs=4, num_samples=512, seq_len=512, tau=1.5, lr=1e-2, tie_break="rank",
+                 projection="score", init="taylor", loss="ce+kd"),
+}
 
 
 @dataclass
@@ -112,9 +134,10 @@ def _optimise(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, sta
             order = _epoch_order(len(blocks), seed, stage, epoch)
             batch = blocks[order[pos * settings.batch_size:(pos + 1) * settings.batch_size]]
             batch = batch.to(device)
+            teacher = _dense_logits(model, mult, batch) if "kd" in settings.loss else None
             flat, status = flat_multipliers(step)
             split_flat(layout, flat, mult)
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = _loss(model, batch, teacher, settings.loss)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -129,19 +152,58 @@ def _optimise(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, sta
     return log
 
 
+def _dense_logits(model: torch.nn.Module, mult: Multipliers, batch: torch.Tensor) -> torch.Tensor:
+    """The frozen dense model's logits: the same weights with every multiplier switched off."""
+    saved = mult.ffn, mult.kv
+    mult.ffn, mult.kv = [None] * len(saved[0]), [None] * len(saved[1])
+    try:
+        with torch.no_grad():
+            return model(input_ids=batch).logits.float()
+    finally:
+        mult.ffn, mult.kv = saved
+
+
+def _loss(model: torch.nn.Module, batch: torch.Tensor, teacher: torch.Tensor | None,
+          kind: str) -> torch.Tensor:
+    if teacher is None:
+        return model(input_ids=batch, labels=batch).loss
+    out = model(input_ids=batch, labels=batch if kind == "ce+kd" else None)
+    vocab = teacher.shape[-1]
+    kd = torch.nn.functional.kl_div(
+        torch.log_softmax(out.logits.float().view(-1, vocab), -1),
+        torch.log_softmax(teacher.view(-1, vocab), -1), log_target=True, reduction="batchmean")
+    return kd if kind == "kd" else out.loss + kd
+
+
+def initial_scores(importance: np.ndarray, layout: UnitLayout, tau: float) -> np.ndarray:
+    """Informed initial scores: log-importance standardised within each kind (FFN channels,
+    KV groups) over all layers, clipped to +-3, so that sigmoid(s / tau) = sigmoid(z)."""
+    s = np.zeros(layout.num_units, dtype=np.float64)
+    for kind in (FFN, KV):
+        idx = np.concatenate([np.arange(seg.start, seg.stop) for seg in layout.segments
+                              if seg.kind == kind])
+        x = np.log(np.maximum(importance[idx], 1e-30))
+        z = (x - x.mean()) / max(float(x.std()), 1e-12)
+        s[idx] = np.clip(z, -3.0, 3.0) * tau
+    return s
+
+
 def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
                 blocks: torch.Tensor, budget: int, settings: GraspSettings, seed: int,
                 resume: dict[str, Any] | None = None, save: SaveFn | None = None,
                 save_every: int = 0, on_step: StepFn | None = None,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray, StageLog]:
-    """Stage A. Returns (final hard mask, final scores, log)."""
+                progress: bool = True, init: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, StageLog]:
+    """Stage A. Returns (final hard mask, final scores, log). ``init``: initial scores."""
     device = next(model.parameters()).device
-    scores = torch.nn.Parameter(torch.zeros(layout.num_units, device=device))
+    start = torch.zeros(layout.num_units) if init is None else torch.as_tensor(init).float()
+    scores = torch.nn.Parameter(start.to(device))
     total = layout.total_cost()
+    per_cost = settings.projection == "cost"
 
     def flat_multipliers(step: int) -> tuple[torch.Tensor, str]:
         p = torch.sigmoid(scores / settings.tau)
-        mask = project(p.detach().cpu().numpy(), layout, budget, settings.tie_break)
+        mask = project(p.detach().cpu().numpy(), layout, budget, settings.tie_break, per_cost)
         if on_step is not None:
             on_step(STAGE_A, step, mask)
         m = torch.from_numpy(mask).to(device=device, dtype=p.dtype)
@@ -151,7 +213,8 @@ def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
     log = _optimise(model, shape, layout, STAGE_A, scores, flat_multipliers, blocks,
                     settings.epochs, settings, seed, resume, save, save_every, progress)
     final = torch.sigmoid(scores.detach() / settings.tau).cpu().numpy()
-    return project(final, layout, budget, settings.tie_break), scores.detach().cpu().numpy(), log
+    return (project(final, layout, budget, settings.tie_break, per_cost),
+            scores.detach().cpu().numpy(), log)
 
 
 def train_scales(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,

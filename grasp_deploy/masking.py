@@ -9,6 +9,9 @@
 
 A multiplier of 0 therefore behaves exactly like slicing the unit out, which is what makes a
 plan applied as masks equal to the exported, smaller model.
+
+Optional output biases on ``o_proj`` and ``down_proj`` (FLAP's compensation for removed units)
+are added to those projections' outputs; export writes them as the projections' biases.
 """
 
 from __future__ import annotations
@@ -37,10 +40,16 @@ class Multipliers:
 
     ffn: list[torch.Tensor | None] = field(default_factory=list)  # (intermediate_size,)
     kv: list[torch.Tensor | None] = field(default_factory=list)  # (num_key_value_heads,)
+    o_bias: list[torch.Tensor | None] = field(default_factory=list)  # (hidden_size,) added to o_proj
+    down_bias: list[torch.Tensor | None] = field(default_factory=list)  # added to down_proj
 
     @classmethod
     def empty(cls, num_layers: int) -> "Multipliers":
-        return cls([None] * num_layers, [None] * num_layers)
+        return cls([None] * num_layers, [None] * num_layers, [None] * num_layers, [None] * num_layers)
+
+    def bias(self, name: str, layer: int) -> torch.Tensor | None:
+        biases = self.o_bias if name == "o" else self.down_bias
+        return biases[layer] if layer < len(biases) else None
 
 
 def _scale_last_dim(x: torch.Tensor, mult: torch.Tensor, repeat: int) -> torch.Tensor:
@@ -64,9 +73,16 @@ def multiplied(model: nn.Module, shape: ModelShape, mult: Multipliers) -> Iterat
             # out: (B, T, n_kv * head_dim); head g occupies columns g*hd:(g+1)*hd
             return None if m is None else _scale_last_dim(out, m, shape.head_dim)
 
+        def bias_post(_mod, _args, out, i=i, name="o"):
+            b = mult.bias(name, i)
+            return None if b is None else out + b.to(dtype=out.dtype, device=out.device)
+
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_pre))
         handles.append(layer.self_attn.k_proj.register_forward_hook(kv_post))
         handles.append(layer.self_attn.v_proj.register_forward_hook(kv_post))
+        handles.append(layer.self_attn.o_proj.register_forward_hook(bias_post))
+        handles.append(layer.mlp.down_proj.register_forward_hook(
+            lambda m, a, o, i=i: bias_post(m, a, o, i, "down")))
     try:
         yield mult
     finally:

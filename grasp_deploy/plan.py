@@ -30,6 +30,9 @@ class LayerPlan:
     kv_keep: tuple[int, ...]  # kept KV group ids, ascending
     ffn_scale: tuple[float, ...] | None = None  # stage-B gamma per kept channel
     kv_scale: tuple[float, ...] | None = None  # stage-B gamma per kept KV group
+    # Compensation biases (FLAP): added to o_proj / down_proj outputs; length hidden_size.
+    o_bias: tuple[float, ...] | None = None
+    down_bias: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class BudgetReport:
     prunable_dense: int
     prunable_kept: int
     model_dense: int  # every parameter of the model (tied weights once)
-    model_pruned: int
+    model_pruned: int  # including any compensation biases a method adds
+    added: int = 0  # compensation bias parameters added (FLAP); not part of the prunable budget
 
     @property
     def achieved_ratio(self) -> float:
@@ -83,16 +87,28 @@ class Plan:
                 if scale is not None and len(scale) != len(ids):
                     raise ValueError(f"layer {i} {name} has {len(scale)} scales for "
                                      f"{len(ids)} kept units")
+            for name, bias in (("o_bias", lp.o_bias), ("down_bias", lp.down_bias)):
+                if bias is not None and len(bias) != shape.hidden_size:
+                    raise ValueError(f"layer {i} {name} has {len(bias)} entries, "
+                                     f"not hidden_size {shape.hidden_size}")
 
     # -- derived ----------------------------------------------------------------------
     def widths(self) -> list[dict[str, int]]:
         return [{"intermediate_size": len(l.ffn_keep), "num_key_value_heads": len(l.kv_keep)}
                 for l in self.layers]
 
+    @property
+    def has_biases(self) -> dict[str, bool]:
+        return {"o_proj": any(l.o_bias is not None for l in self.layers),
+                "down_proj": any(l.down_bias is not None for l in self.layers)}
+
     def multipliers(self, with_scales: bool = True) -> Multipliers:
-        """0 for removed units, the stage-B scale (or 1) for kept ones."""
+        """0 for removed units, the stage-B scale (or 1) for kept ones; compensation biases."""
         mult = Multipliers.empty(len(self.layers))
         for i, (lp, ls) in enumerate(zip(self.layers, self.source.shape.layers)):
+            for name, bias in (("o_bias", lp.o_bias), ("down_bias", lp.down_bias)):
+                if bias is not None:
+                    getattr(mult, name)[i] = torch.tensor(bias, dtype=torch.float32)
             for kind, ids, size, scale in (
                 (FFN, lp.ffn_keep, ls.intermediate_size, lp.ffn_scale),
                 (KV, lp.kv_keep, ls.num_key_value_heads, lp.kv_scale),
@@ -123,7 +139,8 @@ class Plan:
             return None if x is None else tuple(x)
 
         layers = tuple(LayerPlan(tuple(l["ffn_keep"]), tuple(l["kv_keep"]),
-                                 tup(l.get("ffn_scale")), tup(l.get("kv_scale")))
+                                 tup(l.get("ffn_scale")), tup(l.get("kv_scale")),
+                                 tup(l.get("o_bias")), tup(l.get("down_bias")))
                        for l in data["layers"])
         return cls(
             method=data["method"], settings=data["settings"],
@@ -167,6 +184,7 @@ def layers_from_mask(layout: UnitLayout, mask: np.ndarray,
 
 
 def budget_report(layout: UnitLayout, mask: np.ndarray, prune_ratio: float,
-                  model_dense: int) -> BudgetReport:
+                  model_dense: int, added: int = 0) -> BudgetReport:
     dense, kept = layout.total_cost(), layout.kept_cost(mask)
-    return BudgetReport(prune_ratio, dense, kept, model_dense, model_dense - (dense - kept))
+    return BudgetReport(prune_ratio, dense, kept, model_dense, model_dense - (dense - kept) + added,
+                        added)

@@ -93,13 +93,16 @@ def check_budget(layout: UnitLayout, budget: int) -> None:
 
 
 def project(scores: np.ndarray | Sequence[float], layout: UnitLayout, budget: int,
-            tie_break: TieBreak = "rank") -> np.ndarray:
+            tie_break: TieBreak = "rank", per_cost: bool = False) -> np.ndarray:
     """Hard keep-mask: the best-scored units whose summed cost fits ``budget``.
 
     1. Each segment's top block (its best ``align`` units) is reserved first, so every layer
        keeps at least one FFN block and one KV block and the budget is never exceeded.
     2. The other blocks of all layers are sorted together by mean score, descending, and the
        longest prefix that fits the remaining budget is kept.
+
+    With ``per_cost`` blocks are sorted by mean score per parameter of the block instead (the
+    greedy knapsack order: a KV group must be worth its many parameters).
 
     Ties (all scores equal at initialisation) are broken by ``tie_break``:
     ``"rank"`` takes every segment's next block in turn (a near-uniform first mask);
@@ -120,7 +123,8 @@ def project(scores: np.ndarray | Sequence[float], layout: UnitLayout, budget: in
         seg_blocks.append(blocks)
         keep[blocks[0]] = True  # reserved
         rest = blocks[1:]
-        block_score.append(scores[rest].mean(axis=1))
+        value = scores[rest].mean(axis=1)
+        block_score.append(value / (seg.align * seg.unit_cost) if per_cost else value)
         block_cost.append(np.full(len(rest), seg.align * seg.unit_cost, dtype=np.int64))
         block_rank.append(np.arange(1, n_blocks))
         block_seg.append(np.full(len(rest), s))

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from vllm.config import VllmConfig
+from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
 from vllm.model_executor.models.utils import extract_layer_index
 
@@ -39,6 +40,20 @@ class GraspLlamaDecoderLayer(LlamaDecoderLayer):
         config = config or vllm_config.model_config.hf_config
         super().__init__(vllm_config, prefix=prefix,
                          config=layer_config(config, extract_layer_index(prefix)), **kwargs)
+        # Compensation biases some pruning methods add (FLAP): the same projection, with a bias.
+        quant = self.get_quant_config(vllm_config)
+        if getattr(config, "o_proj_bias", False):
+            self.self_attn.o_proj = _with_bias(self.self_attn.o_proj, quant)
+        if getattr(config, "down_proj_bias", False):
+            self.mlp.down_proj = _with_bias(self.mlp.down_proj, quant)
+
+
+def _with_bias(layer: RowParallelLinear, quant_config: Any) -> RowParallelLinear:
+    if layer.bias is not None:
+        return layer
+    return RowParallelLinear(input_size=layer.input_size, output_size=layer.output_size, bias=True,
+                             quant_config=quant_config, reduce_results=layer.reduce_results,
+                             prefix=layer.prefix)
 
 
 class GraspLlamaForCausalLM(LlamaForCausalLM):

@@ -119,10 +119,14 @@ def serving_plan(model):
     shape = ModelShape.from_config(model.config)
     rng = np.random.default_rng(0)
     layers = []
-    for n_ffn, kv in zip(FFN_KEEP, KV_KEEP):
+    for i, (n_ffn, kv) in enumerate(zip(FFN_KEEP, KV_KEEP)):
         ffn = tuple(sorted(rng.choice(192, n_ffn, replace=False).tolist()))
+        # Compensation biases (as FLAP adds) on some layers, so serving covers them too.
+        o_bias = tuple(float(x) for x in 0.1 * rng.standard_normal(128)) if i in (1, 2) else None
+        down_bias = tuple(float(x) for x in 0.1 * rng.standard_normal(128)) if i == 2 else None
         layers.append(LayerPlan(ffn, kv, tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(n_ffn)),
-                                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv)))))
+                                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv))),
+                                o_bias, down_bias))
     layout = UnitLayout.from_shape(shape)
     mask = np.zeros(layout.num_units, dtype=bool)
     for i, lp in enumerate(layers):
@@ -130,7 +134,8 @@ def serving_plan(model):
         mask[layout.segment(i, "kv").start + np.array(lp.kv_keep)] = True
     return Plan(method="grasp", settings={},
                 source=SourceModel(str(model.name_or_path), models.fingerprint(model), shape),
-                budget=budget_report(layout, mask, 0.3, models.count_parameters(model)),
+                budget=budget_report(layout, mask, 0.3, models.count_parameters(model),
+                                     added=2 * 4 * 128),
                 layers=tuple(layers), calibration={"source": None}, seed=0)
 
 

@@ -86,3 +86,46 @@ def test_an_interrupted_run_resumes_to_the_same_scores():
     assert log.steps == 12 - 5
     np.testing.assert_allclose(scores, full_scores, rtol=0, atol=1e-6)
     assert np.array_equal(mask, full_mask)
+
+
+def test_informed_init_distillation_and_cost_projection():
+    """The 'past the paper' switches: the first mask follows the initial scores, the KD loss
+    is a KL to the dense logits (zero when nothing is removed), the budget still holds."""
+    from grasp_deploy.grasp import _dense_logits, _loss, initial_scores
+    from grasp_deploy.masking import Multipliers, multiplied
+    from grasp_deploy.projection import project
+
+    model, shape, layout, blocks, budget = _setup(seed=1)
+    importance = np.random.default_rng(0).random(layout.num_units) + 0.5  # no clipping
+    init = initial_scores(importance, layout, tau=1.5)
+    assert np.abs(init).max() <= 3 * 1.5 + 1e-12
+    # Within each kind, the initial order is the importance order.
+    ffn = layout.segment(0, "ffn")
+    np.testing.assert_array_equal(np.argsort(init[ffn.start:ffn.stop]),
+                                  np.argsort(importance[ffn.start:ffn.stop]))
+    masks = []
+    settings = GraspSettings(epochs=1, scale_epochs=0, init="taylor", loss="ce+kd", projection="cost")
+    mask, _, log = train_gates(model, shape, layout, blocks, budget, settings, seed=0, init=init,
+                               on_step=lambda s, k, m: masks.append(m), progress=False)
+    first = project(1 / (1 + np.exp(-init / 1.5)), layout, budget, "rank", per_cost=True)
+    np.testing.assert_array_equal(masks[0], first)
+    assert all(layout.kept_cost(m) <= budget for m in masks) and np.isfinite(log.losses).all()
+    # KD of the unmasked model against itself is zero; with units removed it is positive.
+    mult = Multipliers.empty(shape.num_layers)
+    with multiplied(model, shape, mult):
+        teacher = _dense_logits(model, mult, blocks[:1])
+        assert float(_loss(model, blocks[:1], teacher, "kd")) == pytest.approx(0.0, abs=1e-5)
+        mult.ffn[0] = torch.zeros(shape.layers[0].intermediate_size)
+        assert float(_loss(model, blocks[:1], teacher, "kd")) > 1e-4
+
+
+def test_cost_aware_projection_prefers_cheap_units():
+    from grasp_deploy.projection import project
+
+    _, _, layout, _, budget = _setup()
+    flat = np.full(layout.num_units, 0.5)
+    by_score = project(flat, layout, budget)
+    by_cost = project(flat, layout, budget, per_cost=True)
+    kv = np.concatenate([np.arange(s.start, s.stop) for s in layout.segments if s.kind == "kv"])
+    assert by_cost[kv].sum() < by_score[kv].sum()  # equal value: the cheap FFN channels win
+    assert layout.kept_cost(by_cost) <= budget

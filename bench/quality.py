@@ -1,0 +1,304 @@
+"""Quality benchmark: every pruning method at several ratios on one model, full WikiText-2 test.
+
+Each (method, ratio) cell runs the real CLI: ``grasp-deploy prune`` on the shared calibration
+text, then ``grasp-deploy eval --plan`` (the plan applied as masks, scales and biases: equal to
+the exported checkpoint within fp32 rounding) on the whole ``wiki.test.raw``. A finished cell
+is saved as ``bench/results/quality-cells/<cell>.json`` and skipped by later runs, so the table
+fills over several runs (in the background: ``nohup ... &``). Every run rewrites
+``bench/results/quality.{json,md,png}`` from the cells present.
+
+    .venv/bin/python bench/quality.py                         # all methods, ratios 0.2-0.5
+    .venv/bin/python bench/quality.py --methods flap,gisp --ratios 0.5
+    .venv/bin/python bench/quality.py --ablation              # GRASPrune variants at 0.5
+    .venv/bin/python bench/quality.py --report                # only rebuild the report
+
+GISP runs once at the largest ratio and takes the other ratios' plans from its nested
+trajectory (``--from-trajectory``); its prune time is that one run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.quick_quality import WIKI, machine, run  # noqa: E402
+from grasp_deploy.versions import package_versions  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CELLS = RESULTS / "quality-cells"
+WORK = ROOT / "runs" / "quality"
+RATIOS = (0.2, 0.3, 0.4, 0.5)
+
+# The CPU calibration recipe every calibrated method shares (the paper's is 512 x 512 tokens and
+# 4 epochs: about 3.5 hours per GRASPrune run on this 2-core CPU).
+CALIB = dict(num_samples=128, seq_len=256)
+GRASP_CPU = ["--epochs", "1", "--scale-samples", "32"]
+PAPER = ["--recipe", "paper", *GRASP_CPU]
+BEST = ["--recipe", "best", *GRASP_CPU]
+
+# column -> extra prune arguments (besides --prune-ratio, calibration and the output)
+METHODS: dict[str, list[str]] = {
+    "magnitude": ["--method", "magnitude"],
+    "wanda-sp": ["--method", "wanda-sp"],
+    "flap": ["--method", "flap"],
+    "taylor": ["--method", "taylor"],
+    "gisp": ["--method", "gisp"],
+    "grasp-paper": ["--method", "grasp", *PAPER],
+    "grasp-best": ["--method", "grasp", *BEST],
+    "grasp-best-self": ["--method", "grasp", *BEST, "--calib", "self"],
+}
+# GRASPrune variants, each one switch away from the paper's method, on a smaller recipe
+# (64 x 256 tokens, 1 epoch, stage A only) so that the whole set runs in well under an hour.
+SMALL = ["--num-samples", "64", "--epochs", "1", "--scale-epochs", "0"]
+ABLATION: dict[str, list[str]] = {
+    "paper": ["--recipe", "paper", *SMALL],
+    "paper+rank-ties": ["--recipe", "paper", *SMALL, "--tie-break", "rank"],
+    "paper+taylor-init": ["--recipe", "paper", *SMALL, "--init", "taylor"],
+    "paper+ce+kd": ["--recipe", "paper", *SMALL, "--loss", "ce+kd"],
+    "paper+kd": ["--recipe", "paper", *SMALL, "--loss", "kd"],
+    "paper+cost-projection": ["--recipe", "paper", *SMALL, "--projection", "cost"],
+    "best": ["--recipe", "best", *SMALL],
+}
+
+
+def cli() -> list[str]:
+    return [str(Path(sys.executable).with_name("grasp-deploy"))]
+
+
+def cell_name(column: str, ratio: float | None) -> str:
+    return column if ratio is None else f"{column}-r{ratio:g}"
+
+
+def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
+          gisp_root: Path | None) -> tuple[Path, float]:
+    """Run ``grasp-deploy prune`` unless a plan with the very same arguments exists (an
+    ablation variant that equals a table column shares its plan)."""
+    cmd = ["prune", model, "--prune-ratio", str(ratio), "--calib", calib,
+           "--num-samples", str(CALIB["num_samples"]), "--seq-len", str(CALIB["seq_len"]), *args]
+    if "--calib" in args:  # the column brings its own calibration (self)
+        i = cmd.index("--calib")
+        del cmd[i:i + 2]
+    if gisp_root is not None:
+        cmd += ["--from-trajectory", str(gisp_root)]
+    key = hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:10]
+    work = WORK / f"{cell_name(column, ratio)}-{key}"
+    plan = work / "plan"
+    if (plan / "plan.json").is_file() and (work / "command.json").is_file():
+        print(f"[reuse] {plan}", flush=True)
+        return plan, json.loads((work / "command.json").read_text())["wall_seconds"]
+    for other in WORK.glob(f"*-{key}"):
+        if (other / "plan" / "plan.json").is_file() and (other / "command.json").is_file():
+            print(f"[reuse] {other / 'plan'}", flush=True)
+            return other / "plan", json.loads((other / "command.json").read_text())["wall_seconds"]
+    seconds, _ = run([*cli(), *cmd, "--out", str(plan), "--force", "--quiet"])
+    (work / "command.json").write_text(json.dumps({"command": cmd, "wall_seconds": seconds}) + "\n")
+    return plan, seconds
+
+
+def evaluate(model: str, plan: Path | None, max_windows: int | None) -> dict:
+    cmd = [*cli(), "eval", model, "--data", f"file:{WIKI / 'wiki.test.raw'}", "--json",
+           "--dtype", "float32"]
+    if plan is not None:
+        cmd += ["--plan", str(plan)]
+    if max_windows:
+        cmd += ["--max-windows", str(max_windows)]
+    _, out = run(cmd)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def plan_figures(plan_dir: Path) -> dict:
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    shape, b = plan["source"]["shape"], plan["budget"]
+    kv = [len(l["kv_keep"]) for l in plan["layers"]]
+    dense_kv = [l["num_key_value_heads"] for l in shape["layers"]]
+    per_head = 2 * shape["head_dim"] * 2  # keys + values, bf16 bytes
+    return {"params": b["model_pruned"], "params_dense": b["model_dense"],
+            "removed_prunable": b["achieved_ratio"], "removed_model": b["model_reduction"],
+            "kv_bytes_per_token_bf16": per_head * sum(kv),
+            "kv_bytes_per_token_bf16_dense": per_head * sum(dense_kv),
+            "settings": plan["settings"], "calibration": plan["calibration"]}
+
+
+def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None, opts) -> None:
+    name = cell_name(column, ratio)
+    directory = CELLS if kind == "table" else CELLS / "ablation"
+    path = directory / f"{name}.json"
+    if path.is_file() and not opts.force:
+        print(f"[skip] {kind} {name}: done", flush=True)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"[cell] {kind} {name}", flush=True)
+    record: dict = {"cell": name, "method": column, "ratio": ratio, "model": opts.model}
+    plan, prune_s, gisp_root = None, 0.0, None
+    if args is not None:
+        if column == "gisp" and ratio != max(opts.ratios):
+            roots = sorted(WORK.glob(f"{cell_name('gisp', max(opts.ratios))}-*/plan/trajectory.json"))
+            gisp_root = roots[0].parent if roots else None
+            if gisp_root is None:
+                print(f"[wait] {name}: needs the gisp run at {max(opts.ratios):g} first", flush=True)
+                return
+        plan, prune_s = prune(column, args, ratio, opts.model, opts.calib, gisp_root)
+        record.update(plan_figures(plan))
+        run_info = json.loads((plan / "run.json").read_text())
+        record["prune_seconds"] = (run_info["seconds"]["prune"] if gisp_root is None else
+                                   _cell(directory, cell_name("gisp", max(opts.ratios)))["prune_seconds"])
+        record["prune_wall_seconds"] = prune_s
+        record["stages"] = {k: {"steps": v["steps"], "seconds": v["seconds"]}
+                            for k, v in run_info.get("stages", {}).items()}
+    t0 = time.perf_counter()
+    record["eval"] = evaluate(opts.model, plan, opts.max_windows if kind == "table" else opts.ablation_windows)
+    record["eval_wall_seconds"] = time.perf_counter() - t0
+    record["perplexity"] = record["eval"]["perplexity"]
+    record["machine"], record["versions"] = machine(), package_versions()
+    record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"[done] {name}: perplexity {record['perplexity']:.3f}", flush=True)
+
+
+def _cell(directory: Path, name: str) -> dict:
+    path = directory / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# -- report ----------------------------------------------------------------------------------
+def report(opts) -> None:
+    cells = {p.stem: json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))}
+    ablation = {p.stem: json.loads(p.read_text()) for p in sorted((CELLS / "ablation").glob("*.json"))}
+    dense = cells.get("dense")
+    columns = [c for c in METHODS if any(cell_name(c, r) in cells for r in RATIOS)]
+    table = {c: {f"{r:g}": cells.get(cell_name(c, r)) for r in RATIOS} for c in columns}
+    out = {"model": opts.model, "calibration": {**CALIB, "text": "wiki.valid.tokens"},
+           "evaluation": "wiki.test.raw, all windows of 2048 tokens, float32",
+           "dense": dense, "cells": table, "ablation": ablation,
+           "commands": {"table": "python bench/quality.py", "ablation": "python bench/quality.py --ablation"},
+           "machine": machine(), "versions": package_versions()}
+    (RESULTS / "quality.json").write_text(json.dumps(out, indent=1) + "\n")
+    (RESULTS / "quality.md").write_text(markdown(out, columns))
+    plot(out, columns, RESULTS / "quality.png")
+    print(f"report: {RESULTS / 'quality.md'}", flush=True)
+
+
+def _ppl(cell: dict | None) -> str:
+    return "-" if not cell else f"{cell['perplexity']:.2f}"
+
+
+def markdown(out: dict, columns: list[str]) -> str:
+    dense = out["dense"]
+    lines = [
+        f"# Quality: perplexity vs prune ratio, {out['model']}",
+        "",
+        "WikiText-2 test (`wiki.test.raw`, the protocol in ../shared/data/wikitext-2/README.md): "
+        "every window of 2048 tokens, float32, plans applied as masks/scales/biases (equal to "
+        "the exported checkpoints). Calibration: "
+        f"{CALIB['num_samples']} x {CALIB['seq_len']} tokens of `wiki.valid.tokens` (seed 0) for "
+        "every calibrated method; `grasp-best-self` samples its own calibration text from the "
+        "dense model (data-free). GRASPrune here: 1 epoch over the blocks (128 steps) and stage B "
+        "on 32 held-out blocks (the CPU recipe; the paper's is 4 epochs of 512 x 512).",
+        "",
+        f"Dense: perplexity {_ppl(dense)}"
+        + (f" ({dense['eval']['windows']} windows)." if dense else "."),
+        "",
+        "| method | " + " | ".join(f"r={r:g}" for r in RATIOS) + " |",
+        "|---|" + "---:|" * len(RATIOS),
+    ]
+    for c in columns:
+        lines.append(f"| {c} | " + " | ".join(_ppl(out["cells"][c][f"{r:g}"]) for r in RATIOS) + " |")
+    lines += ["", "Per cell: parameters (whole model), KV-cache bytes per token (bf16), prune time "
+              "(seconds, this CPU).", "",
+              "| method | ratio | perplexity | params | removed (model) | KV B/token | prune s | windows |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if dense:
+        lines.append(f"| dense | 0 | {_ppl(dense)} | - | 0% | - | 0 | {dense['eval']['windows']} |")
+    for c in columns:
+        for r in RATIOS:
+            cell = out["cells"][c][f"{r:g}"]
+            if cell:
+                lines.append(f"| {c} | {r:g} | {_ppl(cell)} | {cell['params']:,} | "
+                             f"{cell['removed_model']:.1%} | {cell['kv_bytes_per_token_bf16']:,} | "
+                             f"{cell['prune_seconds']:.0f} | {cell['eval']['windows']} |")
+    if out["ablation"]:
+        lines += ["", "## GRASPrune variants (ratio 0.5, first "
+                  f"{next(iter(out['ablation'].values()))['eval']['windows']} test windows)", "",
+                  "Each variant changes one switch of the paper's method; `best` is the "
+                  "`--recipe best` combination.", "",
+                  "| variant | perplexity | prune s |", "|---|---:|---:|"]
+        for name, cell in out["ablation"].items():
+            lines.append(f"| {cell['method']} | {_ppl(cell)} | {cell['prune_seconds']:.0f} |")
+    m = out["machine"]
+    lines += ["", f"Machine: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs; "
+              f"torch {out['versions'].get('torch')}, transformers {out['versions'].get('transformers')}.",
+              "", "Reproduce: `.venv/bin/python bench/quality.py` (cells are cached in "
+              "`bench/results/quality-cells/`; re-running skips finished ones) and "
+              "`.venv/bin/python bench/quality.py --ablation`.", ""]
+    return "\n".join(lines)
+
+
+def plot(out: dict, columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in columns:
+        xs = [r for r in RATIOS if out["cells"][c][f"{r:g}"]]
+        ys = [out["cells"][c][f"{r:g}"]["perplexity"] for r in xs]
+        ax.plot(xs, ys, marker="o", label=c)
+    if out["dense"]:
+        ax.axhline(out["dense"]["perplexity"], color="k", linestyle="--", label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("prune ratio (fraction of prunable parameters removed)")
+    ax.set_ylabel("WikiText-2 perplexity (log)")
+    ax.set_title(f"{out['model']}: quality vs budget")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated columns among {', '.join(METHODS)}")
+    ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
+    ap.add_argument("--calib", default=f"file:{WIKI / 'wiki.valid.tokens'}")
+    ap.add_argument("--max-windows", type=int, default=None,
+                    help="evaluate only the first N windows (not for the committed table)")
+    ap.add_argument("--ablation", action="store_true", help="run the GRASPrune variants at 0.5")
+    ap.add_argument("--ablation-windows", type=int, default=16)
+    ap.add_argument("--report", action="store_true", help="only rebuild the report")
+    ap.add_argument("--force", action="store_true", help="redo finished cells")
+    opts = ap.parse_args()
+    opts.ratios = sorted(float(r) for r in opts.ratios.split(","))
+    if not (WIKI / "wiki.test.raw").is_file():
+        sys.exit(f"error: {WIKI} is missing; the benchmark reads ../shared/data/wikitext-2")
+    if not opts.report:
+        if opts.ablation:
+            for name, args in ABLATION.items():
+                run_cell("ablation", name, ["--method", "grasp", *args], 0.5, opts)
+        else:
+            run_cell("table", "dense", None, None, opts)
+            methods = [m for m in opts.methods.split(",") if m]
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown:
+                sys.exit(f"error: unknown method(s) {unknown}; use {', '.join(METHODS)}")
+            # gisp's largest ratio first: the others come from its trajectory
+            for ratio in sorted(opts.ratios, reverse=True):
+                for m in methods:
+                    run_cell("table", m, METHODS[m], ratio, opts)
+    report(opts)
+
+
+if __name__ == "__main__":
+    main()
