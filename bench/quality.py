@@ -59,12 +59,14 @@ METHODS: dict[str, list[str]] = {
 SMALL = ["--num-samples", "64", "--epochs", "1", "--scale-epochs", "0"]
 ABLATION: dict[str, list[str]] = {
     "paper": ["--recipe", "paper", *SMALL],
-    "paper+rank-ties": ["--recipe", "paper", *SMALL, "--tie-break", "rank"],
     "paper+taylor-init": ["--recipe", "paper", *SMALL, "--init", "taylor"],
     "paper+ce+kd": ["--recipe", "paper", *SMALL, "--loss", "ce+kd"],
-    "paper+kd": ["--recipe", "paper", *SMALL, "--loss", "kd"],
     "paper+cost-projection": ["--recipe", "paper", *SMALL, "--projection", "cost"],
     "best": ["--recipe", "best", *SMALL],
+    "paper+taylor-init+rank-ties+ce+kd": ["--recipe", "paper", *SMALL, "--init", "taylor",
+                                          "--tie-break", "rank", "--loss", "ce+kd"],
+    "paper+rank-ties": ["--recipe", "paper", *SMALL, "--tie-break", "rank"],
+    "paper+kd": ["--recipe", "paper", *SMALL, "--loss", "kd"],
 }
 
 

@@ -70,9 +70,10 @@ def _prune_options(f):
         click.option("--recipe", default="best", show_default=True,
                      type=click.Choice(["paper", "best"]),
                      help="GRASPrune settings: paper (4 epochs of 512 x 512, tau 1.5, lr 1e-2, "
-                          "score ranking, zero init, LM loss) or best (ours: informed Taylor "
-                          "initial scores and distillation to the dense logits). Options below "
-                          "override single settings."),
+                          "score ranking, zero init, LM loss, index tie-break) or best (ours: "
+                          "the same with Taylor-informed initial scores and rank tie-break; "
+                          "measured in bench/results/quality.md). Options below override "
+                          "single settings."),
         click.option("--calib", default="wikitext2", show_default=True,
                      help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
                           "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."),
