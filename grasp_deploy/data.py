@@ -146,7 +146,8 @@ def cut_blocks(ids: torch.Tensor, seq_len: int, counts: tuple[int, ...], seed: i
 
 @torch.no_grad()
 def sample_from_model(model: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int,
-                      batch_size: int = 16, top_p: float = 0.95) -> torch.Tensor:
+                      batch_size: int = 16, top_p: float = 0.95,
+                      progress: bool = True) -> torch.Tensor:
     """Data-free calibration text: (num_samples, seq_len) tokens sampled from the model itself,
     each starting at the BOS token (EOS when there is none), temperature 1, nucleus ``top_p``."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -155,7 +156,10 @@ def sample_from_model(model: Any, tokenizer: Any, num_samples: int, seq_len: int
     chunks = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for first in range(0, num_samples, batch_size):
+        from tqdm.auto import tqdm
+
+        for first in tqdm(range(0, num_samples, batch_size), desc="sampling", unit="batch",
+                          disable=not progress, dynamic_ncols=True):
             n = min(batch_size, num_samples - first)
             prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
             out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,

@@ -148,7 +148,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     if calib is not None and calib.is_model_sampled:
         t0 = time.perf_counter()
         sampled = data.sample_from_model(model, tokenizer, config.num_samples + config.stage_b_samples,
-                                         config.seq_len, config.seed)
+                                         config.seq_len, config.seed, progress=config.progress)
         blocks_a, blocks_b = sampled[: config.num_samples], sampled[config.num_samples:]
         times["sample"] = time.perf_counter() - t0
         calib_desc = {**data.describe(calib), "sampling": "temperature 1, top_p 0.95, from BOS"}
