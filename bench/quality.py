@@ -89,7 +89,10 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
         del cmd[i:i + 2]
     if gisp_root is not None:
         cmd += ["--from-trajectory", str(gisp_root)]
-    key = hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:10]
+    # The key covers what the named recipes mean today, so changing one re-runs its cells.
+    from grasp_deploy.grasp import RECIPES
+
+    key = hashlib.sha256(json.dumps([cmd, RECIPES], sort_keys=True).encode()).hexdigest()[:10]
     work = WORK / f"{cell_name(column, ratio)}-{key}"
     plan = work / "plan"
     if (plan / "plan.json").is_file() and (work / "command.json").is_file():
