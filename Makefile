@@ -32,7 +32,15 @@ test-fast: install
 # A/B-benchmark against the dense model through vLLM, start the server, print the endpoint and
 # a sample completion, stop; then perplexity dense vs pruned on WikiText-2 (the shared test
 # text when present, else the dataset hub). About 15 minutes on a 2-core CPU.
-DEMO_EVAL = $(if $(wildcard $(WIKI)/wiki.test.raw),--data file:$(WIKI)/wiki.test.raw,--data wikitext2)
+# Without the shared text the hub is tried; if it is unreachable too, the perplexity lines are
+# skipped with a note (the served endpoint and the A/B report above are the demo's main output).
+ifneq ($(wildcard $(WIKI)/wiki.test.raw),)
+DEMO_EVAL = --data file:$(WIKI)/wiki.test.raw
+DEMO_EVAL_FALLBACK =
+else
+DEMO_EVAL = --data wikitext2
+DEMO_EVAL_FALLBACK = || echo "perplexity skipped (error above): $(WIKI) is absent; offline, run make demo SHARED=<folder holding data/wikitext-2>"
+endif
 
 demo: install
 	$(VENV)/bin/grasp-deploy models --fetch smollm2-135m
@@ -41,8 +49,8 @@ demo: install
 		--bench --concurrency 1,4 --requests 8 --input-len 64 --output-len 32 \
 		--kv-cache-gb 1 --max-model-len 2048 --enforce-eager --once
 	$(VENV)/bin/grasp-deploy inspect $(DEMO)/smollm2-r30/ckpt
-	$(VENV)/bin/grasp-deploy eval smollm2-135m $(DEMO_EVAL) --max-windows 4 -q
-	$(VENV)/bin/grasp-deploy eval $(DEMO)/smollm2-r30/ckpt $(DEMO_EVAL) --max-windows 4 -q
+	$(VENV)/bin/grasp-deploy eval smollm2-135m $(DEMO_EVAL) --max-windows 4 -q $(DEMO_EVAL_FALLBACK)
+	$(VENV)/bin/grasp-deploy eval $(DEMO)/smollm2-r30/ckpt $(DEMO_EVAL) --max-windows 4 -q $(DEMO_EVAL_FALLBACK)
 
 # Regenerate the lock from the current environment (after changing dependencies).
 lock:

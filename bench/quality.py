@@ -1,8 +1,9 @@
 """Quality benchmark: every pruning method at several ratios on one model, full WikiText-2 test.
 
 Each (method, ratio) cell runs the real CLI: ``grasp-deploy prune`` on the shared calibration
-text, then ``grasp-deploy eval --plan`` (the plan applied as masks, scales and biases: equal to
-the exported checkpoint within fp32 rounding) on the whole ``wiki.test.raw``. A finished cell
+text, ``grasp-deploy export`` (float32), then ``grasp-deploy eval`` of that exported checkpoint
+(what users deploy; smaller, so faster to evaluate than the plan as masks) on the whole
+``wiki.test.raw``; the checkpoint is deleted afterwards. A finished cell
 is saved as ``bench/results/quality-cells/<cell>.json`` and skipped by later runs, so the table
 fills over several runs (in the background: ``nohup ... &``). Every run rewrites
 ``bench/results/quality.{json,md,png}`` from the cells present.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -107,11 +109,16 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
     return plan, seconds
 
 
-def evaluate(model: str, plan: Path | None, max_windows: int | None) -> dict:
+def export(model: str, plan: Path) -> tuple[Path, float]:
+    ckpt = plan.parent / "ckpt"
+    seconds, _ = run([*cli(), "export", model, str(plan), "--out", str(ckpt), "--dtype", "float32",
+                      "--force"])
+    return ckpt, seconds
+
+
+def evaluate(model: str, max_windows: int | None) -> dict:
     cmd = [*cli(), "eval", model, "--data", f"file:{WIKI / 'wiki.test.raw'}", "--json",
            "--dtype", "float32"]
-    if plan is not None:
-        cmd += ["--plan", str(plan)]
     if max_windows:
         cmd += ["--max-windows", str(max_windows)]
     _, out = run(cmd)
@@ -157,9 +164,15 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
         record["prune_wall_seconds"] = prune_s
         record["stages"] = {k: {"steps": v["steps"], "seconds": v["seconds"]}
                             for k, v in run_info.get("stages", {}).items()}
+    target = opts.model
+    if plan is not None:
+        ckpt, record["export_wall_seconds"] = export(opts.model, plan)
+        target = str(ckpt)
     t0 = time.perf_counter()
-    record["eval"] = evaluate(opts.model, plan, opts.max_windows if kind == "table" else opts.ablation_windows)
+    record["eval"] = evaluate(target, opts.max_windows if kind == "table" else opts.ablation_windows)
     record["eval_wall_seconds"] = time.perf_counter() - t0
+    if plan is not None:
+        shutil.rmtree(ckpt)
     record["perplexity"] = record["eval"]["perplexity"]
     record["machine"], record["versions"] = machine(), package_versions()
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -202,8 +215,8 @@ def markdown(out: dict, columns: list[str]) -> str:
         f"# Quality: perplexity vs prune ratio, {out['model']}",
         "",
         "WikiText-2 test (`wiki.test.raw`, the protocol in ../shared/data/wikitext-2/README.md): "
-        "every window of 2048 tokens, float32, plans applied as masks/scales/biases (equal to "
-        "the exported checkpoints). Calibration: "
+        "every window of 2048 tokens, float32, on the exported checkpoints (ablation rows: "
+        "the plans applied as masks, equal within fp32 rounding). Calibration: "
         f"{CALIB['num_samples']} x {CALIB['seq_len']} tokens of `wiki.valid.tokens` (seed 0) for "
         "every calibrated method; `grasp-best-self` samples its own calibration text from the "
         "dense model (data-free). GRASPrune here: 1 epoch over the blocks (128 steps) and stage B "
