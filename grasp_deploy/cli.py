@@ -206,19 +206,36 @@ def _print_prune_summary(result) -> None:
 @click.option("--max-windows", default=None, type=int,
               help="Score only the first N windows (quick checks).")
 @click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--tasks", default=None, metavar="TASK[,TASK...]",
+              help="Zero-shot accuracy on these lm-eval tasks (e.g. hellaswag,arc_easy,piqa) "
+                   "instead of perplexity. Needs pip install 'grasp-deploy[zeroshot]' and the "
+                   "Hugging Face dataset hub.")
+@click.option("--limit", default=None, type=int, help="With --tasks: the first N examples per task.")
+@click.option("--num-fewshot", default=0, show_default=True, type=int, help="With --tasks.")
+@click.option("--include-path", type=click.Path(path_type=Path), default=None,
+              help="With --tasks: a folder of your own lm-eval task YAML files (local data).")
 @_device_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, device, dtype, as_json, quiet):
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, num_fewshot,
+             include_path, device, dtype, as_json, quiet):
     """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
 
     Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
     --seq-len tokens, perplexity = exp(mean over windows of the mean token NLL).
+    With --tasks, zero-shot accuracy through lm-evaluation-harness instead.
     """
     from .evaluate import EvalConfig, run_eval
 
     if quiet or as_json:
         _quiet_transformers()
+    if tasks is not None:
+        _eval_tasks(model, plan, tasks, limit, num_fewshot, include_path, batch_size, device,
+                    dtype, as_json)
+        return
+    if limit is not None or num_fewshot or include_path is not None:
+        raise GraspError("--limit, --num-fewshot and --include-path apply to --tasks; for "
+                         "perplexity use --max-windows")
     result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
                                  max_windows=max_windows, batch_size=batch_size, device=device,
                                  dtype=dtype, progress=not (quiet or as_json)))
@@ -229,6 +246,25 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, device, dtype,
                f"x {result.seq_len} tokens ({result.tokens:,}), {result.model}"
                f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}, "
                f"{result.seconds:.1f}s")
+
+
+def _eval_tasks(model, plan, tasks, limit, num_fewshot, include_path, batch_size, device, dtype,
+                as_json):
+    from .zeroshot import TasksConfig, parse_tasks, run_tasks
+
+    result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan, limit=limit,
+                                   num_fewshot=num_fewshot, include_path=include_path,
+                                   batch_size=batch_size, device=device, dtype=dtype))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    shots = f"{result.num_fewshot}-shot" if result.num_fewshot else "zero-shot"
+    click.echo(f"{shots} on {result.model}{' + plan ' + result.plan if result.plan else ''}"
+               f"{f', first {result.limit} examples per task' if result.limit else ''}, "
+               f"{result.dtype}, {result.seconds:.1f}s")
+    for task, values in result.tasks.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if not k.endswith("_stderr"))
+        click.echo(f"  {task:<20} {shown}")
 
 
 @main.command()
