@@ -152,17 +152,21 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
     record: dict = {"cell": name, "method": column, "ratio": ratio, "model": opts.model}
     plan, prune_s, gisp_root = None, 0.0, None
     if args is not None:
-        if column == "gisp" and ratio != max(opts.ratios):
-            roots = sorted(WORK.glob(f"{cell_name('gisp', max(opts.ratios))}-*/plan/trajectory.json"))
+        # GISP runs once, at the table's largest ratio, even when this run asks for fewer ratios.
+        gisp_top = max([*RATIOS, *opts.ratios])
+        if column == "gisp" and ratio != gisp_top:
+            roots = sorted(WORK.glob(f"{cell_name('gisp', gisp_top)}-*/plan/trajectory.json"))
             gisp_root = roots[0].parent if roots else None
             if gisp_root is None:
-                print(f"[wait] {name}: needs the gisp run at {max(opts.ratios):g} first", flush=True)
+                print(f"[wait] {name}: needs the gisp run at {gisp_top:g} first "
+                      f"(--methods gisp --ratios {gisp_top:g})", flush=True)
                 return
         plan, prune_s = prune(column, args, ratio, opts.model, opts.calib, gisp_root)
         record.update(plan_figures(plan))
         run_info = json.loads((plan / "run.json").read_text())
-        record["prune_seconds"] = (run_info["seconds"]["prune"] if gisp_root is None else
-                                   _cell(directory, cell_name("gisp", max(opts.ratios)))["prune_seconds"])
+        # A plan cut from GISP's trajectory costs nothing more: its time is the one run's.
+        trajectory_run = run_info if gisp_root is None else json.loads((gisp_root / "run.json").read_text())
+        record["prune_seconds"] = trajectory_run["seconds"]["prune"]
         record["prune_wall_seconds"] = prune_s
         record["stages"] = {k: {"steps": v["steps"], "seconds": v["seconds"]}
                             for k, v in run_info.get("stages", {}).items()}
@@ -182,11 +186,6 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(path)
     print(f"[done] {name}: perplexity {record['perplexity']:.3f}", flush=True)
-
-
-def _cell(directory: Path, name: str) -> dict:
-    path = directory / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # -- report ----------------------------------------------------------------------------------
