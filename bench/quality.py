@@ -231,8 +231,13 @@ def markdown(out: dict, columns: list[str]) -> str:
     ]
     for c in columns:
         lines.append(f"| {c} | " + " | ".join(_ppl(out["cells"][c][f"{r:g}"]) for r in RATIOS) + " |")
+    done = sum(1 for c in columns for r in RATIOS if out["cells"][c][f"{r:g}"])
+    lines += ["", f"Cells measured: {done} of {len(METHODS) * len(RATIOS)}."
+              if done < len(METHODS) * len(RATIOS) else "All cells measured.", ""]
+    lines += standings(out, columns)
     lines += ["", "Per cell: parameters (whole model), KV-cache bytes per token (bf16), prune time "
-              "(seconds, this CPU).", "",
+              "(wall-clock seconds of `grasp-deploy prune` on this 2-core CPU; a few ran while "
+              "other work shared the CPU, so read them as indicative).", "",
               "| method | ratio | perplexity | params | removed (model) | KV B/token | prune s | windows |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     if dense:
@@ -259,6 +264,27 @@ def markdown(out: dict, columns: list[str]) -> str:
               "`bench/results/quality-cells/`; re-running skips finished ones) and "
               "`.venv/bin/python bench/quality.py --ablation`.", ""]
     return "\n".join(lines)
+
+
+def standings(out: dict, columns: list[str], ours: str = "grasp-best") -> list[str]:
+    """Per ratio: the lowest perplexity, and where ``ours`` stands against it."""
+    lines = []
+    for r in RATIOS:
+        present = {c: out["cells"][c][f"{r:g}"]["perplexity"] for c in columns
+                   if out["cells"][c][f"{r:g}"] and c != f"{ours}-self"}
+        if len(present) < 2 or ours not in present:
+            continue
+        order = sorted(present, key=present.get)
+        if order[0] == ours:
+            runner = order[1]
+            lines.append(f"- r={r:g}: `{ours}` lowest, {present[ours]:.2f}; next `{runner}` "
+                         f"{present[runner]:.2f} (x{present[runner] / present[ours]:.2f}), "
+                         f"of {len(present)} methods measured.")
+        else:
+            lines.append(f"- r={r:g}: `{order[0]}` lowest, {present[order[0]]:.2f}; `{ours}` "
+                         f"{present[ours]:.2f} is x{present[ours] / present[order[0]]:.2f} above "
+                         f"it, of {len(present)} methods measured.")
+    return lines
 
 
 def plot(out: dict, columns: list[str], path: Path) -> None:
