@@ -241,7 +241,12 @@ def markdown(out: dict, columns: list[str]) -> str:
               "| method | ratio | perplexity | params | removed (model) | KV B/token | prune s | windows |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     if dense:
-        lines.append(f"| dense | 0 | {_ppl(dense)} | - | 0% | - | 0 | {dense['eval']['windows']} |")
+        # the dense sizes are recorded by every pruned cell of the same model
+        ref = next((cell for c in columns for cell in out["cells"][c].values() if cell), None)
+        params = f"{ref['params_dense']:,}" if ref else "-"
+        kv = f"{ref['kv_bytes_per_token_bf16_dense']:,}" if ref else "-"
+        lines.append(f"| dense | 0 | {_ppl(dense)} | {params} | 0% | {kv} | 0 | "
+                     f"{dense['eval']['windows']} |")
     for c in columns:
         for r in RATIOS:
             cell = out["cells"][c][f"{r:g}"]
@@ -301,6 +306,8 @@ def plot(out: dict, columns: list[str], path: Path) -> None:
     if out["dense"]:
         ax.axhline(out["dense"]["perplexity"], color="k", linestyle="--", label="dense")
     ax.set_yscale("log")
+    ax.set_xticks(RATIOS)  # the whole grid, so a partly filled table reads against it
+    ax.set_xlim(min(RATIOS) - 0.03, max(RATIOS) + 0.03)
     ax.set_xlabel("prune ratio (fraction of prunable parameters removed)")
     ax.set_ylabel("WikiText-2 perplexity (log)")
     ax.set_title(f"{out['model']}: quality vs budget")
