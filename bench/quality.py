@@ -206,6 +206,11 @@ def report(opts) -> None:
     print(f"report: {RESULTS / 'quality.md'}", flush=True)
 
 
+def _at(out: dict, column: str, ratio: float) -> dict | None:
+    """The finished cell of ``column`` at ``ratio`` in the report, or None."""
+    return out["cells"][column][f"{ratio:g}"]
+
+
 def _ppl(cell: dict | None) -> str:
     return "-" if not cell else f"{cell['perplexity']:.2f}"
 
@@ -230,8 +235,8 @@ def markdown(out: dict, columns: list[str]) -> str:
         "|---|" + "---:|" * len(RATIOS),
     ]
     for c in columns:
-        lines.append(f"| {c} | " + " | ".join(_ppl(out["cells"][c][f"{r:g}"]) for r in RATIOS) + " |")
-    done = sum(1 for c in columns for r in RATIOS if out["cells"][c][f"{r:g}"])
+        lines.append(f"| {c} | " + " | ".join(_ppl(_at(out, c, r)) for r in RATIOS) + " |")
+    done = sum(1 for c in columns for r in RATIOS if _at(out, c, r))
     lines += ["", f"Cells measured: {done} of {len(METHODS) * len(RATIOS)}."
               if done < len(METHODS) * len(RATIOS) else "All cells measured.", ""]
     lines += standings(out, columns)
@@ -249,7 +254,7 @@ def markdown(out: dict, columns: list[str]) -> str:
                      f"{dense['eval']['windows']} |")
     for c in columns:
         for r in RATIOS:
-            cell = out["cells"][c][f"{r:g}"]
+            cell = _at(out, c, r)
             if cell:
                 lines.append(f"| {c} | {r:g} | {_ppl(cell)} | {cell['params']:,} | "
                              f"{cell['removed_model']:.1%} | {cell['kv_bytes_per_token_bf16']:,} | "
@@ -275,8 +280,8 @@ def standings(out: dict, columns: list[str], ours: str = "grasp-best") -> list[s
     """Per ratio: the lowest perplexity, and where ``ours`` stands against it."""
     lines = []
     for r in RATIOS:
-        present = {c: out["cells"][c][f"{r:g}"]["perplexity"] for c in columns
-                   if out["cells"][c][f"{r:g}"] and c != f"{ours}-self"}
+        cells = {c: _at(out, c, r) for c in columns if c != f"{ours}-self"}
+        present = {c: cell["perplexity"] for c, cell in cells.items() if cell}
         if len(present) < 2 or ours not in present:
             continue
         order = sorted(present, key=present.get)
@@ -300,8 +305,8 @@ def plot(out: dict, columns: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in columns:
-        xs = [r for r in RATIOS if out["cells"][c][f"{r:g}"]]
-        ys = [out["cells"][c][f"{r:g}"]["perplexity"] for r in xs]
+        done = [(r, _at(out, c, r)) for r in RATIOS if _at(out, c, r)]
+        xs, ys = [r for r, _ in done], [cell["perplexity"] for _, cell in done]
         ax.plot(xs, ys, marker="o", label=c)
     if out["dense"]:
         ax.axhline(out["dense"]["perplexity"], color="k", linestyle="--", label="dense")
