@@ -59,16 +59,17 @@ METHODS: dict[str, list[str]] = {
 # GRASPrune variants, each one switch away from the paper's method, on a smaller recipe
 # (64 x 256 tokens, 1 epoch, stage A only) so that the whole set runs in well under an hour.
 SMALL = ["--num-samples", "64", "--epochs", "1", "--scale-epochs", "0"]
+# In report order: the paper, one switch at a time, then the combinations.
 ABLATION: dict[str, list[str]] = {
     "paper": ["--recipe", "paper", *SMALL],
-    "paper+taylor-init": ["--recipe", "paper", *SMALL, "--init", "taylor"],
-    "paper+ce+kd": ["--recipe", "paper", *SMALL, "--loss", "ce+kd"],
+    "paper+rank-ties": ["--recipe", "paper", *SMALL, "--tie-break", "rank"],
     "paper+cost-projection": ["--recipe", "paper", *SMALL, "--projection", "cost"],
-    "best": ["--recipe", "best", *SMALL],
+    "paper+kd": ["--recipe", "paper", *SMALL, "--loss", "kd"],
+    "paper+ce+kd": ["--recipe", "paper", *SMALL, "--loss", "ce+kd"],
+    "paper+taylor-init": ["--recipe", "paper", *SMALL, "--init", "taylor"],
     "paper+taylor-init+rank-ties+ce+kd": ["--recipe", "paper", *SMALL, "--init", "taylor",
                                           "--tie-break", "rank", "--loss", "ce+kd"],
-    "paper+rank-ties": ["--recipe", "paper", *SMALL, "--tie-break", "rank"],
-    "paper+kd": ["--recipe", "paper", *SMALL, "--loss", "kd"],
+    "best": ["--recipe", "best", *SMALL],
 }
 
 
@@ -191,7 +192,10 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
 # -- report ----------------------------------------------------------------------------------
 def report(opts) -> None:
     cells = {p.stem: json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))}
-    ablation = {p.stem: json.loads(p.read_text()) for p in sorted((CELLS / "ablation").glob("*.json"))}
+    found = {p.stem: json.loads(p.read_text()) for p in (CELLS / "ablation").glob("*.json")}
+    known = [cell_name(name, 0.5) for name in ABLATION]
+    order = [*known, *sorted(set(found) - set(known))]
+    ablation = {name: found[name] for name in order if name in found}
     dense = cells.get("dense")
     columns = [c for c in METHODS if any(cell_name(c, r) in cells for r in RATIOS)]
     table = {c: {f"{r:g}": cells.get(cell_name(c, r)) for r in RATIOS} for c in columns}
