@@ -212,7 +212,7 @@ def report(opts) -> None:
 
 def _at(out: dict, column: str, ratio: float) -> dict | None:
     """The finished cell of ``column`` at ``ratio`` in the report, or None."""
-    return out["cells"][column][f"{ratio:g}"]
+    return out["cells"].get(column, {}).get(f"{ratio:g}")
 
 
 def _ppl(cell: dict | None) -> str:
@@ -240,9 +240,14 @@ def markdown(out: dict, columns: list[str]) -> str:
     ]
     for c in columns:
         lines.append(f"| {c} | " + " | ".join(_ppl(_at(out, c, r)) for r in RATIOS) + " |")
-    done = sum(1 for c in columns for r in RATIOS if _at(out, c, r))
-    lines += ["", f"Cells measured: {done} of {len(METHODS) * len(RATIOS)}."
-              if done < len(METHODS) * len(RATIOS) else "All cells measured.", ""]
+    done = {c: sum(1 for r in RATIOS if _at(out, c, r)) for c in METHODS}
+    total = sum(done.values())
+    if total == len(METHODS) * len(RATIOS):
+        lines += ["", "All cells measured.", ""]
+    else:
+        partial = [f"`{c}` {n} of {len(RATIOS)}" for c, n in done.items() if n < len(RATIOS)]
+        lines += ["", f"Cells measured: {total} of {len(METHODS) * len(RATIOS)} "
+                  f"(not complete: {', '.join(partial)}).", ""]
     lines += standings(out, columns)
     lines += ["", "Per cell: parameters (whole model), KV-cache bytes per token (bf16), prune time "
               "(wall-clock seconds of `grasp-deploy prune` on this 2-core CPU; a few ran while "
@@ -262,7 +267,7 @@ def markdown(out: dict, columns: list[str]) -> str:
             if cell:
                 lines.append(f"| {c} | {r:g} | {_ppl(cell)} | {cell['params']:,} | "
                              f"{cell['removed_model']:.1%} | {cell['kv_bytes_per_token_bf16']:,} | "
-                             f"{cell['prune_seconds']:.0f} | {cell['eval']['windows']} |")
+                             f"{_seconds(cell['prune_seconds'])} | {cell['eval']['windows']} |")
     if out["ablation"]:
         lines += ["", "## GRASPrune variants (ratio 0.5, first "
                   f"{next(iter(out['ablation'].values()))['eval']['windows']} test windows)", "",
@@ -270,7 +275,7 @@ def markdown(out: dict, columns: list[str]) -> str:
                   "`--recipe best` combination.", "",
                   "| variant | perplexity | prune s |", "|---|---:|---:|"]
         for name, cell in out["ablation"].items():
-            lines.append(f"| {cell['method']} | {_ppl(cell)} | {cell['prune_seconds']:.0f} |")
+            lines.append(f"| {cell['method']} | {_ppl(cell)} | {_seconds(cell['prune_seconds'])} |")
     m = out["machine"]
     lines += ["", f"Machine: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs; "
               f"torch {out['versions'].get('torch')}, transformers {out['versions'].get('transformers')}.",
@@ -278,6 +283,11 @@ def markdown(out: dict, columns: list[str]) -> str:
               "`bench/results/quality-cells/`; re-running skips finished ones) and "
               "`.venv/bin/python bench/quality.py --ablation`.", ""]
     return "\n".join(lines)
+
+
+def _seconds(s: float) -> str:
+    """Whole seconds, but keep a decimal for sub-10-second runs (magnitude takes half a second)."""
+    return f"{s:.1f}" if s < 10 else f"{s:,.0f}"
 
 
 def standings(out: dict, columns: list[str], ours: str = "grasp-best") -> list[str]:
