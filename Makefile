@@ -22,11 +22,16 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# The architecture contracts (pyproject.toml [tool.importlinter]) first, then every test,
+# the slow and vLLM ones included.
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
+# What needs no vLLM and no real model: under 3 minutes.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow and not vllm"
 
 # The main job on the default model: prune 30% with data-free (self) calibration, export,
 # A/B-benchmark against the dense model through vLLM, start the server, print the endpoint and

@@ -1,2 +1,2 @@
-"""grasp-deploy's load benchmark (import name ``grasp_bench``): a locust user that times
-OpenAI-compatible streams itself, the A/B runner, and the report. Talks to servers over HTTP."""
+"""Benchmark scripts and their committed results (``results/``). Run from the repository
+root as ``python -m bench.NAME``; nothing imports this package."""

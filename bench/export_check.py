@@ -3,7 +3,7 @@
 Runs the real CLI: ``grasp-deploy export``, ``inspect --json`` and ``eval --json`` twice
 (``MODEL --plan PLAN`` and ``CKPT``), then writes ``bench/results/<name>.json`` / ``.md``.
 
-    .venv/bin/python bench/export_check.py --plan runs/quick-smollm2-r30-grasp \
+    .venv/bin/python -m bench.export_check --plan runs/quick-smollm2-r30-grasp \
         --name export-smollm2-r30
 """
 
@@ -15,9 +15,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from quick_quality import ROOT, WIKI, machine, run
+from bench.quick_quality import ROOT, WIKI, run
 
-from grasp_deploy.versions import package_versions
+from grasp_deploy.core.versions import machine, package_versions
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
                                      "dense": report["dense_kv_cache_bytes_per_token"],
                                      "pruned": report["kv_cache_bytes_per_token"]},
         "export_seconds": export_s, "machine": machine(), "versions": package_versions(),
-        "command": shlex.join(["python", "bench/export_check.py"] + sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "bench.export_check"] + sys.argv[1:]),
     }
     out_dir = ROOT / "bench" / "results"
     (out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")

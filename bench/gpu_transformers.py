@@ -7,8 +7,8 @@ tokens/s (batch 1 x --prefill-len) and decode tokens/s (greedy, KV cache, --deco
 --decode-len new tokens), dense and pruned in the same run, plus KV bytes per token. Writes
 ``bench/results/gpu-<name>.json``.
 
-    python bench/gpu_transformers.py --shape 7b --device cuda --name llama2-7b-r50
-    python bench/gpu_transformers.py --shape tiny --device cpu --name smoke   # a quick check
+    python -m bench.gpu_transformers --shape 7b --device cuda --name llama2-7b-r50
+    python -m bench.gpu_transformers --shape tiny --device cpu --name smoke   # a quick check
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from grasp_deploy.checkpoint.write import pruned_config
+from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
+from grasp_deploy.core.projection import UnitLayout, project
+from grasp_deploy.core.shape import ModelShape
+from grasp_deploy.core.slicing import materialize
+from grasp_deploy.core.versions import package_versions
+from grasp_deploy.sources.models import count_parameters, fingerprint
 
-from grasp_deploy.arch import ModelShape  # noqa: E402
-from grasp_deploy.export import materialize, pruned_config  # noqa: E402
-from grasp_deploy.models import count_parameters, fingerprint  # noqa: E402
-from grasp_deploy.plan import Plan, SourceModel, budget_report, layers_from_mask  # noqa: E402
-from grasp_deploy.projection import UnitLayout, project  # noqa: E402
-from grasp_deploy.versions import package_versions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -99,8 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from grasp_deploy.hf.configuration_grasp_llama import GraspLlamaConfig
-    from grasp_deploy.hf.modeling_grasp_llama import GraspLlamaForCausalLM
+    from grasp_deploy.checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
+    from grasp_deploy.checkpoint.hf.modeling_grasp_llama import GraspLlamaForCausalLM
 
     device, dtype = torch.device(args.device), torch.bfloat16
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def main() -> None:
         "kv_bytes_per_token": {"dense": shape.kv_bytes_per_token(dtype_bytes=2),
                                "pruned": shape.kv_bytes_per_token(heads, 2)},
         "versions": package_versions(),
-        "command": shlex.join(["python", "bench/gpu_transformers.py"] + sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "bench.gpu_transformers"] + sys.argv[1:]),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"gpu-{args.name}.json"

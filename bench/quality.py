@@ -8,10 +8,10 @@ is saved as ``bench/results/quality-cells/<cell>.json`` and skipped by later run
 fills over several runs (in the background: ``nohup ... &``). Every run rewrites
 ``bench/results/quality.{json,md,png}`` from the cells present.
 
-    .venv/bin/python bench/quality.py                         # all methods, ratios 0.2-0.5
-    .venv/bin/python bench/quality.py --methods flap,gisp --ratios 0.5
-    .venv/bin/python bench/quality.py --ablation              # GRASPrune variants at 0.5
-    .venv/bin/python bench/quality.py --report                # only rebuild the report
+    .venv/bin/python -m bench.quality                         # all methods, ratios 0.2-0.5
+    .venv/bin/python -m bench.quality --methods flap,gisp --ratios 0.5
+    .venv/bin/python -m bench.quality --ablation              # GRASPrune variants at 0.5
+    .venv/bin/python -m bench.quality --report                # only rebuild the report
 
 GISP runs once at the largest ratio and takes the other ratios' plans from its nested
 trajectory (``--from-trajectory``); its prune time is that one run's.
@@ -27,11 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quick_quality import WIKI, machine, run  # noqa: E402
-from grasp_deploy.versions import package_versions  # noqa: E402
+from bench.quick_quality import ROOT, WIKI, run
+from grasp_deploy.core.versions import machine, package_versions
 
 RESULTS = ROOT / "bench" / "results"
 CELLS = RESULTS / "quality-cells"
@@ -93,7 +90,7 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
     if gisp_root is not None:
         cmd += ["--from-trajectory", str(gisp_root)]
     # The key covers what the named recipes mean today, so changing one re-runs its cells.
-    from grasp_deploy.grasp import RECIPES
+    from grasp_deploy.methods.grasp import RECIPES
 
     key = hashlib.sha256(json.dumps([cmd, RECIPES], sort_keys=True).encode()).hexdigest()[:10]
     work = WORK / f"{cell_name(column, ratio)}-{key}"
@@ -202,7 +199,7 @@ def report(opts) -> None:
     out = {"model": opts.model, "calibration": {**CALIB, "text": "wiki.valid.tokens"},
            "evaluation": "wiki.test.raw, all windows of 2048 tokens, float32",
            "dense": dense, "cells": table, "ablation": ablation,
-           "commands": {"table": "python bench/quality.py", "ablation": "python bench/quality.py --ablation"},
+           "commands": {"table": "python -m bench.quality", "ablation": "python -m bench.quality --ablation"},
            "machine": machine(), "versions": package_versions()}
     (RESULTS / "quality.json").write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / "quality.md").write_text(markdown(out, columns))
@@ -279,9 +276,9 @@ def markdown(out: dict, columns: list[str]) -> str:
     m = out["machine"]
     lines += ["", f"Machine: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs; "
               f"torch {out['versions'].get('torch')}, transformers {out['versions'].get('transformers')}.",
-              "", "Reproduce: `.venv/bin/python bench/quality.py` (cells are cached in "
+              "", "Reproduce: `.venv/bin/python -m bench.quality` (cells are cached in "
               "`bench/results/quality-cells/`; re-running skips finished ones) and "
-              "`.venv/bin/python bench/quality.py --ablation`.", ""]
+              "`.venv/bin/python -m bench.quality --ablation`.", ""]
     return "\n".join(lines)
 
 

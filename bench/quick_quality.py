@@ -4,7 +4,7 @@ Runs the real CLI (``grasp-deploy prune`` / ``eval``) as subprocesses, times eac
 writes ``bench/results/<name>.json`` and ``.md`` with the commands, the machine and the package
 versions. Example (the recipe of issue 2):
 
-    .venv/bin/python bench/quick_quality.py --ratio 0.3 --num-samples 32 --seq-len 256 \
+    .venv/bin/python -m bench.quick_quality --ratio 0.3 --num-samples 32 --seq-len 256 \
         --epochs 1 --max-windows 8 --name quick-smollm2-r30
 """
 
@@ -12,32 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from grasp_deploy.core.versions import machine, package_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2"
-sys.path.insert(0, str(ROOT))
-
-from grasp_deploy.versions import package_versions  # noqa: E402
-
-
-def machine() -> dict[str, str]:
-    info = {"platform": platform.platform(), "python": platform.python_version()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core"):
-                info[key.strip()] = value.strip()
-        info["bf16_native"] = str("avx512_bf16" in Path("/proc/cpuinfo").read_text())
-    except OSError:
-        pass
-    return info
 
 
 def run(cmd: list[str]) -> tuple[float, str]:
@@ -99,7 +83,7 @@ def main() -> None:
         "eval": {"data": args.data, "seq_len": args.eval_seq_len, "windows": dense["windows"],
                  "dtype": dense["dtype"]},
         "rows": rows, "machine": machine(), "versions": package_versions(),
-        "command": shlex.join([Path(sys.executable).name, "bench/quick_quality.py"] + sys.argv[1:]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "bench.quick_quality"] + sys.argv[1:]),
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Records each server's KV capacity (tokens, from /metrics) against the ratio pred
 per-layer KV heads, answers a chat completion, and compares vLLM's greedy tokens for 3 prompts
 with transformers on the same checkpoint. Writes ``bench/results/<name>.json`` / ``.md``.
 
-    .venv/bin/python bench/serve_check.py --pruned runs/export-smollm2-r30 --name serve-smollm2-r30
+    .venv/bin/python -m bench.serve_check --pruned runs/export-smollm2-r30 --name serve-smollm2-r30
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from quick_quality import ROOT, machine
-
-from grasp_deploy import models
-from grasp_deploy.export import read_checkpoint
-from grasp_deploy.versions import package_versions
-from grasp_serving.launcher import ServerConfig, VllmServer, free_port
+from bench.quick_quality import ROOT
+from grasp_deploy.checkpoint.read import read_checkpoint
+from grasp_deploy.core.versions import machine, package_versions
+from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
+from grasp_deploy.sources import models
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Pruning a neural network means"]
 
@@ -87,7 +86,7 @@ def main() -> None:
                             "pruned": rows["pruned"]["kv"]["kv_cache_tokens"],
                             "measured_ratio": measured, "predicted_ratio": dense_heads / pruned_heads},
               "rows": rows, "prompts": PROMPTS, "machine": machine(), "versions": package_versions(),
-              "command": shlex.join(["python", "bench/serve_check.py"] + sys.argv[1:])}
+              "command": shlex.join(["python", "-m", "bench.serve_check"] + sys.argv[1:])}
     out = ROOT / "bench" / "results"
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     k = result["kv_tokens"]

@@ -5,7 +5,7 @@ For each model (dense, pruned): start the server through the launcher, warm up, 
 (closed loop), then vLLM's (``--max-concurrency``, random dataset, ``--ignore-eos``), and
 compare output throughput, median TTFT and median TPOT. Writes ``bench/results/<name>.json/md``.
 
-    .venv/bin/python bench/vllm_crosscheck.py --pruned runs/export-smollm2-r30 \
+    .venv/bin/python -m bench.vllm_crosscheck --pruned runs/export-smollm2-r30 \
         --concurrency 4 --requests 32 --name vllm-crosscheck-smollm2-r30
 """
 
@@ -19,12 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quick_quality import ROOT, machine
-
-from grasp_bench.ab import BenchConfig, make_prompts, read_records, run_locust, summarize_level
-from grasp_deploy import models
-from grasp_deploy.versions import package_versions
-from grasp_serving.launcher import ServerConfig, VllmServer, free_port
+from bench.quick_quality import ROOT
+from grasp_deploy.core.versions import machine, package_versions
+from grasp_deploy.loadtest.ab import (BenchConfig, make_prompts, read_records, run_locust,
+                                      summarize_level)
+from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
+from grasp_deploy.sources import models
 
 VLLM_BENCH = ("import sys\n"
               "from vllm.benchmarks.serve import add_cli_args, main\n"
@@ -81,7 +81,7 @@ def main() -> None:
                        "diff": {k: (ours[k] - theirs[k]) / theirs[k] for k in KEYS if theirs.get(k)}}
     result = {"name": args.name, "settings": vars(args), "rows": rows, "machine": machine(),
               "versions": package_versions(),
-              "command": shlex.join(["python", "bench/vllm_crosscheck.py"] + sys.argv[1:]),
+              "command": shlex.join(["python", "-m", "bench.vllm_crosscheck"] + sys.argv[1:]),
               "vllm_bench_args": vllm_cmd}
     out = ROOT / "bench" / "results"
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")

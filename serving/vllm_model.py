@@ -8,7 +8,6 @@ follows each layer's own KV heads) are vLLM's.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from vllm.config import VllmConfig
@@ -16,23 +15,14 @@ from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
 from vllm.model_executor.models.utils import extract_layer_index
 
+from grasp_deploy.checkpoint.format import (
+    BIAS_FIELDS,
+    GROUP_SIZE_FIELD,
+    kv_heads_per_layer,
+    layer_config,
+)
+
 from .tp import check_tp
-
-GROUP_SIZE_FIELD = "query_heads_per_kv_head"  # the checkpoint format's name (grasp_deploy.arch)
-
-
-def layer_config(config: Any, index: int) -> Any:
-    """Layer ``index``'s config: its per-layer patch, with query heads = KV heads x group size."""
-    base = config.per_layer_config[index] if getattr(config, "is_heterogeneous", False) else config
-    layer = copy.deepcopy(base)
-    group = getattr(config, GROUP_SIZE_FIELD, None)
-    if group:
-        layer.num_attention_heads = layer.num_key_value_heads * int(group)
-    return layer
-
-
-def kv_heads_per_layer(config: Any) -> list[int]:
-    return [layer_config(config, i).num_key_value_heads for i in range(config.num_hidden_layers)]
 
 
 class GraspLlamaDecoderLayer(LlamaDecoderLayer):
@@ -42,9 +32,9 @@ class GraspLlamaDecoderLayer(LlamaDecoderLayer):
                          config=layer_config(config, extract_layer_index(prefix)), **kwargs)
         # Compensation biases some pruning methods add (FLAP): the same projection, with a bias.
         quant = self.get_quant_config(vllm_config)
-        if getattr(config, "o_proj_bias", False):
+        if getattr(config, BIAS_FIELDS["o_proj"], False):
             self.self_attn.o_proj = _with_bias(self.self_attn.o_proj, quant)
-        if getattr(config, "down_proj_bias", False):
+        if getattr(config, BIAS_FIELDS["down_proj"], False):
             self.mlp.down_proj = _with_bias(self.mlp.down_proj, quant)
 
 

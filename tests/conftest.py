@@ -111,10 +111,10 @@ def serving_plan(model):
     """A hand-made plan over SERVING_SHAPE with uneven widths and non-trivial scales."""
     import numpy as np
 
-    from grasp_deploy import models
-    from grasp_deploy.arch import ModelShape
-    from grasp_deploy.plan import LayerPlan, Plan, SourceModel, budget_report
-    from grasp_deploy.projection import UnitLayout
+    from grasp_deploy.core.plan import LayerPlan, Plan, SourceModel, budget_report
+    from grasp_deploy.core.projection import UnitLayout
+    from grasp_deploy.core.shape import ModelShape
+    from grasp_deploy.sources import models
 
     shape = ModelShape.from_config(model.config)
     rng = np.random.default_rng(0)
@@ -142,8 +142,8 @@ def serving_plan(model):
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """(dense dir, pruned checkpoint dir) in SERVING_SHAPE."""
-    from grasp_deploy import models
-    from grasp_deploy.export import ExportConfig, run_export
+    from grasp_deploy.jobs.export import ExportConfig, run_export
+    from grasp_deploy.sources import models
 
     root = tmp_path_factory.mktemp("serving")
     dense = save_tiny(root / "dense", seed=7, **SERVING_SHAPE)

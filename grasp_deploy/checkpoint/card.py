@@ -1,0 +1,46 @@
+"""The model card (README.md) written into every checkpoint, from its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .format import GROUP_SIZE_FIELD
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
+    ffn = [l["intermediate_size"] for l in manifest["layers"]]
+    heads = [l["num_key_value_heads"] for l in manifest["layers"]]
+    dense = manifest["dense_layer"]
+    calib = manifest["calibration"]
+    calib_text = ("no calibration data" if not calib.get("source") else
+                  f"{calib.get('num_samples')} x {calib.get('seq_len')} tokens of {calib['source']}")
+    return f"""# {Path(manifest['source']['model']).name}, pruned with grasp-deploy ({manifest['method']})
+
+Structured pruning of `{manifest['source']['model']}` ({manifest['source']['fingerprint']}):
+{b['achieved_ratio']:.2%} of the prunable parameters (FFN channels and KV head groups) removed,
+asked {b['prune_ratio']:.2%}; calibration: {calib_text}; seed {manifest['seed']}.
+
+| | dense | pruned | ratio |
+|---|---:|---:|---:|
+| parameters | {p['dense']:,} | {p['pruned']:,} | {p['pruned'] / p['dense']:.3f} |
+| KV cache bytes / token ({kv['dtype']}) | {kv['dense']:,} | {kv['pruned']:,} | {kv['pruned'] / kv['dense']:.3f} |
+| FFN width per layer | {dense['intermediate_size']} | {min(ffn)}..{max(ffn)} | |
+| KV heads per layer | {dense['num_key_value_heads']} | {min(heads)}..{max(heads)} | |
+
+Each layer has its own FFN width and KV-head count (`per_layer_config` in `config.json`); query
+heads per layer = KV heads x {dense[GROUP_SIZE_FIELD]}. Stage-B scales are folded into
+the weights.
+
+Load with plain transformers (no grasp-deploy needed):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+```
+
+or serve it with `grasp-deploy serve PATH` (vLLM). `grasp_manifest.json` records the plan's
+provenance, package versions and the sha256 of every weight file.
+"""

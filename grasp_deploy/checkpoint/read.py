@@ -1,0 +1,147 @@
+"""Reading a checkpoint directory: its config and manifest, verification, the inspect report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.dtypes import DTYPES
+from ..core.errors import GraspError
+from ..core.fsutil import sha256_file
+from ..core.shape import ModelShape
+from . import format as fmt
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    directory: Path
+    config: dict[str, Any]  # config.json as written
+    manifest: dict[str, Any] | None
+    shape: ModelShape
+
+
+def shape_of(config: Any) -> ModelShape:
+    """The shape of a pruned checkpoint's config (per-layer widths) or of a dense config."""
+    if fmt.is_pruned_config(config):
+        return ModelShape.from_config(config, group_size=getattr(config, fmt.GROUP_SIZE_FIELD, 0) or 0)
+    return ModelShape.from_config(config)
+
+
+def read_checkpoint(directory: Path) -> CheckpointInfo:
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise GraspError(f"{directory} has no config.json: not a checkpoint directory")
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as err:
+        raise GraspError(f"cannot read {directory}/config.json: {err}") from err
+    manifest = None
+    if (directory / fmt.MANIFEST).is_file():
+        manifest = json.loads((directory / fmt.MANIFEST).read_text())
+    return CheckpointInfo(directory, raw, manifest, shape_of(config))
+
+
+def weight_files(directory: Path) -> list[str]:
+    index = directory / fmt.INDEX_FILE
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return [fmt.SINGLE_FILE] if (directory / fmt.SINGLE_FILE).is_file() else []
+
+
+def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Projection weight shapes each layer must have, from the config alone."""
+    d, h, g = shape.hidden_size, shape.head_dim, shape.group_size
+    want: dict[str, tuple[int, ...]] = {}
+    for i, l in enumerate(shape.layers):
+        kv, ffn, pre = l.num_key_value_heads, l.intermediate_size, f"model.layers.{i}."
+        want.update({
+            pre + "self_attn.q_proj.weight": (kv * g * h, d),
+            pre + "self_attn.k_proj.weight": (kv * h, d),
+            pre + "self_attn.v_proj.weight": (kv * h, d),
+            pre + "self_attn.o_proj.weight": (d, kv * g * h),
+            pre + "mlp.gate_proj.weight": (ffn, d),
+            pre + "mlp.up_proj.weight": (ffn, d),
+            pre + "mlp.down_proj.weight": (d, ffn),
+        })
+    return want
+
+
+def verify_checkpoint(info: CheckpointInfo, hashes: bool = True) -> dict[str, Any]:
+    """Check weight files against the manifest (sha256) and the config (shapes).
+
+    Returns {"files": n, "parameters": count}. Raises GraspError on the first problem.
+    """
+    directory, files = info.directory, weight_files(info.directory)
+    if not files:
+        raise GraspError(f"{directory} has no safetensors weights")
+    if hashes and info.manifest is not None:
+        _check_hashes(directory, files, info.manifest.get("weights", {}))
+    want_shapes, count = expected_shapes(info.shape), 0
+    for name in files:
+        count += _check_shapes(directory / name, want_shapes)
+    return {"files": len(files), "parameters": count}
+
+
+def _check_hashes(directory: Path, files: list[str], recorded: dict[str, str]) -> None:
+    for name in files:
+        want = recorded.get(name)
+        if want is None:
+            raise GraspError(f"{directory}/{name} is not listed in {fmt.MANIFEST}")
+        if sha256_file(directory / name) != want:
+            raise GraspError(f"{directory}/{name} is corrupted: its sha256 differs from "
+                             f"{fmt.MANIFEST}; re-export the checkpoint")
+
+
+def _check_shapes(path: Path, want_shapes: dict[str, tuple[int, ...]]) -> int:
+    """Parameters in one weight file, after checking its projection shapes against the config."""
+    from safetensors import SafetensorError, safe_open
+
+    count = 0
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                shape = tuple(f.get_slice(key).get_shape())
+                count += int(torch.Size(shape).numel())
+                if key in want_shapes and shape != want_shapes[key]:
+                    raise GraspError(f"{key} has shape {shape} but config.json's per-layer "
+                                     f"patches say {want_shapes[key]}; the config and the "
+                                     "weights disagree, re-export the checkpoint")
+    except (SafetensorError, OSError) as err:
+        raise GraspError(f"{path} is unreadable or truncated ({err}); "
+                         "re-export the checkpoint") from err
+    return count
+
+
+def inspect_checkpoint(directory: Path) -> dict[str, Any]:
+    """Widths, counts and KV bytes of a checkpoint, after verifying its weight files."""
+    info = read_checkpoint(Path(directory))
+    checked = verify_checkpoint(info, hashes=True)
+    name = str(info.config.get("dtype"))
+    dtype = DTYPES[name].itemsize if name in DTYPES else 2
+    heads = [l.num_key_value_heads for l in info.shape.layers]
+    report: dict[str, Any] = {
+        "directory": str(info.directory), "architecture": (info.config.get("architectures") or ["?"])[0],
+        "layers": [{"intermediate_size": l.intermediate_size, "num_key_value_heads": l.num_key_value_heads,
+                    "num_attention_heads": l.num_key_value_heads * info.shape.group_size}
+                   for l in info.shape.layers],
+        "parameters": checked["parameters"], "weight_files": checked["files"],
+        "kv_cache_bytes_per_token": info.shape.kv_bytes_per_token(heads, dtype),
+        "kv_dtype_bytes": dtype,
+        "verified_sha256": info.manifest is not None,
+    }
+    if info.manifest is not None:
+        m = info.manifest
+        report.update(source=m["source"], method=m["method"], dense_parameters=m["parameters"]["dense"],
+                      dense_kv_cache_bytes_per_token=m["kv_cache_bytes_per_token"]["dense"],
+                      dense_layer=m["dense_layer"], budget=m["budget"])
+        if checked["parameters"] != m["parameters"]["pruned"]:
+            raise GraspError(f"{directory} holds {checked['parameters']:,} parameters but its "
+                             f"manifest says {m['parameters']['pruned']:,}; re-export it")
+    return report

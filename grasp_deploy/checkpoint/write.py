@@ -1,0 +1,117 @@
+"""Writing a checkpoint directory: config.json, weights (sharded with an index), remote code,
+manifest and model card. The caller owns the (temporary, atomic) directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.dtypes import dtype_name
+from ..core.fsutil import sha256_file
+from ..core.plan import Plan
+from ..core.versions import package_versions
+from . import format as fmt
+from .card import model_card
+
+HF_DIR = Path(__file__).with_name("hf")
+
+
+def pruned_config(source_config: Any, plan: Plan, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of the checkpoint: the source's fields, per-layer patches, auto_map."""
+    cfg = source_config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "auto_map", "transformers_version"):
+        cfg.pop(key, None)
+    shape = plan.source.shape
+    cfg.update(
+        architectures=[fmt.ARCHITECTURE], model_type=fmt.MODEL_TYPE, auto_map=dict(fmt.AUTO_MAP),
+        head_dim=shape.head_dim, dtype=dtype_name(dtype),
+        **{fmt.PER_LAYER_FIELD: {str(i): w for i, w in enumerate(plan.widths())}},
+        **{fmt.GROUP_SIZE_FIELD: shape.group_size},
+    )
+    # Projections that gain a bias the source architecture lacks (GraspLlamaConfig fields).
+    has = plan.has_biases
+    cfg.update({fmt.BIAS_FIELDS["o_proj"]: has["o_proj"] and not shape.attention_bias,
+                fmt.BIAS_FIELDS["down_proj"]: has["down_proj"] and not shape.mlp_bias})
+    return cfg
+
+
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
+def write_weights(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> list[str]:
+    """Write safetensors (sharded with an index above ``max_shard_bytes``); return file names."""
+    from safetensors.torch import save_file
+
+    shards = _shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / fmt.SINGLE_FILE), metadata={"format": "pt"})
+        return [fmt.SINGLE_FILE]
+    names, weight_map = [], {}
+    for k, shard in enumerate(shards, 1):
+        name = fmt.weight_file_name(k, len(shards))
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        names.append(name)
+        weight_map.update({t: name for t in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (directory / fmt.INDEX_FILE).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    return names
+
+
+def write_checkpoint(directory: Path, plan: Plan, source_config: Any, tensors: dict[str, torch.Tensor],
+                     dtype: torch.dtype, max_shard_bytes: int, dense_params: int) -> dict[str, Any]:
+    """Everything but the tokenizer and generation config; returns the manifest written."""
+    files = write_weights(tensors, directory, max_shard_bytes)
+    cfg = pruned_config(source_config, plan, dtype)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for name in fmt.REMOTE_CODE:
+        shutil.copyfile(HF_DIR / name, directory / name)
+    manifest = build_manifest(plan, tensors, files, directory, dtype, dense_params)
+    write_manifest(directory, manifest)
+    (directory / fmt.CARD).write_text(model_card(manifest))
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / fmt.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def build_manifest(plan: Plan, tensors: dict[str, torch.Tensor], files: list[str], directory: Path,
+                   dtype: torch.dtype, dense_params: int) -> dict[str, Any]:
+    shape = plan.source.shape
+    widths = plan.widths()
+    pruned_params = sum(t.numel() for t in tensors.values())
+    nbytes = dtype.itemsize
+    return {
+        "format": fmt.MANIFEST_FORMAT,
+        "source": {"model": plan.source.name, "fingerprint": plan.source.fingerprint},
+        "method": plan.method, "settings": plan.settings,
+        "budget": plan.to_json()["budget"],
+        "parameters": {"dense": dense_params, "pruned": pruned_params,
+                       "reduction": 1 - pruned_params / dense_params},
+        "kv_cache_bytes_per_token": {
+            "dtype": dtype_name(dtype),
+            "dense": shape.kv_bytes_per_token(dtype_bytes=nbytes),
+            "pruned": shape.kv_bytes_per_token([w["num_key_value_heads"] for w in widths], nbytes)},
+        "layers": widths,
+        "dense_layer": {"intermediate_size": shape.layers[0].intermediate_size,
+                        "num_key_value_heads": shape.layers[0].num_key_value_heads,
+                        fmt.GROUP_SIZE_FIELD: shape.group_size},
+        "calibration": plan.calibration, "seed": plan.seed,
+        "versions": package_versions(),
+        "weights": {name: sha256_file(directory / name) for name in files},
+    }

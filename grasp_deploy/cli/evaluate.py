@@ -1,0 +1,63 @@
+"""eval: perplexity, or zero-shot accuracy with --tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..core.errors import GraspError
+from . import show
+from .group import main, quiet_transformers
+from .options import device_options
+
+
+@main.command(name="eval")
+@click.argument("model", required=False)
+@click.option("--plan", type=click.Path(path_type=Path), default=None,
+              help="PLAN_DIR: evaluate MODEL with the plan applied as masks and scales.")
+@click.option("--data", default="wikitext2", show_default=True,
+              help="wikitext2[:SPLIT] (test split by default) or file:PATH.")
+@click.option("--seq-len", default=2048, show_default=True, type=int, help="Tokens per window.")
+@click.option("--max-windows", default=None, type=int,
+              help="Score only the first N windows (quick checks).")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--tasks", default=None, metavar="TASK[,TASK...]",
+              help="Zero-shot accuracy on these lm-eval tasks (e.g. hellaswag,arc_easy,piqa) "
+                   "instead of perplexity. Needs pip install 'grasp-deploy[zeroshot]' and the "
+                   "Hugging Face dataset hub.")
+@click.option("--limit", default=None, type=int, help="With --tasks: the first N examples per task.")
+@click.option("--num-fewshot", default=0, show_default=True, type=int, help="With --tasks.")
+@click.option("--include-path", type=click.Path(path_type=Path), default=None,
+              help="With --tasks: a folder of your own lm-eval task YAML files (local data).")
+@device_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, num_fewshot,
+             include_path, device, dtype, as_json, quiet):
+    """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
+
+    Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
+    --seq-len tokens, perplexity = exp(mean over windows of the mean token NLL).
+    With --tasks, zero-shot accuracy through lm-evaluation-harness instead.
+    """
+    from ..jobs.evaluate import EvalConfig, run_eval
+    from ..jobs.zeroshot import TasksConfig, parse_tasks, run_tasks
+
+    if quiet or as_json:
+        quiet_transformers()
+    if tasks is not None:  # zero-shot accuracy instead of perplexity
+        result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
+                                       limit=limit, num_fewshot=num_fewshot,
+                                       include_path=include_path, batch_size=batch_size,
+                                       device=device, dtype=dtype))
+        click.echo(json.dumps(result.to_json())) if as_json else show.tasks_lines(result)
+        return
+    if limit is not None or num_fewshot or include_path is not None:
+        raise GraspError("--limit, --num-fewshot and --include-path apply to --tasks; for "
+                         "perplexity use --max-windows")
+    result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
+                                 max_windows=max_windows, batch_size=batch_size, device=device,
+                                 dtype=dtype, progress=not (quiet or as_json)))
+    click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)

@@ -1,0 +1,89 @@
+"""prune, export, inspect, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..core.errors import GraspError
+from . import show
+from .group import main, quiet_transformers
+from .options import prune_config, prune_options
+
+
+@main.command()
+@click.argument("model", required=False)
+@prune_options
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="PLAN_DIR to write (plan.json, run.json).")
+@click.option("--force", is_flag=True, help="Replace an existing PLAN_DIR.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune(model, out, force, quiet, **options):
+    """Learn which FFN channels and KV groups to keep; write a plan.
+
+    The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
+    FFN width and KV-head count. Export turns it into a smaller dense checkpoint.
+    """
+    from ..jobs.prune import run_prune
+
+    config = prune_config(model, out, force, quiet, **options)
+    if quiet:
+        quiet_transformers()
+    show.prune_summary(run_prune(config))
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] PLAN_DIR")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="CKPT_DIR to write (atomically).")
+@click.option("--format", "fmt", default="safetensors", show_default=True,
+              type=click.Choice(["safetensors", "onnx"]),
+              help="onnx also writes onnx/model.onnx and checks it with onnxruntime.")
+@click.option("--dtype", default="source", show_default=True,
+              help="Weight dtype: source (as the source checkpoint), bfloat16, float16, float32.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Split weights into shards (with an index) above this size.")
+@click.option("--force", is_flag=True, help="Replace an existing CKPT_DIR.")
+def export(args, out, fmt, dtype, max_shard_size, force):
+    """Materialise a plan: a smaller dense checkpoint with per-layer widths.
+
+    MODEL defaults to the plan's source model. The directory loads with
+    AutoModelForCausalLM.from_pretrained(CKPT, trust_remote_code=True) in stock transformers,
+    and with grasp-deploy serve (vLLM).
+    """
+    from ..jobs.export import ExportConfig, run_export
+
+    if len(args) > 2:
+        raise GraspError(f"export takes [MODEL] PLAN_DIR, got {len(args)} arguments")
+    model, plan_dir = (None, args[0]) if len(args) == 1 else args
+    show.export_summary(run_export(ExportConfig(
+        plan_dir=Path(plan_dir), out=out, model=model, format=fmt, dtype=dtype,
+        max_shard_size=max_shard_size, force=force)))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(checkpoint, as_json):
+    """Per-layer widths, parameter counts and KV-cache bytes of CHECKPOINT; verifies sha256."""
+    from ..checkpoint.read import inspect_checkpoint
+
+    report = inspect_checkpoint(checkpoint)
+    click.echo(json.dumps(report)) if as_json else show.inspect_report(report)
+
+
+@main.command()
+@click.option("--fetch", "fetch_name", default=None, metavar="NAME",
+              help="Download and convert a known model into the cache now.")
+def models(fetch_name):
+    """List the known models (and their cache state); --fetch one."""
+    from ..sources import known
+
+    if fetch_name is not None:
+        click.echo(f"{fetch_name} ready at {known.fetch_known(fetch_name)}")
+        return
+    for row in known.describe_known():
+        state = f"cached at {row['path']}" if row["cached"] else "not fetched (use --fetch)"
+        click.echo(f"{row['name']:<14} {row['description']}\n{'':<14} {row['source']}; {state}")

@@ -1,0 +1,115 @@
+"""serve, bench, prune-and-serve."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..server.launcher import ServerConfig
+from ..sources.known import DEFAULT_MODEL
+from . import show
+from .group import main, quiet_transformers
+from .options import bench_config, bench_options, prune_config, prune_options
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("model", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None, help="Require this bearer token from clients.")
+@click.option("--max-model-len", default=None, type=int, help="Context length to serve.")
+@click.option("--kv-cache-gb", default=None, type=float,
+              help="KV-cache memory in GiB (CPU RAM or GPU memory; vLLM's "
+                   "--kv-cache-memory-bytes). Same value for dense and pruned = fair A/B.")
+@click.option("--dtype", default="auto", show_default=True, help="vLLM --dtype.")
+@click.option("--served-model-name", default=None, help="[default: the directory name]")
+@click.option("--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start).")
+@click.option("--startup-timeout", default=900.0, show_default=True, type=float, help="Seconds.")
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_model_name,
+          enforce_eager, startup_timeout, vllm_args):
+    """Serve a pruned checkpoint or a dense model with vLLM's OpenAI-compatible server.
+
+    Other vLLM flags go after '--', e.g.  grasp-deploy serve CKPT -- --max-num-seqs 32.
+    Ctrl-C or SIGTERM stops the server and its engine process.
+    """
+    from ..jobs.serve import kv_summary, resolve, run_serve
+
+    config = resolve(ServerConfig(
+        model=model or DEFAULT_MODEL, served_name=served_model_name, host=host, port=port,
+        api_key=api_key, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=dtype,
+        enforce_eager=enforce_eager, startup_timeout=startup_timeout, extra_args=tuple(vllm_args)))
+    sys.exit(run_serve(config, lambda server: show.banner(server, kv_summary(server)), say=_say))
+
+
+@main.command()
+@click.option("--pruned", required=True, help="Pruned checkpoint directory.")
+@click.option("--dense", default=DEFAULT_MODEL, show_default=True, help="The dense model.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="RESULTS_DIR: results.json/.md, requests.jsonl, PNG plots.")
+@bench_options
+@click.option("--force", is_flag=True, help="Overwrite an existing RESULTS_DIR.")
+def bench(pruned, dense, out, force, **options):
+    """A/B load test: the pruned checkpoint vs the dense model through vLLM.
+
+    Both servers get identical flags and KV memory; each level runs a fixed number of
+    streamed requests timed from the SSE stream (TTFT, TPOT, ITL, E2E); /metrics is scraped
+    for KV usage and preemptions. Everything stays on 127.0.0.1.
+    """
+    from ..jobs.bench import run_bench
+
+    results = run_bench(bench_config(pruned, dense, out, **options), force=force, say=_say)
+    show.bench_report(results, out)
+    sys.exit(0 if results["status"] == "complete" else 1)
+
+
+@main.command(name="prune-and-serve")
+@click.argument("model", required=False)
+@prune_options
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Directory for plan/, ckpt/ and bench/  [default: runs/<model>-<method>-r<R>-<key>]")
+@click.option("--bench", "do_bench", is_flag=True,
+              help="Run the A/B load test against the dense model before serving.")
+@bench_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None)
+@click.option("--startup-timeout", default=900.0, show_default=True, type=float)
+@click.option("--once", is_flag=True,
+              help="Start the server, print the endpoint and one sample completion, then stop.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once, quiet,
+                    concurrency, requests, input_len, output_len, repeats, request_rate, warmup,
+                    kv_cache_gb, max_model_len, vllm_dtype, enforce_eager, slo, **prune_opts):
+    """Prune MODEL, export it, optionally A/B it against the dense model, and serve it.
+
+    Outputs are reused when the model and prune settings are unchanged, so re-running the
+    same command goes straight to serving.
+    """
+    from ..jobs.pipeline import PipelineConfig, PipelineHooks, run_prune_and_serve
+    from ..jobs.serve import kv_summary
+
+    bench = bench_config("", model or DEFAULT_MODEL, Path(""), concurrency, requests, input_len,
+                         output_len, repeats, request_rate, warmup, kv_cache_gb, max_model_len,
+                         vllm_dtype, enforce_eager, slo)
+    config = PipelineConfig(
+        prune=prune_config(model, Path("unused"), True, quiet, **prune_opts),
+        server=ServerConfig(model="", host=host, port=port, api_key=api_key,
+                            max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=vllm_dtype,
+                            enforce_eager=enforce_eager, startup_timeout=startup_timeout),
+        work=work, bench=bench if do_bench else None, once=once)
+    if quiet:
+        quiet_transformers()
+    hooks = PipelineHooks(
+        say=_say, on_prune=show.prune_summary,
+        on_checkpoint=lambda ckpt: click.echo(f"checkpoint: {ckpt}"),
+        on_bench=lambda results, out: show.bench_report(results, out),
+        on_ready=lambda server: show.banner(server, kv_summary(server), once=once),
+        on_sample=lambda prompt, text: click.echo(f"  sample: {prompt!r} -> {text!r}"))
+    sys.exit(run_prune_and_serve(config, hooks))

@@ -1,0 +1,111 @@
+"""The one summary each command prints, as text (no library logic here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def prune_summary(result) -> None:
+    plan, b = result.plan, result.plan.budget
+    kv = [len(l.kv_keep) for l in plan.layers]
+    ffn = [len(l.ffn_keep) for l in plan.layers]
+    dense = plan.source.shape.layers[0]
+    lines = [
+        f"plan written to {result.plan_dir}/plan.json",
+        f"  method          {plan.method} on {plan.source.name}",
+        f"  prunable params {b.prunable_dense:,} -> {b.prunable_kept:,}  "
+        f"(removed {b.achieved_ratio:.2%}, asked {b.prune_ratio:.2%})",
+        f"  model params    {b.model_dense:,} -> {b.model_pruned:,}  "
+        f"(-{b.model_reduction:.2%})",
+        f"  FFN width       {min(ffn)}..{max(ffn)} of {dense.intermediate_size} per layer",
+        f"  KV heads        {sum(kv)} of {sum(l.num_key_value_heads for l in plan.source.shape.layers)}"
+        f" in all ({min(kv)}..{max(kv)} per layer)",
+    ]
+    for name, log in result.stages.items():
+        lines.append(f"  stage {name:<9} {log.steps} steps in {log.seconds:.1f}s, "
+                     f"loss {log.first_loss:.3f} -> {log.last_loss:.3f}")
+    lines.append(f"  total time      {result.seconds['total']:.1f}s")
+    click.echo("\n".join(lines))
+
+
+def export_summary(result) -> None:
+    m = result.manifest
+    p, kv = m["parameters"], m["kv_cache_bytes_per_token"]
+    lines = [f"checkpoint written to {result.directory}",
+             f"  parameters   {p['dense']:,} -> {p['pruned']:,} (-{p['reduction']:.2%})",
+             f"  KV bytes/tok {kv['dense']:,} -> {kv['pruned']:,} ({kv['dtype']}, "
+             f"x{kv['pruned'] / kv['dense']:.3f})",
+             f"  weights      {', '.join(m['weights'])}"]
+    if result.onnx:
+        lines.append(f"  onnx         {result.onnx['file']}; max |logits diff| vs PyTorch "
+                     f"{result.onnx['max_abs_logits_diff']:.2e}")
+    click.echo("\n".join(lines))
+
+
+def inspect_report(r: dict[str, Any]) -> None:
+    lines = [f"{r['directory']}: {r['architecture']}, {len(r['layers'])} layers"]
+    if "source" in r:
+        lines.append(f"  source       {r['source']['model']} ({r['source']['fingerprint']}), "
+                     f"method {r['method']}")
+        lines.append(f"  parameters   {r['dense_parameters']:,} dense -> {r['parameters']:,} "
+                     f"(x{r['parameters'] / r['dense_parameters']:.3f})")
+        lines.append(f"  KV bytes/tok {r['dense_kv_cache_bytes_per_token']:,} dense -> "
+                     f"{r['kv_cache_bytes_per_token']:,} "
+                     f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})")
+    else:
+        lines.append(f"  parameters   {r['parameters']:,}")
+        lines.append(f"  KV bytes/tok {r['kv_cache_bytes_per_token']:,}")
+    lines.append("  layer  ffn_width  kv_heads  q_heads")
+    for i, l in enumerate(r["layers"]):
+        lines.append(f"  {i:>5}  {l['intermediate_size']:>9}  {l['num_key_value_heads']:>8}  "
+                     f"{l['num_attention_heads']:>7}")
+    lines.append("  sha256 of every weight file matches grasp_manifest.json" if r["verified_sha256"]
+                 else "  (no grasp_manifest.json: weights not hash-checked)")
+    click.echo("\n".join(lines))
+
+
+def perplexity_line(result) -> None:
+    click.echo(f"perplexity {result.perplexity:.4f} on {result.data}: {result.windows} windows "
+               f"x {result.seq_len} tokens ({result.tokens:,}), {result.model}"
+               f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}, "
+               f"{result.seconds:.1f}s")
+
+
+def tasks_lines(result) -> None:
+    shots = f"{result.num_fewshot}-shot" if result.num_fewshot else "zero-shot"
+    click.echo(f"{shots} on {result.model}{' + plan ' + result.plan if result.plan else ''}"
+               f"{f', first {result.limit} examples per task' if result.limit else ''}, "
+               f"{result.dtype}, {result.seconds:.1f}s")
+    for task, values in result.tasks.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if not k.endswith("_stderr"))
+        click.echo(f"  {task:<20} {shown}")
+
+
+def banner(server, kv: str, once: bool = False) -> None:
+    """What a served endpoint looks like to a user: URL, model, KV cache, how to call it."""
+    config, key = server.config, server.config.api_key
+    auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+    lines = [
+        f"serving {config.name} at {server.url}/v1  (OpenAI-compatible)",
+        f"  model     {config.model}",
+        f"  {kv}",
+        f"  log       {server.log_path}",
+        f"  curl {server.url}/v1/completions -H 'Content-Type: application/json'{auth} "
+        f"-d '{{\"model\": \"{config.name}\", \"prompt\": \"The capital of France is\", "
+        f"\"max_tokens\": 16}}'",
+        f"  python: OpenAI(base_url=\"{server.url}/v1\", api_key=\"{key or 'none'}\")"
+        f".chat.completions.create(model=\"{config.name}\", messages=[{{\"role\": \"user\", "
+        f"\"content\": \"Hi\"}}])",
+    ]
+    if not once:
+        lines.append("  Ctrl-C to stop")
+    click.echo("\n".join(lines))
+
+
+def bench_report(results: dict[str, Any], out) -> None:
+    from ..loadtest.report import print_table
+
+    print_table(results, say=click.echo)
+    click.echo(f"report: {out}/results.md  (plots: {', '.join(results.get('plots', []))})")

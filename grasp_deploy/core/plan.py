@@ -1,0 +1,190 @@
+"""The plan: the only thing that passes from pruning to export.
+
+A small, frozen, JSON-serialisable record of which units each layer keeps and their stage-B
+scales, with the budget, the method and where it came from. Any method that writes a plan is
+exported, served and benchmarked the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import GraspError
+from .masking import Multipliers
+from .projection import UnitLayout
+from .shape import FFN, KV, ModelShape
+
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    ffn_keep: tuple[int, ...]  # kept FFN channel ids, ascending
+    kv_keep: tuple[int, ...]  # kept KV group ids, ascending
+    ffn_scale: tuple[float, ...] | None = None  # stage-B gamma per kept channel
+    kv_scale: tuple[float, ...] | None = None  # stage-B gamma per kept KV group
+    # Compensation biases (FLAP): added to o_proj / down_proj outputs; length hidden_size.
+    o_bias: tuple[float, ...] | None = None
+    down_bias: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    prune_ratio: float  # asked: the fraction of prunable parameters to remove
+    prunable_dense: int
+    prunable_kept: int
+    model_dense: int  # every parameter of the model (tied weights once)
+    model_pruned: int  # including any compensation biases a method adds
+    added: int = 0  # compensation bias parameters added (FLAP); not part of the prunable budget
+
+    @property
+    def achieved_ratio(self) -> float:
+        return 1.0 - self.prunable_kept / self.prunable_dense
+
+    @property
+    def model_reduction(self) -> float:
+        return 1.0 - self.model_pruned / self.model_dense
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    name: str  # as the user named it (path, hub id or default name)
+    fingerprint: str  # see models.fingerprint
+    shape: ModelShape
+
+
+@dataclass(frozen=True)
+class Plan:
+    method: str
+    settings: dict[str, Any]
+    source: SourceModel
+    budget: BudgetReport
+    layers: tuple[LayerPlan, ...]
+    calibration: dict[str, Any]
+    seed: int
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = PLAN_FORMAT
+
+    def __post_init__(self) -> None:
+        shape = self.source.shape
+        if len(self.layers) != shape.num_layers:
+            raise ValueError(f"plan has {len(self.layers)} layers, model {shape.num_layers}")
+        for i, (lp, ls) in enumerate(zip(self.layers, shape.layers)):
+            for name, ids, size, scale in (
+                (FFN, lp.ffn_keep, ls.intermediate_size, lp.ffn_scale),
+                (KV, lp.kv_keep, ls.num_key_value_heads, lp.kv_scale),
+            ):
+                if not ids or list(ids) != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= size:
+                    raise ValueError(f"layer {i} {name} ids must be ascending, unique, "
+                                     f"non-empty and < {size}")
+                if scale is not None and len(scale) != len(ids):
+                    raise ValueError(f"layer {i} {name} has {len(scale)} scales for "
+                                     f"{len(ids)} kept units")
+            for name, bias in (("o_bias", lp.o_bias), ("down_bias", lp.down_bias)):
+                if bias is not None and len(bias) != shape.hidden_size:
+                    raise ValueError(f"layer {i} {name} has {len(bias)} entries, "
+                                     f"not hidden_size {shape.hidden_size}")
+
+    # -- derived ----------------------------------------------------------------------
+    def widths(self) -> list[dict[str, int]]:
+        return [{"intermediate_size": len(l.ffn_keep), "num_key_value_heads": len(l.kv_keep)}
+                for l in self.layers]
+
+    @property
+    def has_biases(self) -> dict[str, bool]:
+        return {"o_proj": any(l.o_bias is not None for l in self.layers),
+                "down_proj": any(l.down_bias is not None for l in self.layers)}
+
+    def multipliers(self, with_scales: bool = True) -> Multipliers:
+        """0 for removed units, the stage-B scale (or 1) for kept ones; compensation biases."""
+        mult = Multipliers.empty(len(self.layers))
+        for i, (lp, ls) in enumerate(zip(self.layers, self.source.shape.layers)):
+            for name, bias in (("o_bias", lp.o_bias), ("down_bias", lp.down_bias)):
+                if bias is not None:
+                    getattr(mult, name)[i] = torch.tensor(bias, dtype=torch.float32)
+            for kind, ids, size, scale in (
+                (FFN, lp.ffn_keep, ls.intermediate_size, lp.ffn_scale),
+                (KV, lp.kv_keep, ls.num_key_value_heads, lp.kv_scale),
+            ):
+                m = torch.zeros(size, dtype=torch.float32)
+                m[list(ids)] = torch.tensor(scale, dtype=torch.float32) if (
+                    with_scales and scale is not None) else 1.0
+                (mult.ffn if kind == FFN else mult.kv)[i] = m
+        return mult
+
+    # -- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budget"].update(achieved_ratio=self.budget.achieved_ratio,
+                              model_reduction=self.budget.model_reduction)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        if data.get("format_version") != PLAN_FORMAT:
+            raise GraspError(f"plan format {data.get('format_version')!r} is not supported "
+                             f"(expected {PLAN_FORMAT}); re-run grasp-deploy prune")
+        src = data["source"]
+        budget = {k: v for k, v in data["budget"].items()
+                  if k not in ("achieved_ratio", "model_reduction")}
+
+        def tup(x):
+            return None if x is None else tuple(x)
+
+        layers = tuple(LayerPlan(tuple(l["ffn_keep"]), tuple(l["kv_keep"]),
+                                 tup(l.get("ffn_scale")), tup(l.get("kv_scale")),
+                                 tup(l.get("o_bias")), tup(l.get("down_bias")))
+                       for l in data["layers"])
+        return cls(
+            method=data["method"], settings=data["settings"],
+            source=SourceModel(src["name"], src["fingerprint"], ModelShape.from_json(src["shape"])),
+            budget=BudgetReport(**budget), layers=layers, calibration=data["calibration"],
+            seed=data["seed"], versions=data.get("versions", {}),
+            format_version=data["format_version"],
+        )
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / PLAN_FILE
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+
+def load_plan(directory: str | Path) -> Plan:
+    path = Path(directory)
+    path = path / PLAN_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise GraspError(f"no plan at {path}: pass the PLAN_DIR written by 'grasp-deploy prune'")
+    try:
+        return Plan.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise GraspError(f"plan {path} is malformed ({err}); re-run grasp-deploy prune") from err
+
+
+def layers_from_mask(layout: UnitLayout, mask: np.ndarray,
+                     scales: np.ndarray | None = None) -> tuple[LayerPlan, ...]:
+    """Turn a flat keep-mask (and optional flat per-unit scales) into per-layer plans."""
+    mask = np.asarray(mask, dtype=bool)
+    per_layer: dict[int, dict[str, Any]] = {}
+    for seg in layout.segments:
+        local = mask[seg.start:seg.stop]
+        ids = tuple(int(i) for i in np.flatnonzero(local))
+        scale = None
+        if scales is not None:
+            scale = tuple(float(x) for x in np.asarray(scales[seg.start:seg.stop])[local])
+        per_layer.setdefault(seg.layer, {})[seg.kind] = (ids, scale)
+    return tuple(LayerPlan(d[FFN][0], d[KV][0], d[FFN][1], d[KV][1])
+                 for _, d in sorted(per_layer.items()))
+
+
+def budget_report(layout: UnitLayout, mask: np.ndarray, prune_ratio: float,
+                  model_dense: int, added: int = 0) -> BudgetReport:
+    dense, kept = layout.total_cost(), layout.kept_cost(mask)
+    return BudgetReport(prune_ratio, dense, kept, model_dense, model_dense - (dense - kept) + added,
+                        added)

@@ -1,0 +1,92 @@
+"""The export job: a plan replayed on a freshly loaded source model, written as a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint.write import write_checkpoint, write_manifest
+from ..core.dtypes import dtype_from_config
+from ..core.errors import GraspError
+from ..core.fsutil import atomic_dir, check_target
+from ..core.plan import load_plan
+from ..core.slicing import materialize
+from ..sources import models
+from ..sources.device import resolve_dtype
+from . import loading
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+               "B": 1}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    plan_dir: Path
+    out: Path
+    model: str | None = None  # default: the plan's source model
+    format: str = "safetensors"
+    dtype: str = "source"  # "source" keeps the source checkpoint's dtype
+    max_shard_size: str = "5GB"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in ("safetensors", "onnx"):
+            raise GraspError(f"--format {self.format!r} is unknown; use safetensors or onnx")
+        parse_size(self.max_shard_size)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+    onnx: dict[str, Any] | None = None
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper()
+    for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+        if t.endswith(unit):
+            number = t[: -len(unit)].strip()
+            break
+    else:
+        unit, number = "B", t
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise GraspError(f"--max-shard-size {text!r} is not a size; use e.g. 2GB or 500MB")
+    return value
+
+
+def run_export(config: ExportConfig) -> ExportResult:
+    check_target(Path(config.out), config.force)
+    plan = load_plan(config.plan_dir)
+    source = models.resolve_source(config.model or plan.source.name)
+    source_config = loading.load_config(source)
+    dtype = (dtype_from_config(getattr(source_config, "dtype", None)
+                               or getattr(source_config, "torch_dtype", None))
+             if config.dtype == "source" else resolve_dtype(config.dtype))
+    max_shard = parse_size(config.max_shard_size)
+    tokenizer = models.load_tokenizer(source)
+    # Slice from float32 weights so that folding the scales loses nothing before the cast.
+    model = loading.load_model(source, dtype=torch.float32, device="cpu")
+    loading.check_plan_matches(plan, model, source.spec)
+    tensors = materialize(model, plan, dtype)
+    with atomic_dir(Path(config.out), config.force) as tmp:
+        manifest = write_checkpoint(tmp, plan, source_config, tensors, dtype, max_shard,
+                                    models.count_parameters(model))
+        tokenizer.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        onnx_report = None
+        if config.format == "onnx":
+            from .onnx import export_onnx
+
+            onnx_report = export_onnx(tmp)
+            manifest["onnx"] = onnx_report
+            write_manifest(tmp, manifest)
+    return ExportResult(Path(config.out), manifest, onnx_report)

@@ -1,0 +1,121 @@
+"""prune-and-serve: prune -> export -> (A/B bench) -> serve, reusing outputs whose inputs match.
+
+WORK/
+  inputs.json   what the plan and checkpoint were made from (the reuse key)
+  plan/         grasp-deploy prune output
+  ckpt/         grasp-deploy export output
+  bench/        grasp-deploy bench output (with --bench)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import format as fmt
+from ..core.errors import GraspError
+from ..core.plan import PLAN_FILE
+from ..loadtest.ab import BenchConfig, run_ab
+from ..server.launcher import ServerConfig, VllmServer, port_in_use, require_vllm
+from ..sources.known import DEFAULT_MODEL
+from . import bench, serve
+from .export import ExportConfig, run_export
+from .prune import PruneConfig, PruneResult, run_prune
+
+INPUTS = "inputs.json"
+SAMPLE_PROMPT = "The capital of France is"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    prune: PruneConfig  # its ``out`` is replaced by WORK/plan
+    server: ServerConfig  # its ``model`` is replaced by the checkpoint
+    work: Path | None = None  # default: runs/<model>-<method>-r<R>-<key>
+    bench: BenchConfig | None = None  # its ``pruned`` and ``out`` come from WORK
+    once: bool = False  # serve, complete one prompt, stop
+
+
+@dataclass(frozen=True)
+class PipelineHooks:
+    """What the caller shows at each step (the CLI prints; tests may record)."""
+
+    say: Callable[[str], None]
+    on_prune: Callable[[PruneResult], None]
+    on_checkpoint: Callable[[Path], None]
+    on_bench: Callable[[dict[str, Any], Path], None]
+    on_ready: Callable[[VllmServer], None]
+    on_sample: Callable[[str, str], None]
+
+
+def prune_inputs(config: PruneConfig) -> dict[str, Any]:
+    """The fields that decide the plan (not where it goes or how it is displayed)."""
+    data = asdict(config)
+    for key in ("out", "force", "progress", "checkpoint_every"):
+        data.pop(key)
+    data["model"] = config.model or DEFAULT_MODEL
+    return json.loads(json.dumps(data, default=str))
+
+
+def default_work_dir(config: PruneConfig, root: Path = Path("runs")) -> Path:
+    inputs = prune_inputs(config)
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
+    name = re.sub(r"[^\w.-]+", "-", Path(str(inputs["model"]).rstrip("/")).name)
+    return root / f"{name}-{config.method}-r{config.prune_ratio:g}-{key}"
+
+
+def prepare_checkpoint(config: PruneConfig, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Plan and checkpoint under ``work``, made anew only when the inputs changed."""
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = prune_inputs(config)
+    recorded = json.loads((work / INPUTS).read_text()) if (work / INPUTS).is_file() else None
+    same = recorded == inputs
+    plan_dir, ckpt = work / "plan", work / "ckpt"
+    out: dict[str, Any] = {"work": str(work), "plan": str(plan_dir), "checkpoint": str(ckpt)}
+    if same and (plan_dir / PLAN_FILE).is_file():
+        say(f"reusing the plan in {plan_dir} (same model and settings)")
+        out["pruned"] = False
+    else:
+        if not same:
+            (work / INPUTS).unlink(missing_ok=True)
+        result = run_prune(replace(config, out=plan_dir, force=True))
+        out["pruned"], out["prune_result"] = True, result
+    if out["pruned"] is False and (ckpt / fmt.MANIFEST).is_file():
+        say(f"reusing the checkpoint in {ckpt}")
+        out["exported"] = False
+    else:
+        run_export(ExportConfig(plan_dir=plan_dir, out=ckpt, model=config.model, force=True))
+        out["exported"] = True
+    (work / INPUTS).write_text(json.dumps(inputs, indent=2) + "\n")
+    return out
+
+
+def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
+    """The whole chain; returns the serve exit code (0 after Ctrl-C or ``once``)."""
+    require_vllm()
+    host, port = config.server.host, config.server.port
+    if port_in_use(host, port):
+        raise GraspError(f"port {port} on {host} is in use; pass another --port")
+    work = config.work or default_work_dir(config.prune)
+    made = prepare_checkpoint(config.prune, work, hooks.say)
+    if made.get("prune_result") is not None:
+        hooks.on_prune(made["prune_result"])
+    ckpt = Path(made["checkpoint"])
+    hooks.on_checkpoint(ckpt)
+    if config.bench is not None:
+        out = work / "bench"
+        results = run_ab(bench.resolve(replace(config.bench, pruned=str(ckpt), out=out)),
+                         say=hooks.say)
+        hooks.on_bench(results, out)
+    server_config = serve.resolve(replace(config.server, model=str(ckpt)))
+
+    def ready(server: VllmServer) -> None:
+        hooks.on_ready(server)
+        if config.once:
+            hooks.on_sample(SAMPLE_PROMPT, server.complete(SAMPLE_PROMPT))
+            raise KeyboardInterrupt  # --once: stop cleanly now
+
+    return serve.run_serve(server_config, ready, say=hooks.say)

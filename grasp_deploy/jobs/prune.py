@@ -1,0 +1,253 @@
+"""The prune job: model + calibration data + budget -> PLAN_DIR/plan.json.
+
+Everything that can be checked cheaply (ratio, sources, output path, context length, budget,
+calibration length) is checked before the model's weights are loaded. The method itself is a
+registry entry (``methods``); this module finds its inputs and writes what it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.dtypes import dtype_name
+from ..core.errors import GraspError
+from ..core.fsutil import atomic_dir, check_target, write_json
+from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
+from ..core.projection import UnitLayout, check_budget
+from ..core.versions import package_versions
+from ..methods import MethodInput, MethodResult, StageLog, get_method
+from ..methods.base import StepFn
+from ..methods.gisp import GispSettings, GispStep
+from ..methods.grasp import DEFAULT_RECIPE, GraspSettings
+from ..sources import models, text
+from ..sources.device import resolve_device, resolve_dtype
+from . import loading
+from .resume import ResumeStore, run_key
+
+RUN_FILE = "run.json"
+TRAJECTORY_FILE = "trajectory.json"  # GISP: the nested removal order, one entry per step
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    prune_ratio: float
+    out: Path
+    model: str | None = None
+    method: str = "grasp"
+    calib: str = "wikitext2"
+    num_samples: int = 512
+    seq_len: int = 512
+    grasp: GraspSettings = field(default_factory=GraspSettings)
+    scale_samples: int | None = None  # stage-B blocks; default: num_samples
+    align: int = 1
+    tp: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    force: bool = False
+    checkpoint_every: int = 50
+    progress: bool = True
+    recipe: str | None = DEFAULT_RECIPE  # recorded in the plan; ``grasp`` holds its values
+    gisp_step: float = 0.025  # GISP: prune-ratio increment per step
+    gisp_blocks: int = 16  # GISP: calibration blocks per step's gradient
+    from_trajectory: Path | None = None  # GISP: an earlier run's PLAN_DIR to take a nested plan from
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):
+            raise GraspError(f"--prune-ratio {self.prune_ratio} is outside (0, 1); give the "
+                             "fraction of prunable parameters to remove, e.g. 0.3")
+        get_method(self.method)
+        for flag, value in (("--num-samples", self.num_samples), ("--seq-len", self.seq_len),
+                            ("--align", self.align), ("--tp", self.tp)):
+            if value < 1:
+                raise GraspError(f"{flag} {value} must be a positive integer")
+        if self.seq_len < 2:
+            raise GraspError(f"--seq-len {self.seq_len} is too short; use at least 2")
+        if self.scale_samples is not None and self.scale_samples < 0:
+            raise GraspError(f"--scale-samples {self.scale_samples} must be >= 0")
+        GispSettings(self.gisp_step, self.gisp_blocks)
+        if self.from_trajectory is not None and self.method != "gisp":
+            raise GraspError("--from-trajectory only applies to --method gisp")
+
+    @property
+    def uses_calibration(self) -> bool:
+        return get_method(self.method).uses_calibration and self.from_trajectory is None
+
+    @property
+    def stage_b_samples(self) -> int:
+        if self.method != "grasp" or self.grasp.scale_epochs == 0:
+            return 0
+        return self.num_samples if self.scale_samples is None else self.scale_samples
+
+    def settings_record(self) -> dict[str, Any]:
+        """What the plan records of the settings (the same keys in the same order, always)."""
+        settings: dict[str, Any] = {"align": self.align, "tp": self.tp}
+        if self.uses_calibration:
+            settings.update(num_samples=self.num_samples, seq_len=self.seq_len, dtype=self.dtype)
+        if self.method == "grasp":
+            settings.update(self.grasp.to_json(), recipe=self.recipe,
+                            scale_samples=self.stage_b_samples)
+        if self.method == "gisp":
+            settings.update(gisp_step=self.gisp_step, gisp_blocks=self.gisp_blocks)
+        return settings
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    plan_dir: Path
+    seconds: dict[str, float]
+    stages: dict[str, StageLog]
+
+
+@dataclass
+class _Calibration:
+    stage_a: torch.Tensor | None
+    stage_b: torch.Tensor | None
+    description: dict[str, Any]
+
+
+def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult:
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    out = Path(config.out)
+    check_target(out, config.force, flag="--out")
+    calib = text.parse_source(config.calib) if config.uses_calibration else None
+    source = models.resolve_source(config.model)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    hf_config = loading.load_config(source)  # fetches the default model once
+    shape = loading.model_shape(hf_config)
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    if config.uses_calibration and limit is not None and config.seq_len > limit:
+        raise GraspError(f"--seq-len {config.seq_len} exceeds the model's context of {limit} "
+                         "tokens; use a smaller --seq-len")
+    layout = UnitLayout.from_shape(shape, align=config.align, tp=config.tp)
+    budget = math.floor((1.0 - config.prune_ratio) * layout.total_cost())
+    check_budget(layout, budget)
+    tokenizer = models.load_tokenizer(source)
+    calibration = _text_calibration(config, calib, tokenizer)  # before the weights: fail early
+
+    t0 = time.perf_counter()
+    model = loading.load_model(source, dtype=dtype, device=device)
+    times["load"] = time.perf_counter() - t0
+    fp = models.fingerprint(model)
+    if calib is not None and calib.is_model_sampled:
+        t0 = time.perf_counter()
+        calibration = _sampled_calibration(config, calib, model, tokenizer)
+        times["sample"] = time.perf_counter() - t0
+
+    store = ResumeStore(out, run_key({"fp": fp, "ratio": config.prune_ratio,
+                                      "settings": config.settings_record(),
+                                      "calib": calibration.description, "seed": config.seed,
+                                      "device": config.device}))
+    t0 = time.perf_counter()
+    result = get_method(config.method).run(MethodInput(
+        model=model, shape=shape, layout=layout, budget=budget, prune_ratio=config.prune_ratio,
+        blocks=calibration.stage_a, held_out=calibration.stage_b,
+        settings=_method_settings(config, fp), seed=config.seed, progress=config.progress,
+        store=store, save_every=config.checkpoint_every, on_step=on_step))
+    times["prune"] = time.perf_counter() - t0
+
+    description = calibration.description
+    if config.from_trajectory is not None:
+        description = _trajectory_calibration(Path(config.from_trajectory))
+    plan = _make_plan(config, result, layout, SourceModel(source.spec, fp, shape), description,
+                      models.count_parameters(model))
+    times["total"] = time.perf_counter() - t_all
+    _write(out, config, plan, result, {"seconds": times, "device": str(device),
+                                       "dtype": dtype_name(dtype)}, fp)
+    store.clear()
+    return PruneResult(plan, out, times, result.stages)
+
+
+def _text_calibration(config: PruneConfig, calib, tokenizer) -> _Calibration:
+    """Blocks cut from a text source (none yet for ``self``: those need the model)."""
+    if calib is None or calib.is_model_sampled:
+        return _Calibration(None, None, {"source": None})
+    ids = text.tokenize(tokenizer, text.load_text(calib))
+    blocks_a, blocks_b = text.cut_blocks(ids, config.seq_len,
+                                         (config.num_samples, config.stage_b_samples), config.seed)
+    description = {**text.describe(calib, tokens=int(ids.numel())), **_sizes(config)}
+    return _Calibration(blocks_a, blocks_b, description)
+
+
+def _sampled_calibration(config: PruneConfig, calib, model, tokenizer) -> _Calibration:
+    """Data-free calibration: blocks sampled from the model itself."""
+    sampled = text.sample_from_model(model, tokenizer, config.num_samples + config.stage_b_samples,
+                                     config.seq_len, config.seed, progress=config.progress)
+    description = {**text.describe(calib), "sampling": "temperature 1, top_p 0.95, from BOS",
+                   **_sizes(config)}
+    return _Calibration(sampled[: config.num_samples], sampled[config.num_samples:], description)
+
+
+def _sizes(config: PruneConfig) -> dict[str, Any]:
+    return dict(num_samples=config.num_samples, seq_len=config.seq_len,
+                scale_samples=config.stage_b_samples, seed=config.seed)
+
+
+def _method_settings(config: PruneConfig, fingerprint: str) -> Any:
+    if config.method == "grasp":
+        return config.grasp
+    if config.method == "gisp":
+        steps = None
+        if config.from_trajectory is not None:
+            steps = tuple(_load_trajectory(Path(config.from_trajectory), fingerprint))
+        return GispSettings(config.gisp_step, config.gisp_blocks, steps)
+    return None
+
+
+def _make_plan(config: PruneConfig, result: MethodResult, layout: UnitLayout, source: SourceModel,
+               calibration: dict[str, Any], dense_params: int) -> Plan:
+    layers, added = layers_from_mask(layout, result.mask, result.scales), 0
+    if result.biases is not None:
+        layers = tuple(replace(lp, o_bias=tuple(float(x) for x in b["o"]),
+                               down_bias=tuple(float(x) for x in b["down"]))
+                       for lp, b in zip(layers, result.biases))
+        # Biases the architecture lacks are new parameters (a hidden-size vector per layer).
+        shape = source.shape
+        added = shape.hidden_size * len(result.biases) * (int(not shape.attention_bias)
+                                                           + int(not shape.mlp_bias))
+    return Plan(method=config.method, settings=config.settings_record(), source=source,
+                budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added),
+                layers=layers, calibration=calibration, seed=config.seed,
+                versions=package_versions())
+
+
+def _write(out: Path, config: PruneConfig, plan: Plan, result: MethodResult,
+           run: dict[str, Any], fingerprint: str) -> None:
+    with atomic_dir(out, config.force) as tmp:
+        plan.save(tmp)
+        if result.trajectory is not None:
+            write_json(tmp / TRAJECTORY_FILE, {
+                "step": config.gisp_step, "fingerprint": fingerprint,
+                "steps": [{"target": t.target, "removed": list(t.removed)} for t in result.trajectory]})
+        write_json(tmp / RUN_FILE, {**run, "stages": {
+            k: {"steps": v.steps, "seconds": v.seconds, "losses": v.losses}
+            for k, v in result.stages.items()}})
+
+
+def _load_trajectory(plan_dir: Path, fingerprint: str) -> list[GispStep]:
+    """An earlier GISP run's steps, checked against the model."""
+    path = plan_dir / TRAJECTORY_FILE
+    if not path.is_file():
+        raise GraspError(f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
+                         "of an earlier 'grasp-deploy prune --method gisp' run")
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise GraspError(f"--from-trajectory {plan_dir} was made for another model "
+                         f"({saved.get('fingerprint')}, this one is {fingerprint})")
+    return [GispStep(float(s["target"]), tuple(s["removed"])) for s in saved["steps"]]
+
+
+def _trajectory_calibration(plan_dir: Path) -> dict[str, Any]:
+    """The calibration an earlier GISP run used, for a plan taken from its trajectory."""
+    calibration = json.loads((plan_dir / "plan.json").read_text()).get("calibration", {})
+    return {**calibration, "from_trajectory": str(plan_dir)}

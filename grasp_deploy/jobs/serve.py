@@ -1,0 +1,72 @@
+"""The serve job: check the model, start vLLM through the launcher, wait, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..server.launcher import ServerConfig, VllmServer, require_vllm
+from ..sources import models
+from . import loading
+
+
+def servable(model: str | None) -> tuple[str, str, Any]:
+    """(location vLLM opens, default served name, HF config) of a checkpoint or dense model;
+    a missing config or an unsupported architecture fails here, before any server starts."""
+    require_vllm()
+    source = models.resolve_source(model)
+    config = loading.load_config(source)
+    location = models.ensure_available(source)
+    name = source.spec if source.kind != "local" else Path(location).name
+    return location, name, config
+
+
+def resolve(config: ServerConfig) -> ServerConfig:
+    """``config`` for the location vLLM opens (the default model fetched once), with the
+    served name defaulting to the directory's; checked before start-up."""
+    location, name, _ = servable(config.model)
+    return replace(config, model=location, served_name=config.served_name or name)
+
+
+def _raise_interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def run_serve(config: ServerConfig, on_ready: Callable[[VllmServer], None],
+              say: Callable[[str], None]) -> int:
+    """Serve until Ctrl-C / SIGTERM (exit 0) or until the server dies (exit 1).
+
+    ``on_ready`` may raise KeyboardInterrupt to stop at once (``--once``)."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    server = VllmServer(config, say=say)
+    try:
+        server.start()
+        on_ready(server)
+        while server.alive():
+            time.sleep(1.0)
+        say(f"vLLM exited (code {server.proc.returncode}); last lines of {server.log_path}:\n"
+            f"{server.log_tail()}")
+        return 1
+    except KeyboardInterrupt:
+        say("stopping vLLM ...")
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def kv_summary(server: VllmServer) -> str:
+    info = server.kv_capacity()
+    if not info:
+        return "KV cache: not reported by /metrics"
+    tokens = int(info.get("kv_cache_tokens", 0))
+    parts = [f"KV cache: {tokens:,} tokens ({int(info['num_gpu_blocks']):,} blocks of "
+             f"{int(info['block_size'])})"]
+    if "kv_cache_max_concurrency" in info:
+        parts.append(f"max concurrency {info['kv_cache_max_concurrency']:.2f}x at the max model length")
+    if "kv_cache_memory_bytes" in info:
+        parts.append(f"{info['kv_cache_memory_bytes'] / 2**30:.2f} GiB")
+    return ", ".join(parts)

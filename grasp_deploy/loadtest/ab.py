@@ -1,0 +1,288 @@
+"""A/B load test: the dense and the pruned model through the same launcher and the same flags.
+
+For each repeat, each model in turn (dense, pruned, dense, pruned, ...): start its server,
+read its KV capacity, send warm-up requests (discarded), then for each concurrency level run
+a fixed number of requests with the locust user (closed loop, or open loop with a Poisson
+``request_rate``) while scraping ``/metrics``; stop the server. Every request is kept in a raw
+JSONL file and the percentiles are computed from it. All traffic stays on 127.0.0.1 and every
+loop is bounded in requests and time. Ctrl-C stops the servers and writes what was measured,
+marked incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.errors import GraspError
+from ..server.launcher import ServerConfig, VllmServer, free_port
+from .stats import RequestTiming, aggregate
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    pruned: str  # checkpoint directory (or any model vLLM opens)
+    dense: str
+    out: Path
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    requests: int = 64  # per level, per model, per repeat
+    input_len: int = 128
+    output_len: int = 64
+    repeats: int = 1
+    request_rate: float | None = None  # open loop (requests/s); None = closed loop
+    warmup: int = 4
+    kv_cache_gb: float = 1.0
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    extra_args: tuple[str, ...] = ()
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    seed: int = 0
+    level_timeout: float = 1800.0
+    startup_timeout: float = 900.0
+    vocab_size: int = 32000  # prompts draw ids from [10, vocab_size - 10)
+    labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
+
+    def __post_init__(self) -> None:
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise GraspError(f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16")
+        for flag, value in (("--requests", self.requests), ("--input-len", self.input_len),
+                            ("--output-len", self.output_len), ("--repeats", self.repeats)):
+            if value < 1:
+                raise GraspError(f"{flag} {value} must be at least 1")
+        if self.output_len < 2:
+            raise GraspError("--output-len must be at least 2 (TPOT needs two tokens)")
+        if self.request_rate is not None and self.request_rate <= 0:
+            raise GraspError(f"--request-rate {self.request_rate} must be positive")
+
+
+def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    """Seeded random token-id prompts, identical for both models."""
+    rng = random.Random(seed)
+    return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
+
+
+class MetricsScraper:
+    """Polls /metrics in a thread: KV usage, running/waiting requests, preemptions."""
+
+    NAMES = {"kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
+             "num_requests_running": "vllm:num_requests_running",
+             "num_requests_waiting": "vllm:num_requests_waiting",
+             "num_preemptions": "vllm:num_preemptions"}
+
+    def __init__(self, url: str, period: float = 0.5) -> None:
+        self.url, self.period = url, period
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def parse(text: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            m = re.match(r"^([\w:]+)(?:\{[^}]*\})?\s+([-\d.eE+naNinf]+)$", line.strip())
+            if not m:
+                continue
+            for key, prefix in MetricsScraper.NAMES.items():
+                if m.group(1) == prefix or m.group(1) == prefix + "_total":
+                    out[key] = out.get(key, 0.0) + float(m.group(2))
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url + "/metrics", timeout=2) as r:
+                    self.samples.append(self.parse(r.read().decode()))
+            except OSError:
+                pass
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> "MetricsScraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict[str, float]:
+        def col(key):
+            return [s[key] for s in self.samples if key in s]
+
+        usage, running, waiting = col("kv_cache_usage_perc"), col("num_requests_running"), col("num_requests_waiting")
+        pre = col("num_preemptions")
+        return {"kv_cache_usage_peak": max(usage, default=float("nan")),
+                "kv_cache_usage_mean": sum(usage) / len(usage) if usage else float("nan"),
+                "running_peak": max(running, default=float("nan")),
+                "waiting_peak": max(waiting, default=float("nan")),
+                "waiting_mean": sum(waiting) / len(waiting) if waiting else float("nan"),
+                "preemptions": (pre[-1] - pre[0]) if len(pre) >= 2 else 0.0,
+                "metric_samples": len(self.samples)}
+
+
+def run_locust(url: str, model: str, prompts_file: Path, records: Path, users: int, requests: int,
+               output_len: int, rate: float | None, timeout: float, api_key: str | None = None) -> None:
+    """One bounded locust run (headless, its own process); records land in ``records``."""
+    if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
+        raise GraspError(f"load tests target loopback only, not {url}")
+    env = {**os.environ, "GRASP_BENCH_PROMPTS": str(prompts_file), "GRASP_BENCH_MODEL": model,
+           "GRASP_BENCH_OUTPUT": str(output_len), "GRASP_BENCH_REQUESTS": str(requests),
+           "GRASP_BENCH_RECORDS": str(records), "GRASP_BENCH_RATE": str(rate or 0)}
+    if api_key:
+        env["GRASP_BENCH_API_KEY"] = api_key
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+           "-u", str(users), "-r", str(max(users, 1)), "-H", url, "--run-time", f"{int(timeout)}s",
+           "--stop-timeout", "30", "--loglevel", "WARNING", "--exit-code-on-error", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 120)
+    if proc.returncode not in (0, 1):
+        raise GraspError(f"locust failed (code {proc.returncode}): "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def timings(records: list[dict[str, Any]]) -> list[RequestTiming]:
+    return [RequestTiming(**{**{k: r[k] for k in RequestTiming.__dataclass_fields__},
+                             "itl": tuple(r["itl"])}) for r in records]
+
+
+def summarize_level(records: list[dict[str, Any]], config: BenchConfig) -> dict[str, Any]:
+    """Pool the requests of every repeat: percentiles over all of them, throughput over the
+    summed busy time (first request sent -> last stream closed, per run)."""
+    by_run: dict[int, list[dict]] = {}
+    for r in records:
+        by_run.setdefault(r["repeat"], []).append(r)
+    duration = sum(max(r["start"] + r["e2e"] for r in rs) - min(r["start"] for r in rs)
+                   for rs in by_run.values())
+    return aggregate(timings(records), duration, config.slo_ttft_ms, config.slo_tpot_ms)
+
+
+def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the A/B benchmark; returns the results dict (also written to ``config.out``)."""
+    from .report import write_report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "requests.jsonl"
+    raw.write_text("")
+    prompts_file = out / "prompts.json"
+    needed = config.warmup + config.requests
+    prompts_file.write_text(json.dumps(make_prompts(needed, config.input_len, config.vocab_size,
+                                                    config.seed)))
+    results: dict[str, Any] = {
+        "config": {**asdict(config), "out": str(out)}, "status": "running",
+        "models": {"dense": {"path": config.dense}, "pruned": {"path": config.pruned}},
+        "levels": {}, "events": [],
+    }
+    mode = "open" if config.request_rate else "closed"
+    # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
+    # for both, since libraries imported on the way (vLLM's) may have replaced SIGINT's.
+    previous = ({sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if _main_thread() else None)
+    try:
+        for rep in range(config.repeats):
+            for label in ("dense", "pruned"):
+                _bench_one(config, label, rep, results, raw, prompts_file, say)
+        results["status"] = "complete"
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        results["events"].append("interrupted by the user (Ctrl-C); results are partial")
+        say("interrupted: servers stopped, writing partial results")
+    except GraspError as err:
+        results["status"] = "failed"
+        results["events"].append(str(err))
+        raise
+    finally:
+        records = read_records(raw)
+        for label in ("dense", "pruned"):
+            for level in config.concurrency:
+                rs = [r for r in records if r["model"] == label and r["level"] == level]
+                if rs:
+                    results["levels"].setdefault(str(level), {})[label] = summarize_level(rs, config)
+        results["mode"] = mode
+        write_report(results, out)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+    return results
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Path,
+               prompts_file: Path, say: Callable[[str], None]) -> None:
+    model = config.dense if label == "dense" else config.pruned
+    server_cfg = ServerConfig(model=model, served_name=label, port=free_port(),
+                              kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
+                              dtype=config.dtype, enforce_eager=config.enforce_eager,
+                              extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+    with VllmServer(server_cfg, say=say) as server:
+        info = results["models"][label]
+        info["kv"] = server.kv_capacity()
+        if config.warmup:
+            warm = raw.with_name("warmup.jsonl")
+            run_locust(server.url, label, prompts_file, warm, 1, config.warmup, config.output_len,
+                       None, config.level_timeout)
+        all_prompts = json.loads(prompts_file.read_text())
+        run_prompts = raw.with_name("prompts-run.json")
+        run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
+        for level in config.concurrency:
+            if not server.alive():
+                results["events"].append(f"{label} server died before level {level} (repeat {rep}); "
+                                         f"log: {server.log_path}")
+                raise_died(label, server)
+            part = raw.with_name(f"part-{label}-{level}-{rep}.jsonl")
+            part.unlink(missing_ok=True)
+            say(f"{label} (repeat {rep + 1}/{config.repeats}): concurrency {level}, "
+                f"{config.requests} requests x {config.output_len} tokens")
+            with MetricsScraper(server.url) as scraper:
+                t0 = time.perf_counter()
+                run_locust(server.url, label, run_prompts, part, level, config.requests,
+                           config.output_len, config.request_rate, config.level_timeout)
+                wall = time.perf_counter() - t0
+            recs = read_records(part)
+            part.unlink(missing_ok=True)
+            with raw.open("a") as f:
+                for r in recs:
+                    f.write(json.dumps({"model": label, "level": level, "repeat": rep, **r}) + "\n")
+            ok = sum(1 for r in recs if r["ok"])
+            results["models"][label].setdefault("metrics", {}).setdefault(str(level), []).append(
+                {**scraper.summary(), "repeat": rep, "wall_seconds": wall})
+            say(f"  {ok}/{len(recs)} ok in {wall:.1f}s")
+            if not server.alive():
+                results["events"].append(f"{label} server died during level {level} (repeat {rep}); "
+                                         f"kept {len(recs)} measured requests; log: {server.log_path}")
+                raise_died(label, server)
+
+
+class ServerDied(GraspError):
+    pass
+
+
+def raise_died(label: str, server: VllmServer) -> None:
+    raise ServerDied(f"the {label} server died mid-run (log: {server.log_path})")

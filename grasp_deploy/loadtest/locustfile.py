@@ -1,0 +1,121 @@
+"""Locust user for OpenAI-compatible servers: streams /v1/completions and times every request
+itself from the SSE stream (locust's own stats neither time streamed bodies nor keep raw values).
+
+Configured by environment variables (the A/B runner sets them):
+
+  GRASP_BENCH_PROMPTS    JSON file: a list of prompts (token id lists), used in order
+  GRASP_BENCH_MODEL      served model name
+  GRASP_BENCH_OUTPUT     output tokens per request (max_tokens with ignore_eos)
+  GRASP_BENCH_REQUESTS   total requests; the run stops itself after that many
+  GRASP_BENCH_RECORDS    JSONL file: one timed record per request
+  GRASP_BENCH_API_KEY    optional bearer token
+  GRASP_BENCH_RATE       optional: open loop, mean requests/s over all users (Poisson arrivals)
+  GRASP_BENCH_TIMEOUT    per-request timeout in seconds (default 600)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import gevent
+from locust import FastHttpUser, events, task
+from locust.exception import StopUser
+
+from grasp_deploy.loadtest.stats import time_stream
+
+_STATE = {"next": 0, "done": 0}
+
+
+def _cfg(name: str, default: str | None = None) -> str:
+    value = os.environ.get(f"GRASP_BENCH_{name}", default)
+    if value is None:
+        raise RuntimeError(f"GRASP_BENCH_{name} is not set")
+    return value
+
+
+class _Run:
+    prompts = json.loads(open(_cfg("PROMPTS")).read())
+    model = _cfg("MODEL")
+    output = int(_cfg("OUTPUT"))
+    total = int(_cfg("REQUESTS"))
+    records = open(_cfg("RECORDS"), "a", buffering=1)
+    api_key = os.environ.get("GRASP_BENCH_API_KEY")
+    rate = float(os.environ.get("GRASP_BENCH_RATE", "0") or 0)
+    timeout = float(_cfg("TIMEOUT", "600"))
+
+
+def _wait(user: "OpenAIStreamUser") -> float:
+    if _Run.rate <= 0:
+        return 0.0  # closed loop: each user sends its next request at once
+    users = max(1, user.environment.runner.user_count if user.environment.runner else 1)
+    return user.rng.expovariate(_Run.rate / users)  # sum of users' arrivals ~ Poisson(rate)
+
+
+class OpenAIStreamUser(FastHttpUser):
+    wait_time = _wait
+    network_timeout = _Run.timeout
+    connection_timeout = 10.0
+
+    def on_start(self) -> None:
+        self.rng = random.Random(hash(id(self)))
+
+    @task
+    def complete(self) -> None:
+        if _STATE["next"] >= _Run.total:
+            raise StopUser()  # the last request to finish ends the run
+        index = _STATE["next"]
+        _STATE["next"] += 1
+        prompt = _Run.prompts[index % len(_Run.prompts)]
+        body = {"model": _Run.model, "prompt": prompt, "max_tokens": _Run.output,
+                "ignore_eos": True, "temperature": 0.0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        headers = {"Authorization": f"Bearer {_Run.api_key}"} if _Run.api_key else {}
+        events_seen, error = [], None
+        start = time.perf_counter()
+        try:
+            with self.client.post("/v1/completions", json=body, headers=headers, stream=True,
+                                  catch_response=True, name="stream") as resp:
+                if resp.status_code != 200:
+                    error = f"HTTP {resp.status_code}"
+                    resp.failure(error)
+                else:
+                    # geventhttpclient's readline returns each SSE line as it arrives
+                    # (iter_content would wait for whole 1 KiB chunks and blur the timing).
+                    raw = resp._response
+                    while True:
+                        line = raw.readline(b"\n")
+                        if not line:
+                            break
+                        now = time.perf_counter()
+                        line = line.strip()
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            break
+                        chunk = json.loads(payload)
+                        text = "".join(c.get("text") or "" for c in chunk.get("choices") or [])
+                        events_seen.append((now, text, chunk.get("usage")))
+                    resp.success()
+        except Exception as err:  # network failures are counted, not raised
+            error = f"{type(err).__name__}: {err}"[:300]
+        timing = time_stream(start, events_seen, time.perf_counter(), error)
+        record = {"index": index, **timing.to_json()}
+        if timing.ok and timing.output_tokens != _Run.output:
+            record["ok"] = False
+            record["error"] = f"got {timing.output_tokens} output tokens, asked {_Run.output}"
+        _Run.records.write(json.dumps(record) + "\n")
+        _STATE["done"] += 1
+        if _STATE["done"] >= _Run.total:
+            # quit() stops every user greenlet, this one included: run it from its own greenlet
+            # or it is killed halfway and the process lingers until --run-time.
+            gevent.spawn(self.environment.runner.quit)
+            raise StopUser()
+
+
+@events.quitting.add_listener
+def _close(**_kwargs) -> None:
+    _Run.records.close()

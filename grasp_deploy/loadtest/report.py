@@ -1,0 +1,144 @@
+"""The A/B report: results.json, results.md, PNG plots, and a printed summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..core.versions import machine, package_versions
+
+# (field, label, better) for the summary table; ratios are pruned / dense.
+HEADLINE = (("output_throughput", "output tok/s", "higher"),
+            ("median_tpot_ms", "p50 TPOT ms", "lower"),
+            ("median_ttft_ms", "p50 TTFT ms", "lower"),
+            ("p99_tpot_ms", "p99 TPOT ms", "lower"))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for level, per_model in sorted(results["levels"].items(), key=lambda kv: int(kv[0])):
+        d, p = per_model.get("dense"), per_model.get("pruned")
+        row: dict[str, Any] = {"level": int(level)}
+        for key, _, _ in HEADLINE:
+            row[f"dense_{key}"] = d[key] if d else math.nan
+            row[f"pruned_{key}"] = p[key] if p else math.nan
+            row[f"ratio_{key}"] = _ratio(row[f"pruned_{key}"], row[f"dense_{key}"])
+        row["failed"] = (d or {}).get("failed", 0) + (p or {}).get("failed", 0)
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    kv_d = results["models"]["dense"].get("kv", {})
+    kv_p = results["models"]["pruned"].get("kv", {})
+    mode = (f"open loop, Poisson {cfg['request_rate']} req/s" if cfg.get("request_rate")
+            else "closed loop (concurrency = users)")
+    lines = [f"# A/B: pruned vs dense ({results['status']})", "",
+             f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']} requests "
+             f"per level x {cfg['repeats']} repeat(s), input {cfg['input_len']} / output "
+             f"{cfg['output_len']} tokens, KV memory {cfg['kv_cache_gb']} GiB, dtype {cfg['dtype']}.", "",
+             "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned | ratio "
+             "| p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in summary_rows(results):
+        lines.append(
+            f"| {r['level']} | {r['dense_output_throughput']:.1f} | {r['pruned_output_throughput']:.1f} | "
+            f"{r['ratio_output_throughput']:.3f} | {r['dense_median_tpot_ms']:.1f} | "
+            f"{r['pruned_median_tpot_ms']:.1f} | {r['ratio_median_tpot_ms']:.3f} | "
+            f"{r['dense_median_ttft_ms']:.1f} | {r['pruned_median_ttft_ms']:.1f} | "
+            f"{r['ratio_median_ttft_ms']:.3f} | {r['ratio_p99_tpot_ms']:.3f} | {r['failed']} |")
+    lines += ["", "| KV cache | dense | pruned | ratio |", "|---|---:|---:|---:|"]
+    if kv_d and kv_p:
+        lines.append(f"| capacity (tokens) | {kv_d.get('kv_cache_tokens', math.nan):,.0f} | "
+                     f"{kv_p.get('kv_cache_tokens', math.nan):,.0f} | "
+                     f"{_ratio(kv_p.get('kv_cache_tokens', math.nan), kv_d.get('kv_cache_tokens', math.nan)):.3f} |")
+        if "kv_cache_max_concurrency" in kv_d:
+            lines.append(f"| max concurrency at max length | {kv_d['kv_cache_max_concurrency']:.2f} | "
+                         f"{kv_p.get('kv_cache_max_concurrency', math.nan):.2f} | "
+                         f"{_ratio(kv_p.get('kv_cache_max_concurrency', math.nan), kv_d['kv_cache_max_concurrency']):.3f} |")
+    for key, value in cfg.get("labels", {}).items():
+        lines.append(f"| {key} | {value.get('dense', '')} | {value.get('pruned', '')} | |"
+                     if isinstance(value, dict) else f"| {key} | {value} | | |")
+    if results["events"]:
+        lines += ["", "Events:", *[f"- {e}" for e in results["events"]]]
+    if results.get("command"):
+        lines += ["", f"Command: `{results['command']}`"]
+    lines += ["", f"Machine: {results.get('machine', {}).get('Model name', '?')}; "
+              f"versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary_rows(results)
+    if not rows:
+        return []
+    x = [r["level"] for r in rows]
+    made = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for who in ("dense", "pruned"):
+        ax.plot(x, [r[f"{who}_output_throughput"] for r in rows], marker="o", label=who)
+    ax.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Output throughput")
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(out / "throughput.png", dpi=120), plt.close(fig)
+    made.append("throughput.png")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    levels = results["levels"]
+    for ax, metric, title in ((axes[0], "tpot", "TPOT"), (axes[1], "ttft", "TTFT")):
+        for who, color in (("dense", "C0"), ("pruned", "C1")):
+            for q, style in (("median", "-"), ("p99", "--")):
+                ys = [levels[str(l)].get(who, {}).get(f"{q}_{metric}_ms", math.nan) for l in x]
+                ax.plot(x, ys, style, color=color, marker="o", label=f"{who} {q.replace('median', 'p50')}")
+        ax.set(xscale="log", xlabel="concurrency", ylabel="ms", title=f"{title} (p50 solid, p99 dashed)")
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(out / "latency.png", dpi=120), plt.close(fig)
+    made.append("latency.png")
+    kv = [results["models"][w].get("kv", {}).get("kv_cache_tokens", 0) for w in ("dense", "pruned")]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.bar(["dense", "pruned"], kv, color=["C0", "C1"])
+    ax.set(ylabel="tokens", title=f"KV cache capacity ({results['config']['kv_cache_gb']} GiB)")
+    for i, v in enumerate(kv):
+        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
+    fig.tight_layout(), fig.savefig(out / "kv_capacity.png", dpi=120), plt.close(fig)
+    made.append("kv_capacity.png")
+    return made
+
+
+def print_table(results: dict[str, Any], say=print) -> None:
+    say(f"A/B summary ({results['status']}): pruned / dense")
+    say(f"{'conc':>5} {'out tok/s D':>12} {'P':>9} {'x':>6} {'p50 TPOT D':>11} {'P':>8} {'x':>6} "
+        f"{'p50 TTFT D':>11} {'P':>8} {'x':>6} {'fail':>5}")
+    for r in summary_rows(results):
+        say(f"{r['level']:>5} {r['dense_output_throughput']:>12.1f} {r['pruned_output_throughput']:>9.1f} "
+            f"{r['ratio_output_throughput']:>6.3f} {r['dense_median_tpot_ms']:>11.1f} "
+            f"{r['pruned_median_tpot_ms']:>8.1f} {r['ratio_median_tpot_ms']:>6.3f} "
+            f"{r['dense_median_ttft_ms']:>11.1f} {r['pruned_median_ttft_ms']:>8.1f} "
+            f"{r['ratio_median_ttft_ms']:>6.3f} {r['failed']:>5}")
+    kv_d = results["models"]["dense"].get("kv", {}).get("kv_cache_tokens")
+    kv_p = results["models"]["pruned"].get("kv", {}).get("kv_cache_tokens")
+    if kv_d and kv_p:
+        say(f"KV capacity: dense {kv_d:,.0f} tokens, pruned {kv_p:,.0f} tokens (x{kv_p / kv_d:.3f})")
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    results.setdefault("command", shlex.join(["grasp-deploy", *sys.argv[1:]]))
+    results.setdefault("machine", machine())
+    results.setdefault("versions", package_versions())
+    results["plots"] = plots(results, out) if results["levels"] else []
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(markdown(results))

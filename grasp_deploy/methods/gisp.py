@@ -1,0 +1,106 @@
+"""GISP: iterative global pruning with first-order importance; nested plans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import GraspError
+from ..core.masking import Multipliers
+from ..core.projection import UnitLayout, project
+from ..core.shape import FFN, ModelShape
+from .base import MethodInput, MethodResult
+from .importance import mean_gradients, taylor_importance
+
+
+@dataclass(frozen=True)
+class GispSettings:
+    step: float = 0.025  # prune-ratio increment per iteration
+    blocks: int = 16  # calibration blocks per iteration's gradient
+    trajectory: tuple["GispStep", ...] | None = None  # an earlier run's: no recomputation
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.step < 1.0 or self.blocks < 1:
+            raise GraspError(f"--gisp-step {self.step} must be in (0, 1) and --gisp-blocks "
+                             f"{self.blocks} positive")
+
+
+@dataclass(frozen=True)
+class GispStep:
+    target: float  # prune ratio reached after this step
+    removed: tuple[int, ...]  # flat unit ids removed in this step, least important first
+
+
+def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
+                    blocks: torch.Tensor, prune_ratio: float, step: float = 0.025,
+                    blocks_per_step: int = 16, progress: bool = True) -> list[GispStep]:
+    """GISP (Wang, Diao et al., ACL 2026) from a dense model up to ``prune_ratio``.
+
+    Each step recomputes, on the model masked so far, the mean-gradient importance
+    sum |W * g| of every unit, divides it by the unit's parameter count (a score per
+    parameter, so FFN channels and KV groups compare on one scale), and removes the
+    lowest-scoring units of all layers together until the next target on the grid
+    ``step, 2 step, ...`` (the last one is ``prune_ratio``) is met; every layer keeps at
+    least one aligned block of each kind. Targets on a fixed grid make the trajectory's
+    prefix independent of the final ratio: the masks are nested, and one run gives the plan
+    of every ratio on the grid ("prune once, deploy many").
+
+    Gradients for step k average ``blocks_per_step`` calibration blocks, taken in turn so that
+    consecutive steps see different blocks.
+    """
+    if not 0 < step < 1:
+        raise GraspError(f"GISP step {step} must be in (0, 1)")
+    total, costs = layout.total_cost(), layout.unit_costs().astype(np.float64)
+    alive = np.ones(layout.num_units, dtype=bool)
+    steps: list[GispStep] = []
+    n_steps = int(np.ceil(round(prune_ratio / step, 9)))
+    bar = tqdm(total=n_steps, desc="  gisp", unit="step", disable=not progress, dynamic_ncols=True)
+    for k in range(1, n_steps + 1):
+        target = min(round(k * step, 9), prune_ratio)
+        budget = int(np.floor((1.0 - target) * total))
+        take = [(k - 1) * blocks_per_step + j for j in range(blocks_per_step)]
+        batch = blocks[[t % len(blocks) for t in take]]
+        mult = _mask_multipliers(layout, alive, shape.num_layers)
+        grads = mean_gradients(model, shape, batch, mult, progress=False)
+        score = taylor_importance(model, shape, layout, grads) / costs
+        score[~alive] = -np.inf
+        keep = project(score, layout, budget) & alive
+        removed = np.flatnonzero(alive & ~keep)
+        removed = removed[np.argsort(score[removed], kind="stable")]
+        steps.append(GispStep(target, tuple(int(u) for u in removed)))
+        alive = keep
+        bar.set_postfix_str(f"kept={layout.kept_cost(alive) / total:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return steps
+
+
+def mask_at(layout: UnitLayout, steps: list[GispStep], prune_ratio: float) -> np.ndarray:
+    """The nested mask of a trajectory at ``prune_ratio`` (which must be one of its targets)."""
+    alive = np.ones(layout.num_units, dtype=bool)
+    for s in steps:
+        alive[list(s.removed)] = False
+        if abs(s.target - prune_ratio) < 1e-9:
+            return alive
+    targets = ", ".join(f"{s.target:g}" for s in steps)
+    raise GraspError(f"prune ratio {prune_ratio} is not on this GISP trajectory ({targets}); "
+                     "use one of those or re-run with a matching --gisp-step")
+
+
+def _mask_multipliers(layout: UnitLayout, alive: np.ndarray, num_layers: int) -> Multipliers:
+    mult = Multipliers.empty(num_layers)
+    for seg in layout.segments:
+        m = torch.from_numpy(alive[seg.start:seg.stop].astype(np.float32))
+        (mult.ffn if seg.kind == FFN else mult.kv)[seg.layer] = m
+    return mult
+
+
+def prune(inp: MethodInput) -> MethodResult:
+    settings: GispSettings = inp.settings
+    steps = list(settings.trajectory) if settings.trajectory is not None else gisp_trajectory(
+        inp.model, inp.shape, inp.layout, inp.blocks, inp.prune_ratio, settings.step,
+        settings.blocks, inp.progress)
+    return MethodResult(mask_at(inp.layout, steps, inp.prune_ratio), trajectory=steps)

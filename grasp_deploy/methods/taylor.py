@@ -1,0 +1,13 @@
+"""LLM-Pruner-style first-order Taylor importance per unit, uniform ratio, no recovery tuning."""
+
+from __future__ import annotations
+
+from .base import MethodInput, MethodResult
+from .importance import mean_gradients, taylor_importance
+from .uniform import keep_uniform
+
+
+def prune(inp: MethodInput) -> MethodResult:
+    grads = mean_gradients(inp.model, inp.shape, inp.blocks, progress=inp.progress)
+    scores = taylor_importance(inp.model, inp.shape, inp.layout, grads)
+    return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio))

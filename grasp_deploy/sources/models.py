@@ -1,0 +1,123 @@
+"""Model sources, one loader: a local HF directory, a hub id, or a known model (``known``).
+
+Loading only: whether a config is one grasp-deploy can prune or serve is decided by the jobs
+(``jobs.loading``), which know both the supported families and the checkpoint format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..core.errors import GraspError
+from .known import DEFAULT_MODEL, KNOWN_MODELS, fetch_known, known_model_dir
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # as the user wrote it
+    kind: Literal["known", "local", "hub"]
+    location: str  # directory path or hub id
+
+    @property
+    def is_cached(self) -> bool:
+        return self.kind != "known" or (Path(self.location) / "config.json").is_file()
+
+
+def resolve_source(spec: str | None) -> ModelSource:
+    """Decide what ``spec`` names, without network or heavy work; fail on a bad local path."""
+    spec = spec or DEFAULT_MODEL
+    if spec in KNOWN_MODELS:
+        return ModelSource(spec, "known", str(known_model_dir(spec)))
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith(("/", ".", "~")) or path.exists() or not _HUB_ID.match(spec)
+    if not looks_like_path:
+        return ModelSource(spec, "hub", spec)
+    if not path.exists():
+        raise GraspError(f"model path {spec} does not exist; pass an HF model directory, a hub "
+                         f"id like org/name, or one of: {', '.join(KNOWN_MODELS)}")
+    if not path.is_dir():
+        raise GraspError(f"model path {spec} is not a directory; pass the HF model directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise GraspError(f"model directory {spec} is not readable (permission denied)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise GraspError(f"{spec} has no config.json; pass an HF model directory")
+    if not os.access(config, os.R_OK):
+        raise GraspError(f"{config} is not readable (permission denied)")
+    return ModelSource(spec, "local", str(path.resolve()))
+
+
+def ensure_available(source: ModelSource, quiet: bool = False) -> str:
+    """Path (or hub id) that ``from_pretrained`` can open; fetches a known model once."""
+    if source.kind == "known" and not source.is_cached:
+        fetch_known(source.spec, quiet=quiet)
+    return source.location
+
+
+def load_config(source: ModelSource) -> Any:
+    from transformers import AutoConfig
+
+    location = ensure_available(source)
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as err:
+        raise GraspError(f"cannot read the config of {source.spec}: {_first_line(err)}") from err
+    return config
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ensure_available(source))
+    except (OSError, ValueError) as err:
+        raise GraspError(f"cannot load the tokenizer of {source.spec}: {_first_line(err)}") from err
+
+
+def load_model(source: ModelSource, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> Any:
+    """The frozen causal LM in eval mode. Check its config first (``jobs.loading`` does)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ensure_available(source), dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise GraspError(f"cannot load model {source.spec}: {_first_line(err)}") from err
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Every parameter once (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity for a model's weights: names, shapes and 256 strided values per tensor.
+
+    Values are rounded to bfloat16 first so that the same model loaded in float32 or bfloat16
+    has the same fingerprint.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = p.detach().reshape(-1)
+        n, k = flat.numel(), min(256, flat.numel())
+        idx = torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)  # exact, in range
+        sample = flat[idx.to(flat.device)].to(torch.bfloat16).float().cpu()
+        h.update(f"{name}:{tuple(p.shape)}:".encode())
+        h.update(sample.numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

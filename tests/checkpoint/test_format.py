@@ -1,0 +1,43 @@
+"""The checkpoint format's one copy of ``layer_config`` and the self-contained copy in the
+remote code (shipped in every checkpoint) must agree."""
+
+import pytest
+
+from grasp_deploy.checkpoint import format as fmt
+from grasp_deploy.checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
+
+CASES = [
+    # (dense fields, per-layer patches)
+    (dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+          num_hidden_layers=3), {"0": {"intermediate_size": 96, "num_key_value_heads": 2},
+                                 "1": {"intermediate_size": 40, "num_key_value_heads": 1},
+                                 "2": {"intermediate_size": 7, "num_key_value_heads": 2}}),
+    (dict(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
+          num_hidden_layers=2, head_dim=64), {"0": {"intermediate_size": 1024, "num_key_value_heads": 3},
+                                              "1": {"intermediate_size": 64, "num_key_value_heads": 1}}),
+    (dict(hidden_size=128, num_attention_heads=8, num_key_value_heads=8, intermediate_size=256,
+          num_hidden_layers=2), None),  # no patches: every layer is the dense one
+]
+
+
+@pytest.mark.parametrize("fields,patches", CASES)
+def test_remote_code_layer_config_agrees_with_the_format(fields, patches):
+    group = fields["num_attention_heads"] // fields["num_key_value_heads"]
+    extra = {fmt.PER_LAYER_FIELD: patches} if patches else {}
+    config = GraspLlamaConfig(**fields, **extra, **{fmt.GROUP_SIZE_FIELD: group})
+    for i in range(config.num_hidden_layers):
+        ours, theirs = fmt.layer_config(config, i), config.layer_config(i)
+        for name in ("intermediate_size", "num_key_value_heads", "num_attention_heads",
+                     "hidden_size", "head_dim"):
+            assert getattr(ours, name) == getattr(theirs, name), (i, name)
+        want = patches[str(i)] if patches else fields
+        assert ours.intermediate_size == want["intermediate_size"]
+        assert ours.num_attention_heads == want["num_key_value_heads"] * group
+    assert fmt.kv_heads_per_layer(config) == [config.layer_config(i).num_key_value_heads
+                                             for i in range(config.num_hidden_layers)]
+
+
+def test_remote_code_names_match_the_format():
+    assert GraspLlamaConfig.model_type == fmt.MODEL_TYPE
+    assert fmt.AUTO_MAP["AutoConfig"].split(".")[0] + ".py" in fmt.REMOTE_CODE
+    assert fmt.AUTO_MAP["AutoModelForCausalLM"].endswith(fmt.ARCHITECTURE)

