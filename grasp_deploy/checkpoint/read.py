@@ -44,15 +44,34 @@ def read_checkpoint(directory: Path) -> CheckpointInfo:
         raise GraspError(f"cannot read {directory}/config.json: {err}") from err
     manifest = None
     if (directory / fmt.MANIFEST).is_file():
-        manifest = json.loads((directory / fmt.MANIFEST).read_text())
+        manifest = _json_object(directory / fmt.MANIFEST)
     return CheckpointInfo(directory, raw, manifest, shape_of(config))
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GraspError(f"{path} is not valid JSON ({err}); re-export the checkpoint") from err
+    if not isinstance(data, dict):
+        raise GraspError(f"{path} holds a JSON {type(data).__name__}, not an object; "
+                         "re-export the checkpoint")
+    return data
+
+
 def weight_files(directory: Path) -> list[str]:
+    """The weight files, by name; an index may only name plain files inside ``directory``."""
     index = directory / fmt.INDEX_FILE
-    if index.is_file():
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    return [fmt.SINGLE_FILE] if (directory / fmt.SINGLE_FILE).is_file() else []
+    if not index.is_file():
+        return [fmt.SINGLE_FILE] if (directory / fmt.SINGLE_FILE).is_file() else []
+    weight_map = _json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise GraspError(f"{index} has no weight_map of tensor -> file names; re-export the checkpoint")
+    for name in weight_map.values():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise GraspError(f"{index} points at {name!r}, outside the checkpoint directory; "
+                             "refusing to load it")
+    return sorted(set(weight_map.values()))
 
 
 def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
@@ -74,29 +93,52 @@ def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
 
 
 def verify_checkpoint(info: CheckpointInfo, hashes: bool = True) -> dict[str, Any]:
-    """Check weight files against the manifest (sha256) and the config (shapes).
+    """Check every file against the manifest (sha256; nothing missing, nothing added) and the
+    weights against the config (shapes). ``hashes=False`` (``--no-verify``) checks shapes only.
 
-    Returns {"files": n, "parameters": count}. Raises GraspError on the first problem.
+    Returns {"files": weight files, "parameters": count, "verified": bool}. Raises GraspError
+    on the first problem.
     """
-    directory, files = info.directory, weight_files(info.directory)
+    directory = info.directory
+    if hashes:
+        check_files(directory, info.manifest)
+    files = weight_files(directory)
     if not files:
         raise GraspError(f"{directory} has no safetensors weights")
-    if hashes and info.manifest is not None:
-        _check_hashes(directory, files, info.manifest.get("weights", {}))
     want_shapes, count = expected_shapes(info.shape), 0
     for name in files:
         count += _check_shapes(directory / name, want_shapes)
-    return {"files": len(files), "parameters": count}
+    return {"files": len(files), "parameters": count, "verified": hashes}
 
 
-def _check_hashes(directory: Path, files: list[str], recorded: dict[str, str]) -> None:
-    for name in files:
-        want = recorded.get(name)
-        if want is None:
-            raise GraspError(f"{directory}/{name} is not listed in {fmt.MANIFEST}")
-        if sha256_file(directory / name) != want:
-            raise GraspError(f"{directory}/{name} is corrupted: its sha256 differs from "
+def check_files(directory: Path, manifest: dict[str, Any] | None) -> None:
+    """Every file of the checkpoint has the sha256 its manifest records, and no file was added."""
+    if manifest is None:
+        raise GraspError(f"{directory} has no {fmt.MANIFEST}, so its files (code included) cannot "
+                         "be verified; re-export it, or pass --no-verify if you trust it")
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict):
+        raise GraspError(f"{directory}/{fmt.MANIFEST} records no sha256 for its code and config "
+                         "(an older grasp-deploy wrote it); re-export it, or pass --no-verify")
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*")
+               if (p.is_file() or p.is_symlink()) and p.name != fmt.MANIFEST}
+    added = sorted(present - set(recorded))
+    if added:
+        raise GraspError(f"{directory}/{added[0]} is not listed in {fmt.MANIFEST} (added after "
+                         "export); remove it or re-export the checkpoint")
+    for name, want in sorted(recorded.items()):
+        path = directory / name
+        if name not in present or path.is_symlink():
+            raise GraspError(f"{path} is missing (or a link) but listed in {fmt.MANIFEST}; "
+                             "re-export the checkpoint")
+        if sha256_file(path) != want:
+            raise GraspError(f"{path} was modified or corrupted: its sha256 differs from "
                              f"{fmt.MANIFEST}; re-export the checkpoint")
+
+
+def needs_verification(info: CheckpointInfo) -> bool:
+    """Pruned checkpoints (ours) are verified; a plain dense model directory has no manifest."""
+    return fmt.is_pruned_config(info.config) or info.manifest is not None
 
 
 def _check_shapes(path: Path, want_shapes: dict[str, tuple[int, ...]]) -> int:
@@ -119,10 +161,10 @@ def _check_shapes(path: Path, want_shapes: dict[str, tuple[int, ...]]) -> int:
     return count
 
 
-def inspect_checkpoint(directory: Path) -> dict[str, Any]:
-    """Widths, counts and KV bytes of a checkpoint, after verifying its weight files."""
+def inspect_checkpoint(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """Widths, counts and KV bytes of a checkpoint, after verifying its files."""
     info = read_checkpoint(Path(directory))
-    checked = verify_checkpoint(info, hashes=True)
+    checked = verify_checkpoint(info, hashes=verify and needs_verification(info))
     name = str(info.config.get("dtype"))
     dtype = DTYPES[name].itemsize if name in DTYPES else 2
     heads = [l.num_key_value_heads for l in info.shape.layers]
@@ -134,13 +176,18 @@ def inspect_checkpoint(directory: Path) -> dict[str, Any]:
         "parameters": checked["parameters"], "weight_files": checked["files"],
         "kv_cache_bytes_per_token": info.shape.kv_bytes_per_token(heads, dtype),
         "kv_dtype_bytes": dtype,
-        "verified_sha256": info.manifest is not None,
+        "verified_sha256": checked["verified"],
     }
     if info.manifest is not None:
         m = info.manifest
-        report.update(source=m["source"], method=m["method"], dense_parameters=m["parameters"]["dense"],
-                      dense_kv_cache_bytes_per_token=m["kv_cache_bytes_per_token"]["dense"],
-                      dense_layer=m["dense_layer"], budget=m["budget"])
+        try:
+            report.update(source=m["source"], method=m["method"],
+                          dense_parameters=int(m["parameters"]["dense"]),
+                          dense_kv_cache_bytes_per_token=int(m["kv_cache_bytes_per_token"]["dense"]),
+                          dense_layer=m["dense_layer"], budget=m["budget"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise GraspError(f"{directory}/{fmt.MANIFEST} is malformed (field {err}); "
+                             "re-export the checkpoint") from err
         if checked["parameters"] != m["parameters"]["pruned"]:
             raise GraspError(f"{directory} holds {checked['parameters']:,} parameters but its "
                              f"manifest says {m['parameters']['pruned']:,}; re-export it")

@@ -74,20 +74,26 @@ def write_weights(tensors: dict[str, torch.Tensor], directory: Path, max_shard_b
 
 def write_checkpoint(directory: Path, plan: Plan, source_config: Any, tensors: dict[str, torch.Tensor],
                      dtype: torch.dtype, max_shard_bytes: int, dense_params: int) -> dict[str, Any]:
-    """Everything but the tokenizer and generation config; returns the manifest written."""
+    """Weights, config, remote code and model card; returns the manifest, which ``seal``
+    writes once every other file (tokenizer, generation config, ONNX) is in place."""
     files = write_weights(tensors, directory, max_shard_bytes)
     cfg = pruned_config(source_config, plan, dtype)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for name in fmt.REMOTE_CODE:
         shutil.copyfile(HF_DIR / name, directory / name)
     manifest = build_manifest(plan, tensors, files, directory, dtype, dense_params)
-    write_manifest(directory, manifest)
     (directory / fmt.CARD).write_text(model_card(manifest))
     return manifest
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every file of the checkpoint (code, config, tokenizer, weights,
+    index, card) in the manifest and write it: verification covers all of them."""
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() and p.name != fmt.MANIFEST)
+    manifest = {**manifest, "files": {name: sha256_file(directory / name) for name in files}}
     (directory / fmt.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def build_manifest(plan: Plan, tensors: dict[str, torch.Tensor], files: list[str], directory: Path,

@@ -10,7 +10,7 @@ import click
 from ..core.errors import GraspError
 from . import show
 from .group import main, quiet_transformers
-from .options import device_options
+from .options import device_options, no_verify_option
 
 
 @main.command(name="eval")
@@ -32,10 +32,11 @@ from .options import device_options
 @click.option("--include-path", type=click.Path(path_type=Path), default=None,
               help="With --tasks: a folder of your own lm-eval task YAML files (local data).")
 @device_options
+@no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, num_fewshot,
-             include_path, device, dtype, as_json, quiet):
+             include_path, device, dtype, no_verify, as_json, quiet):
     """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
 
     Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
@@ -51,7 +52,7 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
         result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
                                        limit=limit, num_fewshot=num_fewshot,
                                        include_path=include_path, batch_size=batch_size,
-                                       device=device, dtype=dtype))
+                                       device=device, dtype=dtype, verify=not no_verify))
         click.echo(json.dumps(result.to_json())) if as_json else show.tasks_lines(result)
         return
     if limit is not None or num_fewshot or include_path is not None:
@@ -59,5 +60,6 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
                          "perplexity use --max-windows")
     result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
                                  max_windows=max_windows, batch_size=batch_size, device=device,
-                                 dtype=dtype, progress=not (quiet or as_json)))
+                                 dtype=dtype, progress=not (quiet or as_json),
+                                 verify=not no_verify))
     click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
 from ..core.errors import GraspError
@@ -30,6 +33,36 @@ def main() -> None:
       grasp-deploy prune smollm2-135m --prune-ratio 0.3 --calib wikitext2 --out plans/p30
       grasp-deploy eval smollm2-135m --plan plans/p30 --max-windows 8
     """
+    _show_library_notes()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at each message (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _NoteFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        label = "warning" if record.levelno >= logging.WARNING else "note"
+        return f"{label}: {record.getMessage()}"
+
+
+def _show_library_notes() -> None:
+    """What the library logs (a stale temporary removed, a fallback taken) as 'note:' lines."""
+    logger = logging.getLogger("grasp_deploy")
+    if not any(getattr(h, "_grasp_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_NoteFormatter())
+        handler._grasp_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def quiet_transformers() -> None:

@@ -21,6 +21,11 @@ def stack(*decorators):
     return apply
 
 
+no_verify_option = click.option(
+    "--no-verify", is_flag=True,
+    help="Load a pruned checkpoint without checking its files against grasp_manifest.json "
+         "(by default every file, code included, must match; only for checkpoints you trust).")
+
 device_options = stack(
     click.option("--device", default="auto", show_default=True,
                  help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),

@@ -10,7 +10,7 @@ import click
 from ..core.errors import GraspError
 from . import show
 from .group import main, quiet_transformers
-from .options import prune_config, prune_options
+from .options import no_verify_option, prune_config, prune_options
 
 
 @main.command()
@@ -66,11 +66,16 @@ def export(args, out, fmt, dtype, max_shard_size, force):
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect(checkpoint, as_json):
-    """Per-layer widths, parameter counts and KV-cache bytes of CHECKPOINT; verifies sha256."""
+@no_verify_option
+def inspect(checkpoint, as_json, no_verify):
+    """Per-layer widths, parameter counts and KV-cache bytes of CHECKPOINT.
+
+    First verifies every file (weights, config, code, tokenizer) against the sha256 in
+    grasp_manifest.json and every tensor shape against config.json.
+    """
     from ..checkpoint.read import inspect_checkpoint
 
-    report = inspect_checkpoint(checkpoint)
+    report = inspect_checkpoint(checkpoint, verify=not no_verify)
     click.echo(json.dumps(report)) if as_json else show.inspect_report(report)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -11,7 +12,8 @@ from ..server.launcher import ServerConfig
 from ..sources.known import DEFAULT_MODEL
 from . import show
 from .group import main, quiet_transformers
-from .options import bench_config, bench_options, prune_config, prune_options
+from .options import (bench_config, bench_options, no_verify_option, prune_config,
+                      prune_options)
 
 
 def _say(message: str) -> None:
@@ -22,7 +24,9 @@ def _say(message: str) -> None:
 @click.argument("model", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--api-key", default=None, help="Require this bearer token from clients.")
+@click.option("--api-key", default=None, envvar="GRASP_API_KEY",
+              help="Require this bearer token from clients (better: set GRASP_API_KEY, which no "
+                   "other local user can read in ps). Never printed in full.")
 @click.option("--max-model-len", default=None, type=int, help="Context length to serve.")
 @click.option("--kv-cache-gb", default=None, type=float,
               help="KV-cache memory in GiB (CPU RAM or GPU memory; vLLM's "
@@ -31,9 +35,10 @@ def _say(message: str) -> None:
 @click.option("--served-model-name", default=None, help="[default: the directory name]")
 @click.option("--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start).")
 @click.option("--startup-timeout", default=900.0, show_default=True, type=float, help="Seconds.")
+@no_verify_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_model_name,
-          enforce_eager, startup_timeout, vllm_args):
+          enforce_eager, startup_timeout, no_verify, vllm_args):
     """Serve a pruned checkpoint or a dense model with vLLM's OpenAI-compatible server.
 
     Other vLLM flags go after '--', e.g.  grasp-deploy serve CKPT -- --max-num-seqs 32.
@@ -44,7 +49,8 @@ def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_
     config = resolve(ServerConfig(
         model=model or DEFAULT_MODEL, served_name=served_model_name, host=host, port=port,
         api_key=api_key, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=dtype,
-        enforce_eager=enforce_eager, startup_timeout=startup_timeout, extra_args=tuple(vllm_args)))
+        enforce_eager=enforce_eager, startup_timeout=startup_timeout, extra_args=tuple(vllm_args)),
+        verify=not no_verify)
     sys.exit(run_serve(config, lambda server: show.banner(server, kv_summary(server)), say=_say))
 
 
@@ -54,8 +60,13 @@ def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
               help="RESULTS_DIR: results.json/.md, requests.jsonl, PNG plots.")
 @bench_options
-@click.option("--force", is_flag=True, help="Overwrite an existing RESULTS_DIR.")
-def bench(pruned, dense, out, force, **options):
+@click.option("--duration", type=float, default=None, metavar="SECONDS",
+              help="Soak instead of A/B: the pruned model alone at the highest --concurrency for "
+                   "this long; failed requests and the server's memory over time (soak.md, "
+                   "memory.png).")
+@no_verify_option
+@click.option("--force", is_flag=True, help="Replace an existing RESULTS_DIR (one bench wrote).")
+def bench(pruned, dense, out, duration, force, no_verify, **options):
     """A/B load test: the pruned checkpoint vs the dense model through vLLM.
 
     Both servers get identical flags and KV memory; each level runs a fixed number of
@@ -64,8 +75,9 @@ def bench(pruned, dense, out, force, **options):
     """
     from ..jobs.bench import run_bench
 
-    results = run_bench(bench_config(pruned, dense, out, **options), force=force, say=_say)
-    show.bench_report(results, out)
+    config = replace(bench_config(pruned, dense, out, **options), duration=duration)
+    results = run_bench(config, force=force, say=_say, verify=not no_verify)
+    show.soak_report(results, out) if duration is not None else show.bench_report(results, out)
     sys.exit(0 if results["status"] == "complete" else 1)
 
 
@@ -79,7 +91,8 @@ def bench(pruned, dense, out, force, **options):
 @bench_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--api-key", default=None)
+@click.option("--api-key", default=None, envvar="GRASP_API_KEY",
+              help="Require this bearer token from clients (or set GRASP_API_KEY).")
 @click.option("--startup-timeout", default=900.0, show_default=True, type=float)
 @click.option("--once", is_flag=True,
               help="Start the server, print the endpoint and one sample completion, then stop.")

@@ -61,8 +61,9 @@ def inspect_report(r: dict[str, Any]) -> None:
     for i, l in enumerate(r["layers"]):
         lines.append(f"  {i:>5}  {l['intermediate_size']:>9}  {l['num_key_value_heads']:>8}  "
                      f"{l['num_attention_heads']:>7}")
-    lines.append("  sha256 of every weight file matches grasp_manifest.json" if r["verified_sha256"]
-                 else "  (no grasp_manifest.json: weights not hash-checked)")
+    lines.append("  sha256 of every file (code, config, tokenizer, weights) matches "
+                 "grasp_manifest.json" if r["verified_sha256"]
+                 else "  files NOT verified (a dense model directory, or --no-verify)")
     click.echo("\n".join(lines))
 
 
@@ -85,17 +86,21 @@ def tasks_lines(result) -> None:
 
 def banner(server, kv: str, once: bool = False) -> None:
     """What a served endpoint looks like to a user: URL, model, KV cache, how to call it."""
-    config, key = server.config, server.config.api_key
-    auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+    config = server.config
+    # The key itself is never printed: the examples read it from $GRASP_API_KEY.
+    auth = " -H \"Authorization: Bearer $GRASP_API_KEY\"" if config.api_key else ""
+    key = "os.environ['GRASP_API_KEY']" if config.api_key else "\"none\""
     lines = [
         f"serving {config.name} at {server.url}/v1  (OpenAI-compatible)",
         f"  model     {config.model}",
         f"  {kv}",
+        f"  api key   {config.masked_key} (required; set GRASP_API_KEY to it for the lines below)"
+        if config.api_key else "  api key   none (anyone who can reach the port may call it)",
         f"  log       {server.log_path}",
         f"  curl {server.url}/v1/completions -H 'Content-Type: application/json'{auth} "
         f"-d '{{\"model\": \"{config.name}\", \"prompt\": \"The capital of France is\", "
         f"\"max_tokens\": 16}}'",
-        f"  python: OpenAI(base_url=\"{server.url}/v1\", api_key=\"{key or 'none'}\")"
+        f"  python: OpenAI(base_url=\"{server.url}/v1\", api_key={key})"
         f".chat.completions.create(model=\"{config.name}\", messages=[{{\"role\": \"user\", "
         f"\"content\": \"Hi\"}}])",
     ]
@@ -109,3 +114,15 @@ def bench_report(results: dict[str, Any], out) -> None:
 
     print_table(results, say=click.echo)
     click.echo(f"report: {out}/results.md  (plots: {', '.join(results.get('plots', []))})")
+
+
+def soak_report(results: dict[str, Any], out) -> None:
+    s, m = results["summary"], results["memory"]
+    lines = [f"soak ({results['status']}): {s['completed']} requests ok, {s['failed']} failed in "
+             f"{results['wall_seconds']:.0f}s at {results['users']} users, "
+             f"{s['output_throughput']:.1f} output tok/s"]
+    if "rss_first_mib" in m:
+        lines.append(f"  server RSS after warm-up {m['rss_first_mib']:.0f} -> {m['rss_last_mib']:.0f} "
+                     f"MiB (peak {m['rss_peak_mib']:.0f}, trend {m['slope_mib_per_min']:+.2f} MiB/min)")
+    lines.append(f"report: {out}/soak.md  (plot: {out}/memory.png)")
+    click.echo("\n".join(lines))

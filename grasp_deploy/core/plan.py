@@ -8,6 +8,7 @@ exported, served and benchmarked the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,18 @@ class LayerPlan:
     # Compensation biases (FLAP): added to o_proj / down_proj outputs; length hidden_size.
     o_bias: tuple[float, ...] | None = None
     down_bias: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ffn_keep", "kv_keep"):
+            ids = getattr(self, name)
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"{name} holds a value that is not an integer unit id")
+        for name in ("ffn_scale", "kv_scale", "o_bias", "down_bias"):
+            values = getattr(self, name)
+            if values is not None and not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in values):
+                raise ValueError(f"{name} holds a value that is not a finite number")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,10 @@ class Plan:
 
     def __post_init__(self) -> None:
         shape = self.source.shape
+        if not 0.0 < self.budget.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio {self.budget.prune_ratio} is outside (0, 1)")
+        if not isinstance(self.seed, int) or not isinstance(self.settings, dict):
+            raise ValueError("seed must be an integer and settings an object")
         if len(self.layers) != shape.num_layers:
             raise ValueError(f"plan has {len(self.layers)} layers, model {shape.num_layers}")
         for i, (lp, ls) in enumerate(zip(self.layers, shape.layers)):
@@ -128,6 +145,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":
+        if not isinstance(data, dict):
+            raise GraspError(f"a plan is a JSON object, not a {type(data).__name__}; pass the "
+                             "plan.json written by grasp-deploy prune")
         if data.get("format_version") != PLAN_FORMAT:
             raise GraspError(f"plan format {data.get('format_version')!r} is not supported "
                              f"(expected {PLAN_FORMAT}); re-run grasp-deploy prune")
@@ -163,7 +183,8 @@ def load_plan(directory: str | Path) -> Plan:
         raise GraspError(f"no plan at {path}: pass the PLAN_DIR written by 'grasp-deploy prune'")
     try:
         return Plan.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as err:
         raise GraspError(f"plan {path} is malformed ({err}); re-run grasp-deploy prune") from err
 
 

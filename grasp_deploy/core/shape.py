@@ -61,8 +61,13 @@ class ModelShape:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ValueError("a model needs at least one decoder layer")
+        for name in ("hidden_size", "head_dim", "group_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         for i, layer in enumerate(self.layers):
-            if layer.intermediate_size < 1 or layer.num_key_value_heads < 1:
+            sizes = (layer.intermediate_size, layer.num_key_value_heads)
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
                 raise ValueError(f"layer {i} has an empty FFN or no KV head: {layer}")
 
     # -- construction -------------------------------------------------------------------

@@ -38,6 +38,7 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
+    verify: bool = True  # a pruned checkpoint's files against its manifest (--no-verify: off)
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:
@@ -97,6 +98,8 @@ def run_eval(config: EvalConfig) -> EvalResult:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     hf_config = loading.load_config(model_src)
+    if plan is not None:
+        loading.check_plan_shape(plan, hf_config, model_src.spec)
     limit = getattr(hf_config, "max_position_embeddings", None)
     if limit is not None and config.seq_len > limit:
         raise GraspError(f"--seq-len {config.seq_len} exceeds the model's context of {limit} "
@@ -106,7 +109,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     if ids.numel() < config.seq_len:
         raise GraspError(f"{config.data} has {ids.numel()} tokens, fewer than one window of "
                          f"{config.seq_len}; use a shorter --seq-len")
-    model = loading.load_model(model_src, dtype=dtype, device=device)
+    model = loading.load_model(model_src, dtype=dtype, device=device, verify=config.verify)
     t0 = time.perf_counter()
     masks = contextlib.nullcontext()
     if plan is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.write import write_checkpoint, write_manifest
+from ..checkpoint.write import seal, write_checkpoint
 from ..core.dtypes import dtype_from_config
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target
@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
         unit, number = "B", t
     try:
         value = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, nan, inf
         value = 0
     if value <= 0:
         raise GraspError(f"--max-shard-size {text!r} is not a size; use e.g. 2GB or 500MB")
@@ -63,10 +63,11 @@ def parse_size(text: str) -> int:
 
 
 def run_export(config: ExportConfig) -> ExportResult:
-    check_target(Path(config.out), config.force)
+    check_target(Path(config.out), config.force, kind="checkpoint")
     plan = load_plan(config.plan_dir)
     source = models.resolve_source(config.model or plan.source.name)
     source_config = loading.load_config(source)
+    loading.check_plan_shape(plan, source_config, source.spec)
     dtype = (dtype_from_config(getattr(source_config, "dtype", None)
                                or getattr(source_config, "torch_dtype", None))
              if config.dtype == "source" else resolve_dtype(config.dtype))
@@ -76,7 +77,11 @@ def run_export(config: ExportConfig) -> ExportResult:
     model = loading.load_model(source, dtype=torch.float32, device="cpu")
     loading.check_plan_matches(plan, model, source.spec)
     tensors = materialize(model, plan, dtype)
-    with atomic_dir(Path(config.out), config.force) as tmp:
+    bad = next((name for name, t in tensors.items() if not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise GraspError(f"{bad} has non-finite values after slicing (plan {config.plan_dir}); "
+                         "re-run grasp-deploy prune")
+    with atomic_dir(Path(config.out), config.force, kind="checkpoint") as tmp:
         manifest = write_checkpoint(tmp, plan, source_config, tensors, dtype, max_shard,
                                     models.count_parameters(model))
         tokenizer.save_pretrained(tmp)
@@ -88,5 +93,5 @@ def run_export(config: ExportConfig) -> ExportResult:
 
             onnx_report = export_onnx(tmp)
             manifest["onnx"] = onnx_report
-            write_manifest(tmp, manifest)
+        manifest = seal(tmp, manifest)
     return ExportResult(Path(config.out), manifest, onnx_report)

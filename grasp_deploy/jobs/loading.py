@@ -9,14 +9,15 @@ from typing import Any
 import torch
 
 from ..checkpoint import format as fmt
-from ..checkpoint.read import read_checkpoint, shape_of, verify_checkpoint
+from ..checkpoint.read import needs_verification, read_checkpoint, shape_of, verify_checkpoint
 from ..core.errors import GraspError
 from ..core.plan import Plan
 from ..core.shape import ModelShape, check_supported
 from ..sources import models
 from ..sources.models import ModelSource
 
-__all__ = ["load_config", "load_model", "model_shape", "check_plan_matches"]
+__all__ = ["load_config", "load_model", "model_shape", "check_checkpoint", "check_plan_shape",
+           "check_plan_matches"]
 
 
 def load_config(source: ModelSource) -> Any:
@@ -31,14 +32,33 @@ def model_shape(config: Any) -> ModelShape:
     return shape_of(config)
 
 
+def check_checkpoint(source: ModelSource, verify: bool = True) -> None:
+    """A local pruned checkpoint: every file against its manifest (unless ``verify`` is off:
+    ``--no-verify``), and always its weights' shapes against its config."""
+    if source.kind != "local":
+        return
+    info = read_checkpoint(Path(source.location))
+    if needs_verification(info):
+        verify_checkpoint(info, hashes=verify)
+
+
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> Any:
-    """The frozen causal LM in eval mode (config checked first, before any weights load)."""
-    config = load_config(source)
-    if source.kind == "local" and fmt.is_pruned_config(config):
-        # Shapes against config and readable headers: a clear error instead of a stack trace.
-        verify_checkpoint(read_checkpoint(Path(source.location)), hashes=False)
+               device: torch.device | str = "cpu", verify: bool = True) -> Any:
+    """The frozen causal LM in eval mode; config and checkpoint checked before weights load."""
+    load_config(source)
+    check_checkpoint(source, verify)
     return models.load_model(source, dtype=dtype, device=device)
+
+
+def check_plan_shape(plan: Plan, config: Any, model_name: str) -> None:
+    """Before any weights load: the plan's units must exist in this model."""
+    shape = model_shape(config)
+    if shape != plan.source.shape:
+        def brief(s: ModelShape) -> str:
+            return (f"{s.num_layers} layers, hidden {s.hidden_size}, FFN "
+                    f"{s.layers[0].intermediate_size}, {s.layers[0].num_key_value_heads} KV heads")
+        raise GraspError(f"plan was made for {plan.source.name} ({brief(plan.source.shape)}) but "
+                         f"{model_name} has {brief(shape)}; use the plan's source model")
 
 
 def check_plan_matches(plan: Plan, model: torch.nn.Module, model_name: str) -> None:

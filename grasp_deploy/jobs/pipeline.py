@@ -12,17 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import torch
 
 from ..checkpoint import format as fmt
 from ..core.errors import GraspError
-from ..core.plan import PLAN_FILE
+from ..core.plan import PLAN_FILE, load_plan
 from ..loadtest.ab import BenchConfig, run_ab
-from ..server.launcher import ServerConfig, VllmServer, port_in_use, require_vllm
+from ..server.launcher import ServerConfig, VllmServer, require_vllm
+from ..server.net import check_bindable
+from ..sources import models
 from ..sources.known import DEFAULT_MODEL
-from . import bench, serve
+from . import bench, loading, serve
 from .export import ExportConfig, run_export
 from .prune import PruneConfig, PruneResult, run_prune
 
@@ -68,15 +73,55 @@ def default_work_dir(config: PruneConfig, root: Path = Path("runs")) -> Path:
 
 
 def prepare_checkpoint(config: PruneConfig, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    """Plan and checkpoint under ``work``, made anew only when the inputs changed."""
+    """Plan and checkpoint under ``work``, made anew only when the inputs changed: the same
+    settings and a model whose weights still have the plan's fingerprint."""
+    _check_work_dir(work)
+    with _removed_if_left_empty(work):
+        return _prepare(config, work, say)
+
+
+def _check_work_dir(work: Path) -> None:
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise GraspError(f"--work {work} is not a directory; choose another path")
+    if work.is_dir() and any(work.iterdir()) and not (work / INPUTS).is_file() \
+            and not (work / "plan").exists():
+        raise GraspError(f"--work {work} is a directory prune-and-serve did not write (no "
+                         f"{INPUTS}); choose a new or empty directory")
+
+
+@contextmanager
+def _removed_if_left_empty(work: Path) -> Iterator[None]:
+    """A failed run leaves no empty directories of its own making behind."""
+    made = [d for d in (work, *work.parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in made:  # innermost first
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+
+
+def _same_weights(config: PruneConfig, plan_dir: Path) -> bool:
+    """Does the model still have the weights the plan was made from? (Its path may be the
+    same while its files changed.)"""
+    source = models.resolve_source(config.model)
+    model = loading.load_model(source, dtype=torch.float32, device="cpu")
+    return models.fingerprint(model) == load_plan(plan_dir).source.fingerprint
+
+
+def _prepare(config: PruneConfig, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     inputs = prune_inputs(config)
     recorded = json.loads((work / INPUTS).read_text()) if (work / INPUTS).is_file() else None
     same = recorded == inputs
     plan_dir, ckpt = work / "plan", work / "ckpt"
     out: dict[str, Any] = {"work": str(work), "plan": str(plan_dir), "checkpoint": str(ckpt)}
+    if same and (plan_dir / PLAN_FILE).is_file() and not _same_weights(config, plan_dir):
+        say(f"the model's weights changed since {plan_dir} was made; pruning again")
+        same = False
     if same and (plan_dir / PLAN_FILE).is_file():
-        say(f"reusing the plan in {plan_dir} (same model and settings)")
+        say(f"reusing the plan in {plan_dir} (same model weights and settings)")
         out["pruned"] = False
     else:
         if not same:
@@ -96,9 +141,7 @@ def prepare_checkpoint(config: PruneConfig, work: Path, say: Callable[[str], Non
 def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
     """The whole chain; returns the serve exit code (0 after Ctrl-C or ``once``)."""
     require_vllm()
-    host, port = config.server.host, config.server.port
-    if port_in_use(host, port):
-        raise GraspError(f"port {port} on {host} is in use; pass another --port")
+    check_bindable(config.server.host, config.server.port)
     work = config.work or default_work_dir(config.prune)
     made = prepare_checkpoint(config.prune, work, hooks.say)
     if made.get("prune_result") is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..core.dtypes import dtype_name
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
 from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
@@ -60,7 +61,7 @@ class PruneConfig:
     from_trajectory: Path | None = None  # GISP: an earlier run's PLAN_DIR to take a nested plan from
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):
+        if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):  # nan too
             raise GraspError(f"--prune-ratio {self.prune_ratio} is outside (0, 1); give the "
                              "fraction of prunable parameters to remove, e.g. 0.3")
         get_method(self.method)
@@ -70,8 +71,10 @@ class PruneConfig:
                 raise GraspError(f"{flag} {value} must be a positive integer")
         if self.seq_len < 2:
             raise GraspError(f"--seq-len {self.seq_len} is too short; use at least 2")
-        if self.scale_samples is not None and self.scale_samples < 0:
-            raise GraspError(f"--scale-samples {self.scale_samples} must be >= 0")
+        if self.scale_samples is not None:
+            check_number("--scale-samples", self.scale_samples, low=0, integer=True)
+        check_number("--checkpoint-every", self.checkpoint_every, low=0, integer=True)
+        check_number("--seed", self.seed, integer=True)
         GispSettings(self.gisp_step, self.gisp_blocks)
         if self.from_trajectory is not None and self.method != "gisp":
             raise GraspError("--from-trajectory only applies to --method gisp")
@@ -147,7 +150,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     store = ResumeStore(out, run_key({"fp": fp, "ratio": config.prune_ratio,
                                       "settings": config.settings_record(),
                                       "calib": calibration.description, "seed": config.seed,
-                                      "device": config.device}))
+                                      "device": str(device)}))
     t0 = time.perf_counter()
     result = get_method(config.method).run(MethodInput(
         model=model, shape=shape, layout=layout, budget=budget, prune_ratio=config.prune_ratio,
@@ -159,7 +162,9 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     description = calibration.description
     if config.from_trajectory is not None:
         description = _trajectory_calibration(Path(config.from_trajectory))
-    plan = _make_plan(config, result, layout, SourceModel(source.spec, fp, shape), description,
+    # A local model is recorded by its absolute path, so export works from any directory.
+    name = source.location if source.kind == "local" else source.spec
+    plan = _make_plan(config, result, layout, SourceModel(name, fp, shape), description,
                       models.count_parameters(model))
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from dataclasses import replace
@@ -9,25 +10,33 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
+from ..server.net import is_loopback
 from ..sources import models
 from . import loading
 
+log = logging.getLogger("grasp_deploy")
 
-def servable(model: str | None) -> tuple[str, str, Any]:
+
+def servable(model: str | None, verify: bool = True) -> tuple[str, str, Any]:
     """(location vLLM opens, default served name, HF config) of a checkpoint or dense model;
-    a missing config or an unsupported architecture fails here, before any server starts."""
+    a missing config, an unsupported architecture or a checkpoint whose files do not match its
+    manifest fails here, before any server starts."""
     require_vllm()
     source = models.resolve_source(model)
     config = loading.load_config(source)
+    loading.check_checkpoint(source, verify)
     location = models.ensure_available(source)
     name = source.spec if source.kind != "local" else Path(location).name
     return location, name, config
 
 
-def resolve(config: ServerConfig) -> ServerConfig:
+def resolve(config: ServerConfig, verify: bool = True) -> ServerConfig:
     """``config`` for the location vLLM opens (the default model fetched once), with the
     served name defaulting to the directory's; checked before start-up."""
-    location, name, _ = servable(config.model)
+    location, name, _ = servable(config.model, verify)
+    if not is_loopback(config.host) and not config.api_key:
+        log.warning("serving on %s with no --api-key: anyone who can reach this machine can use "
+                    "the model; pass --api-key (or bind 127.0.0.1)", config.host)
     return replace(config, model=location, served_name=config.served_name or name)
 
 
@@ -35,12 +44,15 @@ def _raise_interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # and Ctrl-C: a closed terminal stops it too
+
+
 def run_serve(config: ServerConfig, on_ready: Callable[[VllmServer], None],
               say: Callable[[str], None]) -> int:
-    """Serve until Ctrl-C / SIGTERM (exit 0) or until the server dies (exit 1).
+    """Serve until Ctrl-C / SIGTERM / SIGHUP (exit 0) or until the server dies (exit 1).
 
     ``on_ready`` may raise KeyboardInterrupt to stop at once (``--once``)."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in STOP_SIGNALS}
     server = VllmServer(config, say=say)
     try:
         server.start()
@@ -55,7 +67,8 @@ def run_serve(config: ServerConfig, on_ready: Callable[[VllmServer], None],
         return 0
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def kv_summary(server: VllmServer) -> str:

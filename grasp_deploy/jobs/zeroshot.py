@@ -39,6 +39,7 @@ class TasksConfig:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    verify: bool = True  # a pruned checkpoint's files against its manifest (--no-verify: off)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -125,8 +126,10 @@ def run_tasks(config: TasksConfig) -> TasksResult:
     source = models.resolve_source(config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    if plan is not None:
+        loading.check_plan_shape(plan, loading.load_config(source), source.spec)
     tokenizer = models.load_tokenizer(source)
-    model = loading.load_model(source, dtype=dtype, device=device)
+    model = loading.load_model(source, dtype=dtype, device=device, verify=config.verify)
     masks = contextlib.nullcontext()
     if plan is not None:
         loading.check_plan_matches(plan, model, source.spec)

@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..server.launcher import ServerConfig, VllmServer, free_port
+from .metrics import MetricsScraper
 from .stats import RequestTiming, aggregate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -55,6 +55,7 @@ class BenchConfig:
     level_timeout: float = 1800.0
     startup_timeout: float = 900.0
     vocab_size: int = 32000  # prompts draw ids from [10, vocab_size - 10)
+    duration: float | None = None  # soak: the pruned model alone for this many seconds
     labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
 
     def __post_init__(self) -> None:
@@ -62,78 +63,26 @@ class BenchConfig:
             raise GraspError(f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16")
         for flag, value in (("--requests", self.requests), ("--input-len", self.input_len),
                             ("--output-len", self.output_len), ("--repeats", self.repeats)):
-            if value < 1:
-                raise GraspError(f"{flag} {value} must be at least 1")
+            check_number(flag, value, low=1, integer=True)
         if self.output_len < 2:
             raise GraspError("--output-len must be at least 2 (TPOT needs two tokens)")
-        if self.request_rate is not None and self.request_rate <= 0:
-            raise GraspError(f"--request-rate {self.request_rate} must be positive")
+        check_number("--warmup", self.warmup, low=0, integer=True)
+        check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
+        for flag, value in (("--request-rate", self.request_rate), ("--slo ttft", self.slo_ttft_ms),
+                            ("--slo tpot", self.slo_tpot_ms), ("--max-model-len", self.max_model_len)):
+            if value is not None:
+                check_number(flag, value, low=0, low_open=True)
+        if self.duration is not None:
+            check_number("--duration", self.duration, low=0, low_open=True)
+        for flag, value in (("level timeout", self.level_timeout),
+                            ("--startup-timeout", self.startup_timeout)):
+            check_number(flag, value, low=0, low_open=True)
 
 
 def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     """Seeded random token-id prompts, identical for both models."""
     rng = random.Random(seed)
     return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
-
-
-class MetricsScraper:
-    """Polls /metrics in a thread: KV usage, running/waiting requests, preemptions."""
-
-    NAMES = {"kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
-             "num_requests_running": "vllm:num_requests_running",
-             "num_requests_waiting": "vllm:num_requests_waiting",
-             "num_preemptions": "vllm:num_preemptions"}
-
-    def __init__(self, url: str, period: float = 0.5) -> None:
-        self.url, self.period = url, period
-        self.samples: list[dict[str, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    @staticmethod
-    def parse(text: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            m = re.match(r"^([\w:]+)(?:\{[^}]*\})?\s+([-\d.eE+naNinf]+)$", line.strip())
-            if not m:
-                continue
-            for key, prefix in MetricsScraper.NAMES.items():
-                if m.group(1) == prefix or m.group(1) == prefix + "_total":
-                    out[key] = out.get(key, 0.0) + float(m.group(2))
-        return out
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url + "/metrics", timeout=2) as r:
-                    self.samples.append(self.parse(r.read().decode()))
-            except OSError:
-                pass
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> "MetricsScraper":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def summary(self) -> dict[str, float]:
-        def col(key):
-            return [s[key] for s in self.samples if key in s]
-
-        usage, running, waiting = col("kv_cache_usage_perc"), col("num_requests_running"), col("num_requests_waiting")
-        pre = col("num_preemptions")
-        return {"kv_cache_usage_peak": max(usage, default=float("nan")),
-                "kv_cache_usage_mean": sum(usage) / len(usage) if usage else float("nan"),
-                "running_peak": max(running, default=float("nan")),
-                "waiting_peak": max(waiting, default=float("nan")),
-                "waiting_mean": sum(waiting) / len(waiting) if waiting else float("nan"),
-                "preemptions": (pre[-1] - pre[0]) if len(pre) >= 2 else 0.0,
-                "metric_samples": len(self.samples)}
 
 
 def run_locust(url: str, model: str, prompts_file: Path, records: Path, users: int, requests: int,
@@ -197,7 +146,8 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     mode = "open" if config.request_rate else "closed"
     # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
     # for both, since libraries imported on the way (vLLM's) may have replaced SIGINT's.
-    previous = ({sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = ({sig: signal.signal(sig, _interrupt)
+                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
                 if _main_thread() else None)
     try:
         for rep in range(config.repeats):
@@ -238,6 +188,7 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                prompts_file: Path, say: Callable[[str], None]) -> None:
     model = config.dense if label == "dense" else config.pruned
     server_cfg = ServerConfig(model=model, served_name=label, port=free_port(),
+                              log_file=Path(config.out) / "logs" / f"{label}-{rep + 1}.log",
                               kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
                               dtype=config.dtype, enforce_eager=config.enforce_eager,
                               extra_args=config.extra_args, startup_timeout=config.startup_timeout)

@@ -142,3 +142,53 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     results["plots"] = plots(results, out) if results["levels"] else []
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(results))
+
+
+def write_soak_report(results: dict[str, Any], out: Path) -> None:
+    """soak.json, soak.md and memory.png (the server's RSS over time)."""
+    results.setdefault("command", shlex.join(["grasp-deploy", *sys.argv[1:]]))
+    results.setdefault("machine", machine())
+    results.setdefault("versions", package_versions())
+    results["plots"] = [soak_plot(results, out)] if results.get("rss_samples") else []
+    (out / "soak.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "soak.md").write_text(soak_markdown(results))
+
+
+def soak_markdown(results: dict[str, Any]) -> str:
+    cfg, s, m = results["config"], results["summary"], results["memory"]
+    lines = [f"# Soak: `{cfg['pruned']}` ({results['status']})", "",
+             f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s, input "
+             f"{cfg['input_len']} / output {cfg['output_len']} tokens, KV memory "
+             f"{cfg['kv_cache_gb']} GiB, dtype {cfg['dtype']}, "
+             f"{'eager' if cfg['enforce_eager'] else 'compiled'}.", "",
+             "| requests ok | failed | output tok/s | p50 TPOT ms | p99 TPOT ms | p99 TTFT ms |",
+             "|---:|---:|---:|---:|---:|---:|",
+             f"| {s['completed']} | {s['failed']} | {s['output_throughput']:.1f} | "
+             f"{s['median_tpot_ms']:.1f} | {s['p99_tpot_ms']:.1f} | {s['p99_ttft_ms']:.1f} |", ""]
+    if "rss_first_mib" in m:
+        lines += [f"Server memory (RSS of the vLLM process group, {m['samples']} samples; the first "
+                  f"{m['warmup_excluded_s']:.0f} s left out as warm-up): {m['rss_first_mib']:.0f} MiB "
+                  f"-> {m['rss_last_mib']:.0f} MiB, range {m['rss_min_mib']:.0f}-{m['rss_peak_mib']:.0f} "
+                  f"MiB, trend {m['slope_mib_per_min']:+.2f} MiB/min.", ""]
+    lines += [f"Server alive at the end: {results.get('alive_at_end')}.", "",
+              f"Command: `{results.get('command', '')}`", "",
+              f"Machine: {results.get('machine', {}).get('Model name', '?')}; "
+              f"versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+    return "\n".join(lines)
+
+
+def soak_plot(results: dict[str, Any], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [x / 60 for x, _ in results["rss_samples"]]
+    mib = [b / 2**20 for _, b in results["rss_samples"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(t, mib, color="C1")
+    ax.set(xlabel="minutes", ylabel="RSS (MiB)", ylim=(0, max(mib) * 1.1),
+           title=f"Server memory under load ({results['users']} users)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(out / "memory.png", dpi=120), plt.close(fig)
+    return "memory.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ class GispStep:
 
 def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
                     blocks: torch.Tensor, prune_ratio: float, step: float = 0.025,
-                    blocks_per_step: int = 16, progress: bool = True) -> list[GispStep]:
+                    blocks_per_step: int = 16, progress: bool = True,
+                    done: list[GispStep] | None = None,
+                    save: Callable[[list[GispStep]], None] | None = None) -> list[GispStep]:
     """GISP (Wang, Diao et al., ACL 2026) from a dense model up to ``prune_ratio``.
 
     Each step recomputes, on the model masked so far, the mean-gradient importance
@@ -49,16 +52,20 @@ def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
     of every ratio on the grid ("prune once, deploy many").
 
     Gradients for step k average ``blocks_per_step`` calibration blocks, taken in turn so that
-    consecutive steps see different blocks.
+    consecutive steps see different blocks. ``done``: the steps of an interrupted run (given to
+    ``save`` after each step), which the trajectory continues from.
     """
     if not 0 < step < 1:
         raise GraspError(f"GISP step {step} must be in (0, 1)")
     total, costs = layout.total_cost(), layout.unit_costs().astype(np.float64)
+    steps = list(done or [])
     alive = np.ones(layout.num_units, dtype=bool)
-    steps: list[GispStep] = []
+    for s in steps:
+        alive[list(s.removed)] = False
     n_steps = int(np.ceil(round(prune_ratio / step, 9)))
-    bar = tqdm(total=n_steps, desc="  gisp", unit="step", disable=not progress, dynamic_ncols=True)
-    for k in range(1, n_steps + 1):
+    bar = tqdm(total=n_steps, initial=len(steps), desc="  gisp", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    for k in range(len(steps) + 1, n_steps + 1):
         target = min(round(k * step, 9), prune_ratio)
         budget = int(np.floor((1.0 - target) * total))
         take = [(k - 1) * blocks_per_step + j for j in range(blocks_per_step)]
@@ -72,6 +79,8 @@ def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
         removed = removed[np.argsort(score[removed], kind="stable")]
         steps.append(GispStep(target, tuple(int(u) for u in removed)))
         alive = keep
+        if save is not None:
+            save(steps)
         bar.set_postfix_str(f"kept={layout.kept_cost(alive) / total:.3f}", refresh=False)
         bar.update(1)
     bar.close()
@@ -99,8 +108,15 @@ def _mask_multipliers(layout: UnitLayout, alive: np.ndarray, num_layers: int) ->
 
 
 def prune(inp: MethodInput) -> MethodResult:
+    """Resumable: the steps made so far go to the store after each step."""
     settings: GispSettings = inp.settings
-    steps = list(settings.trajectory) if settings.trajectory is not None else gisp_trajectory(
-        inp.model, inp.shape, inp.layout, inp.blocks, inp.prune_ratio, settings.step,
-        settings.blocks, inp.progress)
+    if settings.trajectory is not None:
+        steps = list(settings.trajectory)
+    else:
+        saved = [GispStep(float(t), tuple(int(u) for u in removed))
+                 for t, removed in inp.store.load().get("gisp_steps", [])]
+        steps = gisp_trajectory(
+            inp.model, inp.shape, inp.layout, inp.blocks, inp.prune_ratio, settings.step,
+            settings.blocks, inp.progress, done=saved,
+            save=lambda s: inp.store.save(gisp_steps=[[x.target, list(x.removed)] for x in s]))
     return MethodResult(mask_at(inp.layout, steps, inp.prune_ratio), trajectory=steps)

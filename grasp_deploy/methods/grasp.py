@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.projection import TieBreak
 from .base import MethodInput, MethodResult, StageLog
@@ -56,12 +57,12 @@ class GraspSettings:
 
     def __post_init__(self) -> None:
         for flag, value, least in (("--epochs", self.epochs, 1), ("--scale-epochs", self.scale_epochs, 0),
-                                   ("batch size", self.batch_size, 1)):
-            if value < least:
-                raise GraspError(f"{flag} {value} must be at least {least}")
-        for flag, value in (("--lr", self.lr), ("--tau", self.tau)):
-            if not value > 0:
-                raise GraspError(f"{flag} {value} must be a positive number")
+                                   ("batch size", self.batch_size, 1), ("init samples", self.init_samples, 1)):
+            check_number(flag, value, low=least, integer=True)
+        for flag, value in (("--lr", self.lr), ("--tau", self.tau), ("eps", self.eps)):
+            check_number(flag, value, low=0, low_open=True)
+        for beta in self.betas:
+            check_number("betas", beta, low=0, high=1, high_open=True)
         for name, value, allowed in (("--projection", self.projection, RANKINGS),
                                      ("--init", self.init, INITS), ("--loss", self.loss, LOSSES),
                                      ("--tie-break", self.tie_break, ("rank", "index"))):

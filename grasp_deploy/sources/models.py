@@ -38,12 +38,15 @@ def resolve_source(spec: str | None) -> ModelSource:
     if spec in KNOWN_MODELS:
         return ModelSource(spec, "known", str(known_model_dir(spec)))
     path = Path(spec).expanduser()
-    looks_like_path = spec.startswith(("/", ".", "~")) or path.exists() or not _HUB_ID.match(spec)
+    # org/name is a hub id unless a local directory of that name, or its first part, exists.
+    looks_like_path = (spec.startswith(("/", ".", "~")) or path.exists() or not _HUB_ID.match(spec)
+                       or path.parent.is_dir() and str(path.parent) not in ("", "."))
     if not looks_like_path:
         return ModelSource(spec, "hub", spec)
     if not path.exists():
-        raise GraspError(f"model path {spec} does not exist; pass an HF model directory, a hub "
-                         f"id like org/name, or one of: {', '.join(KNOWN_MODELS)}")
+        raise GraspError(f"no such model directory: {spec} (from {Path.cwd()}); pass an HF model "
+                         f"directory, a hub id (they look like org/name), or one of: "
+                         f"{', '.join(KNOWN_MODELS)}")
     if not path.is_dir():
         raise GraspError(f"model path {spec} is not a directory; pass the HF model directory")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -70,7 +73,9 @@ def load_config(source: ModelSource) -> Any:
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as err:
-        raise GraspError(f"cannot read the config of {source.spec}: {_first_line(err)}") from err
+        where = (f"no local directory {source.spec} exists, and as a hub id it could not be "
+                 "fetched: " if source.kind == "hub" else "")
+        raise GraspError(f"cannot read the config of {source.spec}: {where}{_first_line(err)}") from err
     return config
 
 
@@ -86,12 +91,14 @@ def load_tokenizer(source: ModelSource) -> Any:
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> Any:
     """The frozen causal LM in eval mode. Check its config first (``jobs.loading`` does)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(ensure_available(source), dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise GraspError(f"cannot load model {source.spec}: {_first_line(err)}") from err
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise GraspError(f"cannot load model {source.spec}: {_first_line(err)}; check that its "
+                         "weight files are complete") from err
     model.to(device).eval().requires_grad_(False)
     return model
 

@@ -98,9 +98,13 @@ def _load_file(path: Path) -> str:
                 texts.append(record["text"])
             return "\n\n".join(texts)
         if suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as err:
+                raise GraspError(f"{path} is not a readable parquet file ({_first_line(err)})") from err
             if "text" not in table.column_names:
                 raise GraspError(f"{path}: parquet file has no 'text' column "
                                  f"(columns: {', '.join(table.column_names)})")
@@ -179,3 +183,8 @@ def describe(source: TextSource, tokens: int | None = None) -> dict[str, Any]:
     if tokens is not None:
         desc["tokens"] = tokens
     return desc
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

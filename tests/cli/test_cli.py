@@ -1,8 +1,6 @@
 """The CLI end to end on a tiny saved model: prune, eval, and every bad input of issue 2."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -81,7 +79,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
     model, calib, extra = str(tiny_dir), text_file, []
     ratio, expect = "0.3", ""
     if case == "missing-model":
-        model, expect = str(tmp_path / "no-such-model"), "does not exist"
+        model, expect = str(tmp_path / "no-such-model"), "no such model directory"
     elif case == "unsupported":
         model, expect = str(_unsupported_model(tmp_path)), "unsupported architecture model_type='gpt2'"
     elif case == "ratio-high":
@@ -115,11 +113,12 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
     before = listing(work)
     args = ["prune", model, "--prune-ratio", ratio, "--calib", f"file:{calib}", *RECIPE,
             "--out", str(out), *extra]
-    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", *args],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    result = CliRunner().invoke(main, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 2, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expect in lines[0]
     assert listing(work) == before
 

@@ -61,7 +61,7 @@ def test_goodput_counts_requests_within_the_slo():
 
 
 def test_metrics_parser():
-    from grasp_deploy.loadtest.ab import MetricsScraper
+    from grasp_deploy.loadtest.metrics import MetricsScraper
 
     text = ('# HELP vllm:kv_cache_usage_perc x\n'
             'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
@@ -99,3 +99,16 @@ def test_unreachable_server_counts_every_request_as_failed(tmp_path):
     recs = read_records(records)
     assert len(recs) == 3 and not any(r["ok"] for r in recs)
     assert all(r["error"] for r in recs)
+
+
+def test_soak_memory_summary_on_known_samples():
+    from grasp_deploy.loadtest.soak import memory_summary
+
+    mib = 2**20
+    flat = [(t, 500 * mib) for t in range(0, 600, 2)]
+    s = memory_summary(flat)
+    assert s["slope_mib_per_min"] == pytest.approx(0.0) and s["rss_peak_mib"] == pytest.approx(500)
+    growing = [(t, (400 + t / 60) * mib) for t in range(0, 600, 2)]  # +1 MiB per minute
+    g = memory_summary(growing)
+    assert g["slope_mib_per_min"] == pytest.approx(1.0)
+    assert g["warmup_excluded_s"] == pytest.approx(59.8) and g["rss_first_mib"] >= 400 + 59.8 / 60

@@ -17,7 +17,7 @@ def test_resolution_rules(tiny_dir, tmp_path):
     assert models.resolve_source("smollm2-135m").spec == "smollm2-135m"
     assert models.resolve_source("HuggingFaceTB/SmolLM2-135M").kind == "hub"
     assert models.resolve_source(str(tiny_dir)).kind == "local"
-    with pytest.raises(GraspError, match="does not exist"):
+    with pytest.raises(GraspError, match="no such model directory"):
         models.resolve_source(str(tmp_path / "absent"))
     with pytest.raises(GraspError, match="no config.json"):
         models.resolve_source(str(tmp_path))

@@ -1,0 +1,105 @@
+"""Soak test (``grasp-deploy bench --duration S``): one server under saturating load for a fixed
+time, every request kept, the server's memory (RSS of its whole process group) sampled.
+
+Only the pruned model is soaked: the question is whether the served checkpoint holds up (no
+failed requests, no memory growth), not how it compares. The highest ``--concurrency`` level
+is used; all traffic stays on loopback and the run is bounded in time and requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from ..server.launcher import ServerConfig, VllmServer, free_port
+from .ab import BenchConfig, make_prompts, read_records, run_locust, timings
+from .metrics import MetricsScraper, Sampler
+from .stats import aggregate
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def group_rss(pgid: int) -> int:
+    """Resident memory of every process in group ``pgid``, in bytes (Linux /proc)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            total += int((entry / "statm").read_text().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return total
+
+
+class RssSampler(Sampler):
+    """(seconds since start, bytes) of a process group's RSS, every ``period`` seconds."""
+
+    def __init__(self, pgid: int, period: float = 2.0) -> None:
+        super().__init__(period)
+        self.pgid, self.t0 = pgid, time.perf_counter()
+
+    def sample(self) -> tuple[float, int]:
+        return (time.perf_counter() - self.t0, group_rss(self.pgid))
+
+
+def memory_summary(samples: list[tuple[float, int]], warmup_fraction: float = 0.1) -> dict[str, Any]:
+    """RSS after warm-up (the first ``warmup_fraction`` of the run is left out): first, last,
+    peak and the least-squares slope in MiB per minute."""
+    if len(samples) < 3:
+        return {"samples": len(samples)}
+    end = samples[-1][0]
+    steady = [(t, b / 2**20) for t, b in samples if t >= warmup_fraction * end] or samples
+    n = len(steady)
+    mean_t = sum(t for t, _ in steady) / n
+    mean_m = sum(m for _, m in steady) / n
+    var = sum((t - mean_t) ** 2 for t, _ in steady)
+    slope = (sum((t - mean_t) * (m - mean_m) for t, m in steady) / var * 60) if var else 0.0
+    return {"samples": len(samples), "rss_first_mib": steady[0][1], "rss_last_mib": steady[-1][1],
+            "rss_peak_mib": max(m for _, m in steady), "rss_min_mib": min(m for _, m in steady),
+            "slope_mib_per_min": slope, "warmup_excluded_s": warmup_fraction * end}
+
+
+def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Soak the pruned model for ``config.duration`` seconds; results also written to out/."""
+    from .report import write_soak_report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    users = max(config.concurrency)
+    prompts = out / "prompts.json"
+    prompts.write_text(json.dumps(make_prompts(256, config.input_len, config.vocab_size, config.seed)))
+    records = out / "requests.jsonl"
+    records.write_text("")
+    server_cfg = ServerConfig(model=config.pruned, served_name="pruned", port=free_port(),
+                              log_file=out / "logs" / "pruned-soak.log",
+                              kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
+                              dtype=config.dtype, enforce_eager=config.enforce_eager,
+                              extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+    results: dict[str, Any] = {"mode": "soak", "config": {**asdict(config), "out": str(out)},
+                               "status": "running", "events": []}
+    with VllmServer(server_cfg, say=say) as server:
+        if config.warmup:
+            run_locust(server.url, "pruned", prompts, out / "warmup.jsonl", 1, config.warmup,
+                       config.output_len, None, config.level_timeout)
+        say(f"soak: {users} concurrent users for {config.duration:.0f}s on {server.url}")
+        with RssSampler(server.proc.pid) as rss, MetricsScraper(server.url, period=2.0) as scraper:
+            t0 = time.perf_counter()
+            # Bounded by time; the request cap only guards against a runaway loop.
+            run_locust(server.url, "pruned", prompts, records, users, int(config.duration * 200),
+                       config.output_len, config.request_rate, config.duration)
+            wall = time.perf_counter() - t0
+        results["alive_at_end"] = server.alive()
+    recs = read_records(records)
+    results.update(status="complete", wall_seconds=wall, users=users,
+                   summary=aggregate(timings(recs), wall, config.slo_ttft_ms, config.slo_tpot_ms),
+                   memory=memory_summary(rss.samples), rss_samples=rss.samples,
+                   metrics=scraper.summary())
+    write_soak_report(results, out)
+    return results
