@@ -17,14 +17,22 @@ __version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:
-    """Let Auto* load exported checkpoints (model_type "grasp_llama") without remote code."""
+    """Let Auto* load exported checkpoints (model_type "grasp_llama", "grasp_qwen2",
+    "grasp_qwen3") without remote code."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
-    from .checkpoint.hf.modeling_grasp_llama import GraspLlamaForCausalLM
+    from .checkpoint.hf import (configuration_grasp_llama, configuration_grasp_qwen2,
+                                configuration_grasp_qwen3, modeling_grasp_llama,
+                                modeling_grasp_qwen2, modeling_grasp_qwen3)
 
-    AutoConfig.register(GraspLlamaConfig.model_type, GraspLlamaConfig, exist_ok=True)
-    AutoModelForCausalLM.register(GraspLlamaConfig, GraspLlamaForCausalLM, exist_ok=True)
+    for config, model in ((configuration_grasp_llama.GraspLlamaConfig,
+                           modeling_grasp_llama.GraspLlamaForCausalLM),
+                          (configuration_grasp_qwen2.GraspQwen2Config,
+                           modeling_grasp_qwen2.GraspQwen2ForCausalLM),
+                          (configuration_grasp_qwen3.GraspQwen3Config,
+                           modeling_grasp_qwen3.GraspQwen3ForCausalLM)):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModelForCausalLM.register(config, model, exist_ok=True)
 
 
 _register_auto_classes()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WIKI = SHARED / "data" / "wikitext-2"
@@ -31,23 +32,34 @@ SERVING_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads
                      intermediate_size=192, num_hidden_layers=4)
 
 
-def tiny_config(**overrides) -> LlamaConfig:
+# family -> (config class, model class): tiny random models of every supported family.
+FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+            "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+
+def tiny_config(family: str = "llama", **overrides):
     fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                   max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0,
                   eos_token_id=1, pad_token_id=1)
     fields.update(overrides)
-    return LlamaConfig(**fields)
+    return FAMILIES[family][0](**fields)
 
 
-def tiny_model(seed: int = 0, **overrides) -> LlamaForCausalLM:
+def tiny_model(seed: int = 0, family: str = "llama", **overrides):
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(**overrides)).eval()
-    # Larger-than-default weights so that removing a unit changes the logits visibly.
+    model = FAMILIES[family][1](tiny_config(family, **overrides)).eval()
+    # Larger-than-default weights so that removing a unit changes the logits visibly; biases
+    # (Qwen2's q/k/v, Llama's attention_bias) non-zero so that slicing them is tested too.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:
                 p.normal_(0.0, 0.08)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.05)
     return model
 
 
@@ -77,8 +89,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def save_tiny(directory: Path, seed: int = 0, **overrides) -> Path:
-    tiny_model(seed, **overrides).save_pretrained(directory)
+def save_tiny(directory: Path, seed: int = 0, family: str = "llama", **overrides) -> Path:
+    tiny_model(seed, family, **overrides).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
 

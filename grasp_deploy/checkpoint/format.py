@@ -1,25 +1,52 @@
 """Every name and constant of the checkpoint format (stdlib only: the vLLM adapter imports it).
 
 CKPT/
-  config.json                   source Llama fields + per_layer_config + auto_map
-  configuration_grasp_llama.py  \\ the transformers classes, so that stock transformers loads
-  modeling_grasp_llama.py       /  it with trust_remote_code=True
+  config.json                   source fields + per_layer_config + auto_map
+  configuration_grasp_<f>.py    \\ the transformers classes (f: llama, qwen2, qwen3), so that
+  modeling_grasp_<f>.py         /  stock transformers loads it with trust_remote_code=True
   model.safetensors             (or model-0000i-of-0000n.safetensors + index)
   tokenizer files, generation_config.json, chat template
   grasp_manifest.json           provenance, counts, widths, sha256 per weight file
   README.md                     model card
 
-``hf/configuration_grasp_llama.py`` must stay self-contained, so it carries its own copy of
-``layer_config``; a test checks that the two agree.
+The ``hf/configuration_grasp_*.py`` files must stay self-contained, so each carries its own
+copy of ``layer_config``; a test checks that they agree with this one.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
-ARCHITECTURE = "GraspLlamaForCausalLM"
-MODEL_TYPE = "grasp_llama"
+
+@dataclass(frozen=True)
+class Kind:
+    """What a checkpoint of one family is called and which remote code it ships."""
+
+    architecture: str  # config.json "architectures"
+    model_type: str  # config.json "model_type"
+    remote_code: tuple[str, str]  # (configuration file, modeling file)
+
+    @property
+    def auto_map(self) -> dict[str, str]:
+        config, modeling = (name.removesuffix(".py") for name in self.remote_code)
+        return {"AutoConfig": f"{config}.{self.architecture.replace('ForCausalLM', 'Config')}",
+                "AutoModelForCausalLM": f"{modeling}.{self.architecture}"}
+
+
+def _kind(stem: str, name: str) -> Kind:
+    return Kind(f"Grasp{name}ForCausalLM", f"grasp_{stem}",
+                (f"configuration_grasp_{stem}.py", f"modeling_grasp_{stem}.py"))
+
+
+LLAMA, QWEN2, QWEN3 = _kind("llama", "Llama"), _kind("qwen2", "Qwen2"), _kind("qwen3", "Qwen3")
+# Source family (config model_type) -> the checkpoint it exports to. Mistral exports as Llama
+# with its fields (sliding_window) carried in config.json.
+KINDS = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2, "qwen3": QWEN3}
+PRUNED_MODEL_TYPES = {k.model_type: k for k in (LLAMA, QWEN2, QWEN3)}
+
+ARCHITECTURE, MODEL_TYPE = LLAMA.architecture, LLAMA.model_type  # the first (Llama) checkpoints
 # Query heads per KV head, stored once: layer i has num_key_value_heads(i) x this many.
 GROUP_SIZE_FIELD = "query_heads_per_kv_head"
 # transformers' own field for per-layer config patches: {"0": {"intermediate_size": ...}, ...}
@@ -32,18 +59,20 @@ MANIFEST_FORMAT = "grasp-deploy checkpoint v1"
 CARD = "README.md"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-REMOTE_CODE = ("configuration_grasp_llama.py", "modeling_grasp_llama.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_grasp_llama.GraspLlamaConfig",
-    "AutoModelForCausalLM": "modeling_grasp_llama.GraspLlamaForCausalLM",
-}
+
+
+def kind_of(model_type: str) -> Kind:
+    """The checkpoint kind for a source family, or for an already pruned checkpoint's type."""
+    if model_type in PRUNED_MODEL_TYPES:
+        return PRUNED_MODEL_TYPES[model_type]
+    return KINDS[model_type]
 
 
 def is_pruned_config(config: Any) -> bool:
     """True for the config of a checkpoint this format describes."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(
         config, "model_type", None)
-    return model_type == MODEL_TYPE
+    return model_type in PRUNED_MODEL_TYPES
 
 
 def layer_config(config: Any, index: int) -> Any:

@@ -26,15 +26,16 @@ def pruned_config(source_config: Any, plan: Plan, dtype: torch.dtype) -> dict[st
     for key in ("quantization_config", "_name_or_path", "auto_map", "transformers_version"):
         cfg.pop(key, None)
     shape = plan.source.shape
+    kind = fmt.kind_of(shape.model_type)
     cfg.update(
-        architectures=[fmt.ARCHITECTURE], model_type=fmt.MODEL_TYPE, auto_map=dict(fmt.AUTO_MAP),
+        architectures=[kind.architecture], model_type=kind.model_type, auto_map=kind.auto_map,
         head_dim=shape.head_dim, dtype=dtype_name(dtype),
         **{fmt.PER_LAYER_FIELD: {str(i): w for i, w in enumerate(plan.widths())}},
         **{fmt.GROUP_SIZE_FIELD: shape.group_size},
     )
     # Projections that gain a bias the source architecture lacks (GraspLlamaConfig fields).
     has = plan.has_biases
-    cfg.update({fmt.BIAS_FIELDS["o_proj"]: has["o_proj"] and not shape.attention_bias,
+    cfg.update({fmt.BIAS_FIELDS["o_proj"]: has["o_proj"] and not shape.o_proj_bias,
                 fmt.BIAS_FIELDS["down_proj"]: has["down_proj"] and not shape.mlp_bias})
     return cfg
 
@@ -79,7 +80,7 @@ def write_checkpoint(directory: Path, plan: Plan, source_config: Any, tensors: d
     files = write_weights(tensors, directory, max_shard_bytes)
     cfg = pruned_config(source_config, plan, dtype)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for name in fmt.REMOTE_CODE:
+    for name in fmt.kind_of(plan.source.shape.model_type).remote_code:
         shutil.copyfile(HF_DIR / name, directory / name)
     manifest = build_manifest(plan, tensors, files, directory, dtype, dense_params)
     (directory / fmt.CARD).write_text(model_card(manifest))

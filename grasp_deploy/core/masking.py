@@ -6,6 +6,9 @@
   ``k_proj`` and ``v_proj``; RoPE is linear, so this equals scaling after RoPE, the reference
   implementation's choice). A 0 removes the group: its values are zero, so its query heads
   contribute nothing. Folding a scale into that head's rows of ``k_proj``/``v_proj`` is exact.
+  In families where a per-head norm follows ``k_proj`` (Qwen3's ``k_norm``, shared by all
+  heads) a scale on the keys would be normalised away and could not be folded per head, so
+  there the multiplier scales the values only (``ModelShape.gate_keys``).
 
 A multiplier of 0 therefore behaves exactly like slicing the unit out, which is what makes a
 plan applied as masks equal to the exported, smaller model.
@@ -78,7 +81,8 @@ def multiplied(model: nn.Module, shape: ModelShape, mult: Multipliers) -> Iterat
             return None if b is None else out + b.to(dtype=out.dtype, device=out.device)
 
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_pre))
-        handles.append(layer.self_attn.k_proj.register_forward_hook(kv_post))
+        if shape.gate_keys:
+            handles.append(layer.self_attn.k_proj.register_forward_hook(kv_post))
         handles.append(layer.self_attn.v_proj.register_forward_hook(kv_post))
         handles.append(layer.self_attn.o_proj.register_forward_hook(bias_post))
         handles.append(layer.mlp.down_proj.register_forward_hook(

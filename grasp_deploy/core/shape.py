@@ -1,4 +1,4 @@
-"""What can be pruned in a LLaMA-family model, and what each unit costs.
+"""What can be pruned in a supported model family, and what each unit costs.
 
 This is the project's one cost model. A decoder layer has two kinds of prunable units:
 
@@ -17,12 +17,31 @@ from typing import Any
 
 from .errors import GraspError
 
-# model_type -> what we know works. Mistral is Llama with (optional) sliding-window attention:
-# the same module names and shapes, so the same units.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-
 FFN = "ffn"
 KV = "kv"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: Llama's module names and units, with what differs stated as data."""
+
+    name: str  # the source config's model_type
+    qkv_bias: bool | None  # True: q/k/v always carry a bias, o_proj none (Qwen2);
+    #                        None: config.attention_bias puts one on all four (Llama)
+    gate_keys: bool  # the KV gate scales keys too (False where a per-head norm follows k_proj)
+    notes: str
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("llama", None, True, "Llama 2 and 3.x: GQA or MHA, rope scaling (llama3) and "
+                                "explicit head_dim carried, tied or untied embeddings"),
+    Family("mistral", None, True, "Mistral: Llama's units; sliding_window carried in config.json"),
+    Family("qwen2", True, True, "Qwen2 and Qwen2.5: q/k/v biases sliced with their heads and "
+                                "counted in a KV group's cost; tied embeddings"),
+    Family("qwen3", None, False, "Qwen3 (dense): explicit head_dim; q_norm/k_norm kept as they "
+                                 "are; the KV gate scales values (a norm follows k_proj)"),
+)}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 def check_supported(config: Any, where: str) -> None:
@@ -34,7 +53,8 @@ def check_supported(config: Any, where: str) -> None:
         archs = ",".join(getattr(config, "architectures", None) or []) or "?"
         raise GraspError(
             f"unsupported architecture model_type={model_type!r} ({archs}) in {where}: "
-            f"grasp-deploy prunes LLaMA-family models ({', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"grasp-deploy prunes the families {', '.join(SUPPORTED_MODEL_TYPES)} (dense decoders; "
+            "`grasp-deploy models` lists them)"
         )
     if getattr(config, "hidden_act", "silu") not in ("silu", "swish", "gelu", "gelu_pytorch_tanh"):
         raise GraspError(f"unsupported hidden_act={config.hidden_act!r} in {where}")
@@ -104,13 +124,27 @@ class ModelShape:
             hidden_size=int(hidden),
             head_dim=int(head_dim),
             group_size=int(group),
-            attention_bias=bool(getattr(config, "attention_bias", False)),
+            attention_bias=_qkv_bias(config),
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
             layers=tuple(layers),
         )
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def family(self) -> Family | None:
+        return FAMILIES.get(self.model_type)
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Does the source o_proj have a bias? (Llama's attention_bias: yes; Qwen2's q/k/v
+        biases: no.)"""
+        return self.attention_bias and not (self.family and self.family.qkv_bias)
+
+    @property
+    def gate_keys(self) -> bool:
+        return self.family.gate_keys if self.family else True
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelShape":
@@ -150,3 +184,10 @@ class ModelShape:
         """KV-cache bytes one token occupies across all layers (keys and values)."""
         heads = kv_heads if kv_heads is not None else [l.num_key_value_heads for l in self.layers]
         return sum(2 * n * self.head_dim * dtype_bytes for n in heads)
+
+
+def _qkv_bias(config: Any) -> bool:
+    family = FAMILIES.get(getattr(config, "model_type", None))
+    if family is not None and family.qkv_bias is not None:
+        return family.qkv_bias
+    return bool(getattr(config, "attention_bias", False))

@@ -13,6 +13,11 @@ from .masking import decoder_layers
 from .plan import LayerPlan, Plan
 
 
+PROJECTIONS = (("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"),
+               ("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
+               ("self_attn", "o_proj"))
+
+
 def rows_of_heads(heads: list[int], rows_per_head: int) -> torch.Tensor:
     """Row ids of whole heads: head g owns rows g*rows_per_head ... (g+1)*rows_per_head-1."""
     ids = torch.tensor(heads, dtype=torch.long)
@@ -23,16 +28,17 @@ def rows_of_heads(heads: list[int], rows_per_head: int) -> torch.Tensor:
 def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The pruned state dict, with stage-B scales folded in (in float32, then cast)."""
     out: dict[str, torch.Tensor] = {}
-    sliced_prefixes = set()
+    sliced = set()  # every projection weight and bias, whether kept, replaced or new
     for i, (layer, lp) in enumerate(zip(decoder_layers(model), plan.layers, strict=True)):
         pre = f"model.layers.{i}."
         for name, t in _slice_layer(layer, lp, plan).items():
             out[pre + name] = t.to(dtype).contiguous()
-        sliced_prefixes.add(pre + "mlp.")
-        sliced_prefixes.add(pre + "self_attn.")
+        sliced.update(f"{pre}{group}.{proj}.{kind}" for group, proj in PROJECTIONS
+                      for kind in ("weight", "bias"))
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    # The rest as it is: embeddings, norms (Qwen3's per-head q_norm/k_norm too), the LM head.
     for name, t in model.state_dict().items():
-        if any(name.startswith(p) for p in sliced_prefixes) or "rotary_emb" in name:
+        if name in sliced or "rotary_emb" in name:
             continue
         if tied and name == "lm_head.weight":
             continue
@@ -50,12 +56,13 @@ def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan) -> dict[str,
     kv_rows, q_rows = rows_of_heads(list(lp.kv_keep), h), rows_of_heads(list(lp.kv_keep), g * h)
     kv_s = torch.tensor(lp.kv_scale if lp.kv_scale is not None else [1.0] * len(lp.kv_keep))
     kv_s = kv_s.repeat_interleave(h)[:, None]  # one factor per kept k/v row
+    k_s = kv_s if shape.gate_keys else torch.ones_like(kv_s)  # values only where a norm follows
     w = {
         "mlp.gate_proj.weight": mlp.gate_proj.weight.float()[ch],
         "mlp.up_proj.weight": mlp.up_proj.weight.float()[ch],
         "mlp.down_proj.weight": mlp.down_proj.weight.float()[:, ch] * ffn_s[None, :],
         "self_attn.q_proj.weight": attn.q_proj.weight.float()[q_rows],
-        "self_attn.k_proj.weight": attn.k_proj.weight.float()[kv_rows] * kv_s,
+        "self_attn.k_proj.weight": attn.k_proj.weight.float()[kv_rows] * k_s,
         "self_attn.v_proj.weight": attn.v_proj.weight.float()[kv_rows] * kv_s,
         "self_attn.o_proj.weight": attn.o_proj.weight.float()[:, q_rows],
     }
@@ -64,7 +71,7 @@ def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan) -> dict[str,
         "mlp.up_proj.bias": (mlp.up_proj.bias, lambda b: b[ch]),
         "mlp.down_proj.bias": (mlp.down_proj.bias, lambda b: b),
         "self_attn.q_proj.bias": (attn.q_proj.bias, lambda b: b[q_rows]),
-        "self_attn.k_proj.bias": (attn.k_proj.bias, lambda b: b[kv_rows] * kv_s[:, 0]),
+        "self_attn.k_proj.bias": (attn.k_proj.bias, lambda b: b[kv_rows] * k_s[:, 0]),
         "self_attn.v_proj.bias": (attn.v_proj.bias, lambda b: b[kv_rows] * kv_s[:, 0]),
         "self_attn.o_proj.bias": (attn.o_proj.bias, lambda b: b),
     }

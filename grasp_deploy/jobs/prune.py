@@ -218,7 +218,7 @@ def _make_plan(config: PruneConfig, result: MethodResult, layout: UnitLayout, so
                        for lp, b in zip(layers, result.biases))
         # Biases the architecture lacks are new parameters (a hidden-size vector per layer).
         shape = source.shape
-        added = shape.hidden_size * len(result.biases) * (int(not shape.attention_bias)
+        added = shape.hidden_size * len(result.biases) * (int(not shape.o_proj_bias)
                                                            + int(not shape.mlp_bias))
     return Plan(method=config.method, settings=config.settings_record(), source=source,
                 budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added),

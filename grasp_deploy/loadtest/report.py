@@ -170,10 +170,19 @@ def soak_markdown(results: dict[str, Any]) -> str:
                   f"{m['warmup_excluded_s']:.0f} s left out as warm-up): {m['rss_first_mib']:.0f} MiB "
                   f"-> {m['rss_last_mib']:.0f} MiB, range {m['rss_min_mib']:.0f}-{m['rss_peak_mib']:.0f} "
                   f"MiB, trend {m['slope_mib_per_min']:+.2f} MiB/min.", ""]
+    samples = results.get("rss_samples") or []
+    if samples:
+        by_minute = {}
+        for t, b in samples:
+            by_minute.setdefault(int(t // 60), b)  # the first sample of each minute
+        lines += ["RSS at the start of each minute (MiB): " + ", ".join(
+            f"{m}: {b / 2**20:.0f}" for m, b in sorted(by_minute.items())) + ".", ""]
     lines += [f"Server alive at the end: {results.get('alive_at_end')}.", "",
               f"Command: `{results.get('command', '')}`", "",
-              f"Machine: {results.get('machine', {}).get('Model name', '?')}; "
-              f"versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+              f"Machine: {results.get('machine', {}).get('Model name', '?')}, "
+              f"{results.get('machine', {}).get('CPU(s)', '?')} CPUs, native bf16 "
+              f"{results.get('machine', {}).get('bf16_native', '?')}; versions: "
+              f"{', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
     return "\n".join(lines)
 
 

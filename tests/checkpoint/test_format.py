@@ -4,7 +4,6 @@ remote code (shipped in every checkpoint) must agree."""
 import pytest
 
 from grasp_deploy.checkpoint import format as fmt
-from grasp_deploy.checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
 
 CASES = [
     # (dense fields, per-layer patches)
@@ -20,16 +19,25 @@ CASES = [
 ]
 
 
+def _config_class(family: str):
+    import importlib
+
+    kind = fmt.kind_of(family)
+    module = importlib.import_module("grasp_deploy.checkpoint.hf." + kind.remote_code[0][:-3])
+    return getattr(module, kind.auto_map["AutoConfig"].split(".")[1])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("fields,patches", CASES)
-def test_remote_code_layer_config_agrees_with_the_format(fields, patches):
+def test_remote_code_layer_config_agrees_with_the_format(fields, patches, family):
     group = fields["num_attention_heads"] // fields["num_key_value_heads"]
     extra = {fmt.PER_LAYER_FIELD: patches} if patches else {}
-    config = GraspLlamaConfig(**fields, **extra, **{fmt.GROUP_SIZE_FIELD: group})
+    config = _config_class(family)(**fields, **extra, **{fmt.GROUP_SIZE_FIELD: group})
     for i in range(config.num_hidden_layers):
         ours, theirs = fmt.layer_config(config, i), config.layer_config(i)
         for name in ("intermediate_size", "num_key_value_heads", "num_attention_heads",
                      "hidden_size", "head_dim"):
-            assert getattr(ours, name) == getattr(theirs, name), (i, name)
+            assert getattr(ours, name, None) == getattr(theirs, name, None), (i, name)
         want = patches[str(i)] if patches else fields
         assert ours.intermediate_size == want["intermediate_size"]
         assert ours.num_attention_heads == want["num_key_value_heads"] * group
@@ -37,7 +45,15 @@ def test_remote_code_layer_config_agrees_with_the_format(fields, patches):
                                              for i in range(config.num_hidden_layers)]
 
 
-def test_remote_code_names_match_the_format():
-    assert GraspLlamaConfig.model_type == fmt.MODEL_TYPE
-    assert fmt.AUTO_MAP["AutoConfig"].split(".")[0] + ".py" in fmt.REMOTE_CODE
-    assert fmt.AUTO_MAP["AutoModelForCausalLM"].endswith(fmt.ARCHITECTURE)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_remote_code_names_match_the_format(family):
+    import importlib
+
+    kind = fmt.kind_of(family)
+    assert fmt.kind_of(kind.model_type) == kind
+    config_module, model_module = (importlib.import_module(
+        "grasp_deploy.checkpoint.hf." + name.removesuffix(".py")) for name in kind.remote_code)
+    config_class = getattr(config_module, kind.auto_map["AutoConfig"].split(".")[1])
+    assert config_class.model_type == kind.model_type
+    assert hasattr(model_module, kind.auto_map["AutoModelForCausalLM"].split(".")[1])
+    assert kind.auto_map["AutoModelForCausalLM"].endswith(kind.architecture)

@@ -19,12 +19,18 @@ from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
 from grasp_deploy.core.projection import UnitLayout, project
-from conftest import listing, save_tiny
+from conftest import LLAMA3_ROPE, listing, save_tiny
 
 VARIANTS = {
     "gqa-untied": dict(),
     "mha-tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
     "gqa-bias": dict(attention_bias=True, mlp_bias=True),
+    # Llama 3.x: llama3 rope scaling, explicit head_dim (not hidden / heads), tied (1B/3B)
+    "llama3-tied": dict(rope_parameters=LLAMA3_ROPE, head_dim=32, tie_word_embeddings=True),
+    # Qwen2/2.5: q/k/v biases (no o_proj bias), tied embeddings
+    "qwen2-tied": dict(family="qwen2", tie_word_embeddings=True),
+    # Qwen3: per-head q_norm/k_norm, explicit head_dim 24 (hidden 64 / 4 heads would be 16)
+    "qwen3": dict(family="qwen3", head_dim=24),
 }
 
 
@@ -56,6 +62,13 @@ def exported(request, tmp_path_factory):
     return src, plan_dir, ckpt, plan
 
 
+def _architecture(src) -> str:
+    """What the source family exports to: Grasp<Family>ForCausalLM."""
+    family = json.loads((src / "config.json").read_text())["model_type"]
+    return {"llama": "GraspLlamaForCausalLM", "qwen2": "GraspQwen2ForCausalLM",
+            "qwen3": "GraspQwen3ForCausalLM"}[family]
+
+
 def _ids(n=2, t=24, seed=0):
     return torch.randint(0, 320, (n, t), generator=torch.Generator().manual_seed(seed))
 
@@ -66,13 +79,13 @@ def test_exported_model_equals_the_masked_model(exported):
     with torch.no_grad(), multiplied(dense, plan.source.shape, plan.multipliers()):
         masked = dense(_ids()).logits
     pruned = models.load_model(models.resolve_source(str(ckpt)))
-    assert type(pruned).__name__ == "GraspLlamaForCausalLM"
+    assert type(pruned).__name__ == _architecture(src)
     with torch.no_grad():
         torch.testing.assert_close(pruned(_ids()).logits, masked, atol=1e-4, rtol=1e-4)
 
 
 def test_counts_and_shapes_follow_the_plan(exported):
-    _, _, ckpt, plan = exported
+    src, _, ckpt, plan = exported
     from safetensors import safe_open
 
     manifest = json.loads((ckpt / "grasp_manifest.json").read_text())
@@ -87,11 +100,12 @@ def test_counts_and_shapes_follow_the_plan(exported):
         assert shapes[f"model.layers.{i}.self_attn.k_proj.weight"] == (len(lp.kv_keep) * h, d)
         assert shapes[f"model.layers.{i}.self_attn.o_proj.weight"] == (d, len(lp.kv_keep) * g * h)
     config = json.loads((ckpt / "config.json").read_text())
-    assert config["architectures"] == ["GraspLlamaForCausalLM"]
+    assert config["architectures"] == [_architecture(src)]
     assert config["per_layer_config"]["0"] == plan.widths()[0]
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     assert ("lm_head.weight" in shapes) != config["tie_word_embeddings"]
-    for name in ("configuration_grasp_llama.py", "modeling_grasp_llama.py", "tokenizer.json",
+    stem = _architecture(src).removeprefix("Grasp").removesuffix("ForCausalLM").lower()
+    for name in (f"configuration_grasp_{stem}.py", f"modeling_grasp_{stem}.py", "tokenizer.json",
                  "generation_config.json", "README.md"):
         assert (ckpt / name).is_file(), name
 
@@ -130,7 +144,7 @@ def test_stock_transformers_loads_it_without_grasp_deploy(exported, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["cls"] == "GraspLlamaForCausalLM"
+    assert out["cls"] == _architecture(src)
     dense = models.load_model(models.resolve_source(str(src)))
     with torch.no_grad(), multiplied(dense, plan.source.shape, plan.multipliers()):
         masked = dense(ids).logits

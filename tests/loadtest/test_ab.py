@@ -49,6 +49,21 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
         assert (out / png).stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "| 1 |" in md and "capacity (tokens)" in md
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["dense-1.log", "pruned-1.log"]
+
+
+def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
+    dense, pruned = checkpoints
+    out = tmp_path / "soak"
+    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
+                           "--dense", str(dense), *BENCH, "--duration", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "soak.json").read_text())
+    assert res["status"] == "complete" and res["users"] == 2 and res["alive_at_end"]
+    assert res["summary"]["completed"] > 0 and res["summary"]["failed"] == 0
+    assert res["memory"]["samples"] >= 3 and res["memory"]["rss_peak_mib"] > 100  # a real server
+    assert (out / "memory.png").stat().st_size > 1000 and "soak (complete)" in proc.stdout
 
 
 @pytest.mark.slow
