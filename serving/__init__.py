@@ -1,8 +1,9 @@
 """grasp-deploy's vLLM adapter (import name ``grasp_serving``).
 
-* ``register()``: the ``vllm.general_plugins`` entry point; registers the architecture
-  ``GraspLlamaForCausalLM`` lazily (as a "module:Class" string) and the checkpoint's config class.
-* ``vllm_model.GraspLlamaForCausalLM``: vLLM's Llama with one decoder layer per
+* ``register()``: the ``vllm.general_plugins`` entry point; registers the architectures
+  ``GraspLlamaForCausalLM``, ``GraspQwen2ForCausalLM`` and ``GraspQwen3ForCausalLM`` lazily
+  (as "module:Class" strings) and the checkpoints' config classes.
+* ``vllm_model``: vLLM's Llama, Qwen2 and Qwen3 with one decoder layer per
   ``per_layer_config`` entry.
 * ``tp``: which per-layer head counts a tensor-parallel degree can split.
 
@@ -13,17 +14,21 @@ process itself is started by ``grasp_deploy.server``.
 
 from __future__ import annotations
 
-_MODEL_PATH = "grasp_serving.vllm_model:GraspLlamaForCausalLM"
-
-
 def register() -> None:
-    """Make vLLM and transformers know grasp checkpoints. Safe to call any number of times."""
+    """Make vLLM and transformers know grasp checkpoints (every family's architecture and
+    config class). Safe to call any number of times."""
+    import importlib
+
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from grasp_deploy.checkpoint.format import ARCHITECTURE
-    from grasp_deploy.checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
+    from grasp_deploy.checkpoint.format import PRUNED_MODEL_TYPES
 
-    AutoConfig.register(GraspLlamaConfig.model_type, GraspLlamaConfig, exist_ok=True)
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, _MODEL_PATH)
+    for kind in PRUNED_MODEL_TYPES.values():
+        module = importlib.import_module("grasp_deploy.checkpoint.hf." + kind.remote_code[0][:-3])
+        config_class = getattr(module, kind.auto_map["AutoConfig"].split(".")[1])
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        if kind.architecture not in ModelRegistry.get_supported_archs():
+            # Lazily, by name: vLLM imports the model module only when it serves one.
+            ModelRegistry.register_model(kind.architecture,
+                                         f"grasp_serving.vllm_model:{kind.architecture}")

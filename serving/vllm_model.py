@@ -1,18 +1,25 @@
-"""vLLM's Llama with per-layer FFN widths and KV/query head counts.
+"""vLLM's Llama, Qwen2 and Qwen3 with per-layer FFN widths and KV/query head counts.
 
-Only construction differs from vLLM's ``LlamaForCausalLM``: its ``layer_type`` hook gets a
-decoder layer that reads its own sizes from ``per_layer_config``. Weight loading (q/k/v into
-qkv_proj, gate/up into gate_up_proj) and the KV cache (one spec per attention layer, so memory
-follows each layer's own KV heads) are vLLM's.
+Only construction differs from vLLM's own models: a decoder layer that reads its own sizes from
+``per_layer_config``, given to vLLM through its decoder-layer hooks (``layer_type`` of
+``LlamaForCausalLM``, which also serves Qwen2 with its q/k/v biases; ``decoder_layer_type`` of
+``Qwen3Model``). Weight loading
+(q/k/v into qkv_proj, gate/up into gate_up_proj, Qwen2's q/k/v biases, Qwen3's q_norm/k_norm)
+and the KV cache (one spec per attention layer, so memory follows each layer's own KV heads)
+are vLLM's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
+from vllm.model_executor.models import qwen3
+from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3Model
 from vllm.model_executor.models.utils import extract_layer_index
 
 from grasp_deploy.checkpoint.format import (
@@ -26,16 +33,23 @@ from .tp import check_tp
 
 
 class GraspLlamaDecoderLayer(LlamaDecoderLayer):
+    overrides: dict[str, Any] = {}  # set on every layer's config (a family's differences)
+
     def __init__(self, vllm_config: VllmConfig, prefix: str = "", config: Any = None, **kwargs):
         config = config or vllm_config.model_config.hf_config
-        super().__init__(vllm_config, prefix=prefix,
-                         config=layer_config(config, extract_layer_index(prefix)), **kwargs)
-        # Compensation biases some pruning methods add (FLAP): the same projection, with a bias.
-        quant = self.get_quant_config(vllm_config)
-        if getattr(config, BIAS_FIELDS["o_proj"], False):
-            self.self_attn.o_proj = _with_bias(self.self_attn.o_proj, quant)
-        if getattr(config, BIAS_FIELDS["down_proj"], False):
-            self.mlp.down_proj = _with_bias(self.mlp.down_proj, quant)
+        layer = layer_config(config, extract_layer_index(prefix))
+        for name, value in self.overrides.items():
+            setattr(layer, name, value)
+        super().__init__(vllm_config, prefix=prefix, config=layer, **kwargs)
+        _add_compensation_biases(self, config, self.get_quant_config(vllm_config))
+
+
+def _add_compensation_biases(layer: nn.Module, config: Any, quant_config: Any) -> None:
+    """Biases some pruning methods add (FLAP): the same projection, with a bias."""
+    if getattr(config, BIAS_FIELDS["o_proj"], False):
+        layer.self_attn.o_proj = _with_bias(layer.self_attn.o_proj, quant_config)
+    if getattr(config, BIAS_FIELDS["down_proj"], False):
+        layer.mlp.down_proj = _with_bias(layer.mlp.down_proj, quant_config)
 
 
 def _with_bias(layer: RowParallelLinear, quant_config: Any) -> RowParallelLinear:
@@ -46,9 +60,69 @@ def _with_bias(layer: RowParallelLinear, quant_config: Any) -> RowParallelLinear
                              prefix=layer.prefix)
 
 
+def _check_tp(vllm_config: VllmConfig) -> None:
+    config = vllm_config.model_config.hf_config
+    check_tp(kv_heads_per_layer(config), int(getattr(config, GROUP_SIZE_FIELD, 1) or 1),
+             vllm_config.parallel_config.tensor_parallel_size)
+
+
 class GraspLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        config = vllm_config.model_config.hf_config
-        check_tp(kv_heads_per_layer(config), int(getattr(config, GROUP_SIZE_FIELD, 1) or 1),
-                 vllm_config.parallel_config.tensor_parallel_size)
+        _check_tp(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspLlamaDecoderLayer)
+
+
+# -- Qwen2 / Qwen2.5 ---------------------------------------------------------------------------------
+class GraspQwen2DecoderLayer(GraspLlamaDecoderLayer):
+    """Qwen2 is Llama with biases on q/k/v (none on o_proj): vLLM's Llama layer takes them as
+    ``qkv_bias`` and honours the explicit ``head_dim``, which vLLM's own Qwen2 attention
+    (head_dim = hidden / heads) cannot once a layer's heads are pruned."""
+
+    overrides = {"qkv_bias": True}
+
+
+class GraspQwen2ForCausalLM(LlamaForCausalLM):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        _check_tp(vllm_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspQwen2DecoderLayer)
+
+
+# -- Qwen3 -----------------------------------------------------------------------------------------
+def _qwen_layer(base: type) -> type:
+    """``base`` (vLLM's Qwen2/Qwen3 decoder layer) built from its own layer's config."""
+    class Layer(base):
+        def __init__(self, config: Any, cache_config: Any = None, quant_config: Any = None,
+                     prefix: str = "") -> None:
+            super().__init__(layer_config(config, extract_layer_index(prefix)), cache_config,
+                             quant_config, prefix)
+            _add_compensation_biases(self, config, quant_config)
+
+    Layer.__name__ = Layer.__qualname__ = f"Grasp{base.__name__}"
+    return Layer
+
+
+GraspQwen3DecoderLayer = _qwen_layer(Qwen3DecoderLayer)
+
+
+class GraspQwen3Model(Qwen3Model):
+    decoder_layer_type = GraspQwen3DecoderLayer
+
+
+@contextmanager
+def _model_class(module: Any, name: str, replacement: type) -> Iterator[None]:
+    """vLLM's Qwen3ForCausalLM builds its ``Qwen3Model`` by name and offers no hook for it; for
+    the duration of construction only, that name means our model (vLLM builds a model in one
+    thread). Everything else is vLLM's own constructor."""
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+class GraspQwen3ForCausalLM(Qwen3ForCausalLM):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        _check_tp(vllm_config)
+        with _model_class(qwen3, "Qwen3Model", GraspQwen3Model):
+            super().__init__(vllm_config=vllm_config, prefix=prefix)

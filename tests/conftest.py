@@ -166,3 +166,23 @@ def checkpoints(tmp_path_factory):
     pruned = root / "pruned"
     run_export(ExportConfig(plan_dir=plan_dir, out=pruned))
     return dense, pruned
+
+
+def random_plan(model, name, ratio=0.45, seed=0, scales=True):
+    """A valid plan with uneven per-layer widths and non-trivial scales (no training needed)."""
+    import numpy as np
+
+    from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
+    from grasp_deploy.core.projection import UnitLayout, project
+    from grasp_deploy.core.shape import ModelShape
+    from grasp_deploy.sources import models
+
+    shape = ModelShape.from_config(model.config)
+    layout = UnitLayout.from_shape(shape)
+    rng = np.random.default_rng(seed)
+    mask = project(rng.random(layout.num_units), layout, int((1 - ratio) * layout.total_cost()))
+    gamma = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
+    return Plan(method="grasp", settings={}, source=SourceModel(name, models.fingerprint(model), shape),
+                budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
+                layers=layers_from_mask(layout, mask, gamma if scales else None),
+                calibration={"source": None}, seed=seed)

@@ -83,12 +83,18 @@ def inspect(checkpoint, as_json, no_verify):
 @click.option("--fetch", "fetch_name", default=None, metavar="NAME",
               help="Download and convert a known model into the cache now.")
 def models(fetch_name):
-    """List the known models (and their cache state); --fetch one."""
+    """List the supported model families and the known models (with their cache state);
+    --fetch one. Any local directory or hub id of a supported family can be pruned."""
+    from ..core.shape import FAMILIES
     from ..sources import known
 
     if fetch_name is not None:
         click.echo(f"{fetch_name} ready at {known.fetch_known(fetch_name)}")
         return
+    click.echo("supported families (config.json model_type):")
+    for family in FAMILIES.values():
+        click.echo(f"  {family.name:<12} {family.notes}")
+    click.echo("known models (no hub needed):")
     for row in known.describe_known():
         state = f"cached at {row['path']}" if row["cached"] else "not fetched (use --fetch)"
-        click.echo(f"{row['name']:<14} {row['description']}\n{'':<14} {row['source']}; {state}")
+        click.echo(f"  {row['name']:<12} {row['description']}\n  {'':<12} {row['source']}; {state}")

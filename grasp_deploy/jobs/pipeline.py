@@ -33,6 +33,7 @@ from .prune import PruneConfig, PruneResult, run_prune
 
 INPUTS = "inputs.json"
 SAMPLE_PROMPT = "The capital of France is"
+SAMPLE_CHAT = "What is the capital of France?"
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,16 @@ def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
         hooks.on_ready(server)
         if config.once:
             hooks.on_sample(SAMPLE_PROMPT, server.complete(SAMPLE_PROMPT))
+            if has_chat_template(ckpt):
+                hooks.on_sample(f"chat: {SAMPLE_CHAT}", server.chat(SAMPLE_CHAT))
             raise KeyboardInterrupt  # --once: stop cleanly now
 
     return serve.run_serve(server_config, ready, say=hooks.say)
+
+
+def has_chat_template(directory: Path) -> bool:
+    """Does the tokenizer saved in ``directory`` carry a chat template?"""
+    if (directory / "chat_template.jinja").is_file():
+        return True
+    config = directory / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))

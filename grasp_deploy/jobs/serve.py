@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
-from ..server.net import is_loopback
+from ..server.net import check_bindable, is_loopback
 from ..sources import models
 from . import loading
 
@@ -33,6 +33,7 @@ def servable(model: str | None, verify: bool = True) -> tuple[str, str, Any]:
 def resolve(config: ServerConfig, verify: bool = True) -> ServerConfig:
     """``config`` for the location vLLM opens (the default model fetched once), with the
     served name defaulting to the directory's; checked before start-up."""
+    check_bindable(config.host, config.port)  # a bad host or a taken port: say so first
     location, name, _ = servable(config.model, verify)
     if not is_loopback(config.host) and not config.api_key:
         log.warning("serving on %s with no --api-key: anyone who can reach this machine can use "

@@ -146,6 +146,13 @@ class VllmServer:
             "temperature": 0})
         return json.loads(reply)["choices"][0]["text"]
 
+    def chat(self, message: str, max_tokens: int = 16, timeout: float = 120.0) -> str:
+        """One greedy chat turn through the OpenAI-compatible API (the model's chat template)."""
+        reply = self._get("/v1/chat/completions", timeout=timeout, body={
+            "model": self.config.name, "messages": [{"role": "user", "content": message}],
+            "max_tokens": max_tokens, "temperature": 0})
+        return json.loads(reply)["choices"][0]["message"]["content"]
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()

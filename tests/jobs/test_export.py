@@ -11,15 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from grasp_deploy.sources import models
-from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.slicing import materialize
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.core.masking import multiplied
-from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
-from grasp_deploy.core.projection import UnitLayout, project
-from conftest import LLAMA3_ROPE, listing, save_tiny
+from conftest import LLAMA3_ROPE, listing, random_plan, save_tiny
 
 VARIANTS = {
     "gqa-untied": dict(),
@@ -32,19 +29,6 @@ VARIANTS = {
     # Qwen3: per-head q_norm/k_norm, explicit head_dim 24 (hidden 64 / 4 heads would be 16)
     "qwen3": dict(family="qwen3", head_dim=24),
 }
-
-
-def random_plan(model, name, ratio=0.45, seed=0, scales=True):
-    """A valid plan with uneven per-layer widths and non-trivial scales (no training needed)."""
-    shape = ModelShape.from_config(model.config)
-    layout = UnitLayout.from_shape(shape)
-    rng = np.random.default_rng(seed)
-    mask = project(rng.random(layout.num_units), layout, int((1 - ratio) * layout.total_cost()))
-    gamma = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
-    return Plan(method="grasp", settings={}, source=SourceModel(name, models.fingerprint(model), shape),
-                budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
-                layers=layers_from_mask(layout, mask, gamma if scales else None),
-                calibration={"source": None}, seed=seed)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

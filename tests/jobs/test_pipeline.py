@@ -37,3 +37,21 @@ def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file
     assert "reusing the plan" in second.stderr and "reusing the checkpoint" in second.stderr
     assert "plan written to" not in second.stdout
     assert json.loads((work / "ckpt" / "grasp_manifest.json").read_text()) == manifest
+
+
+def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
+    from conftest import SERVING_SHAPE, save_tiny
+
+    dense = save_tiny(tmp_path / "qwen3", seed=4, family="qwen3", **{**SERVING_SHAPE, "head_dim": 64})
+    cmd = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
+           "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e", "1",
+           "--dtype", "float32", "--work", str(tmp_path / "work"), "--enforce-eager",
+           "--vllm-dtype", "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once",
+           "-q", "--port", str(free_port())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / "work" / "ckpt" / "config.json").read_text())
+    assert config["architectures"] == ["GraspQwen3ForCausalLM"] and config["head_dim"] == 64
+    assert "sample: 'The capital of France is' ->" in proc.stdout
+    chat = [l for l in proc.stdout.splitlines() if "sample: 'chat: What is the capital" in l]
+    assert len(chat) == 1 and chat[0].split("->", 1)[1].strip() not in ("", "''"), proc.stdout
