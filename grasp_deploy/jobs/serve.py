@@ -45,7 +45,9 @@ def _raise_interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # and Ctrl-C: a closed terminal stops it too
+# Ctrl-C, kill, a closed terminal. Our own handler for each, SIGINT included: a process started
+# in the background inherits SIGINT ignored, and libraries imported on the way may replace it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_serve(config: ServerConfig, on_ready: Callable[[VllmServer], None],
