@@ -17,22 +17,21 @@ __version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:
-    """Let Auto* load exported checkpoints (model_type "grasp_llama", "grasp_qwen2",
-    "grasp_qwen3") without remote code."""
+    """Let Auto* load exported checkpoints (model_type "grasp_llama", "grasp_qwen3", ...)
+    without remote code."""
+    import importlib
+
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .checkpoint.hf import (configuration_grasp_llama, configuration_grasp_qwen2,
-                                configuration_grasp_qwen3, modeling_grasp_llama,
-                                modeling_grasp_qwen2, modeling_grasp_qwen3)
+    from .checkpoint.format import PRUNED_MODEL_TYPES
 
-    for config, model in ((configuration_grasp_llama.GraspLlamaConfig,
-                           modeling_grasp_llama.GraspLlamaForCausalLM),
-                          (configuration_grasp_qwen2.GraspQwen2Config,
-                           modeling_grasp_qwen2.GraspQwen2ForCausalLM),
-                          (configuration_grasp_qwen3.GraspQwen3Config,
-                           modeling_grasp_qwen3.GraspQwen3ForCausalLM)):
+    for kind in PRUNED_MODEL_TYPES.values():
+        config_module, model_module = (importlib.import_module(
+            f"{__name__}.checkpoint.hf.{name.removesuffix('.py')}") for name in kind.remote_code)
+        config = getattr(config_module, kind.auto_map["AutoConfig"].split(".")[1])
         AutoConfig.register(config.model_type, config, exist_ok=True)
-        AutoModelForCausalLM.register(config, model, exist_ok=True)
+        AutoModelForCausalLM.register(config, getattr(model_module, kind.architecture),
+                                      exist_ok=True)
 
 
 _register_auto_classes()

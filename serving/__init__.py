@@ -1,9 +1,10 @@
 """grasp-deploy's vLLM adapter (import name ``grasp_serving``).
 
 * ``register()``: the ``vllm.general_plugins`` entry point; registers the architectures
-  ``GraspLlamaForCausalLM``, ``GraspQwen2ForCausalLM`` and ``GraspQwen3ForCausalLM`` lazily
+  ``GraspLlamaForCausalLM``, ``GraspMistralForCausalLM``, ``GraspQwen2ForCausalLM`` and
+  ``GraspQwen3ForCausalLM`` lazily
   (as "module:Class" strings) and the checkpoints' config classes.
-* ``vllm_model``: vLLM's Llama, Qwen2 and Qwen3 with one decoder layer per
+* ``vllm_model``: vLLM's Llama (and Mistral), Qwen2 and Qwen3 with one decoder layer per
   ``per_layer_config`` entry.
 * ``tp``: which per-layer head counts a tensor-parallel degree can split.
 

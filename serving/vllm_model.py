@@ -1,4 +1,4 @@
-"""vLLM's Llama, Qwen2 and Qwen3 with per-layer FFN widths and KV/query head counts.
+"""vLLM's Llama (and Mistral), Qwen2 and Qwen3 with per-layer FFN widths and KV/query head counts.
 
 Only construction differs from vLLM's own models: a decoder layer that reads its own sizes from
 ``per_layer_config``, given to vLLM through its decoder-layer hooks (``layer_type`` of
@@ -70,6 +70,11 @@ class GraspLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         _check_tp(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspLlamaDecoderLayer)
+
+
+class GraspMistralForCausalLM(GraspLlamaForCausalLM):
+    """Mistral (HF layout) is vLLM's Llama; its ``sliding_window`` reaches every attention layer
+    through vLLM's cache config, as for vLLM's own Mistral."""
 
 
 # -- Qwen2 / Qwen2.5 ---------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WIKI = SHARED / "data" / "wikitext-2"
@@ -33,8 +34,8 @@ SERVING_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads
 
 
 # family -> (config class, model class): tiny random models of every supported family.
-FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-            "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
+            "qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
@@ -186,3 +187,27 @@ def random_plan(model, name, ratio=0.45, seed=0, scales=True):
                 budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
                 layers=layers_from_mask(layout, mask, gamma if scales else None),
                 calibration={"source": None}, seed=seed)
+
+
+def vllm_parity(client, served: str, ckpt: Path, prompts: list[list[int]], steps: int) -> float:
+    """Greedy completions of ``prompts`` from a vLLM server (``client``, model ``served``)
+    against transformers on ``ckpt`` (fp32, recomputed from scratch each step): asserts the
+    tokens are equal and returns the largest |logprob difference| over vLLM's top-5 at every
+    step."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    gap = 0.0
+    for ids in prompts:
+        choice = client.completions.create(
+            model=served, prompt=ids, max_tokens=steps, temperature=0, logprobs=5,
+            extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}).choices[0]
+        got = [int(t.split(":")[1]) for t in choice.logprobs.tokens]
+        seq = list(ids)
+        for step, top in enumerate(choice.logprobs.top_logprobs):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, -1].double(), -1)
+            seq.append(int(lp.argmax()))
+            gap = max([gap] + [abs(v - float(lp[int(t.split(":")[1])])) for t, v in top.items()])
+        assert got == seq[len(ids):], (ids, got, seq[len(ids):])
+    return gap

@@ -2,8 +2,8 @@
 
 CKPT/
   config.json                   source fields + per_layer_config + auto_map
-  configuration_grasp_<f>.py    \\ the transformers classes (f: llama, qwen2, qwen3), so that
-  modeling_grasp_<f>.py         /  stock transformers loads it with trust_remote_code=True
+  configuration_grasp_<f>.py    \\ the transformers classes (f: llama, mistral, qwen2, qwen3),
+  modeling_grasp_<f>.py         /  so that stock transformers loads it (trust_remote_code=True)
   model.safetensors             (or model-0000i-of-0000n.safetensors + index)
   tokenizer files, generation_config.json, chat template
   grasp_manifest.json           provenance, counts, widths, sha256 per weight file
@@ -40,13 +40,12 @@ def _kind(stem: str, name: str) -> Kind:
                 (f"configuration_grasp_{stem}.py", f"modeling_grasp_{stem}.py"))
 
 
-LLAMA, QWEN2, QWEN3 = _kind("llama", "Llama"), _kind("qwen2", "Qwen2"), _kind("qwen3", "Qwen3")
-# Source family (config model_type) -> the checkpoint it exports to. Mistral exports as Llama
-# with its fields (sliding_window) carried in config.json.
-KINDS = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2, "qwen3": QWEN3}
-PRUNED_MODEL_TYPES = {k.model_type: k for k in (LLAMA, QWEN2, QWEN3)}
+LLAMA, MISTRAL = _kind("llama", "Llama"), _kind("mistral", "Mistral")
+QWEN2, QWEN3 = _kind("qwen2", "Qwen2"), _kind("qwen3", "Qwen3")
+# Source family (config model_type) -> the checkpoint it exports to.
+KINDS = {"llama": LLAMA, "mistral": MISTRAL, "qwen2": QWEN2, "qwen3": QWEN3}
+PRUNED_MODEL_TYPES = {k.model_type: k for k in KINDS.values()}
 
-ARCHITECTURE, MODEL_TYPE = LLAMA.architecture, LLAMA.model_type  # the first (Llama) checkpoints
 # Query heads per KV head, stored once: layer i has num_key_value_heads(i) x this many.
 GROUP_SIZE_FIELD = "query_heads_per_kv_head"
 # transformers' own field for per-layer config patches: {"0": {"intermediate_size": ...}, ...}

@@ -10,6 +10,7 @@ and blocks are what the global ranking chooses among.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal, Sequence
 
 import numpy as np
@@ -79,6 +80,12 @@ class UnitLayout:
 
     def segment(self, layer: int, kind: str) -> Segment:
         return self.segments[2 * layer + (0 if kind == FFN else 1)]
+
+
+def keep_budget(prune_ratio: float, total: int) -> int:
+    """Parameters that may be kept: floor((1 - ratio) x total), in exact arithmetic on the
+    ratio as written (0.3 is 3/10), so that 0.7 x 92160 is 64512 and not 64511."""
+    return int((1 - Fraction(repr(float(prune_ratio)))) * total)
 
 
 def check_budget(layout: UnitLayout, budget: int) -> None:

@@ -35,8 +35,8 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", None, True, "Llama 2 and 3.x: GQA or MHA, rope scaling (llama3) and "
                                 "explicit head_dim carried, tied or untied embeddings"),
-    Family("mistral", None, True, "Mistral: Llama's units; sliding_window carried in config.json "
-                                  "but not yet applied by the exported model classes"),
+    Family("mistral", None, True, "Mistral: Llama's units; the sliding window (v0.1) is kept and "
+                                  "honoured by the exported model in transformers and vLLM"),
     Family("qwen2", True, True, "Qwen2 and Qwen2.5: q/k/v biases sliced with their heads and "
                                 "counted in a KV group's cost; tied embeddings"),
     Family("qwen3", None, False, "Qwen3 (dense): explicit head_dim; q_norm/k_norm kept as they "

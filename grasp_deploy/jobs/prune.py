@@ -8,7 +8,6 @@ registry entry (``methods``); this module finds its inputs and writes what it re
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
 from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
-from ..core.projection import UnitLayout, check_budget
+from ..core.projection import UnitLayout, check_budget, keep_budget
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
@@ -133,7 +132,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         raise GraspError(f"--seq-len {config.seq_len} exceeds the model's context of {limit} "
                          "tokens; use a smaller --seq-len")
     layout = UnitLayout.from_shape(shape, align=config.align, tp=config.tp)
-    budget = math.floor((1.0 - config.prune_ratio) * layout.total_cost())
+    budget = keep_budget(config.prune_ratio, layout.total_cost())
     check_budget(layout, budget)
     tokenizer = models.load_tokenizer(source)
     calibration = _text_calibration(config, calib, tokenizer)  # before the weights: fail early

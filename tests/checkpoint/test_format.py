@@ -27,7 +27,7 @@ def _config_class(family: str):
     return getattr(module, kind.auto_map["AutoConfig"].split(".")[1])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
 @pytest.mark.parametrize("fields,patches", CASES)
 def test_remote_code_layer_config_agrees_with_the_format(fields, patches, family):
     group = fields["num_attention_heads"] // fields["num_key_value_heads"]

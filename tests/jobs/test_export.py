@@ -28,6 +28,8 @@ VARIANTS = {
     "qwen2-tied": dict(family="qwen2", tie_word_embeddings=True),
     # Qwen3: per-head q_norm/k_norm, explicit head_dim 24 (hidden 64 / 4 heads would be 16)
     "qwen3": dict(family="qwen3", head_dim=24),
+    # Mistral v0.1: a sliding window shorter than the test sequences, so ignoring it shows
+    "mistral-window": dict(family="mistral", sliding_window=8),
 }
 
 
@@ -49,8 +51,8 @@ def exported(request, tmp_path_factory):
 def _architecture(src) -> str:
     """What the source family exports to: Grasp<Family>ForCausalLM."""
     family = json.loads((src / "config.json").read_text())["model_type"]
-    return {"llama": "GraspLlamaForCausalLM", "qwen2": "GraspQwen2ForCausalLM",
-            "qwen3": "GraspQwen3ForCausalLM"}[family]
+    return {"llama": "GraspLlamaForCausalLM", "mistral": "GraspMistralForCausalLM",
+            "qwen2": "GraspQwen2ForCausalLM", "qwen3": "GraspQwen3ForCausalLM"}[family]
 
 
 def _ids(n=2, t=24, seed=0):

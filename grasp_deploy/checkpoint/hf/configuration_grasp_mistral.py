@@ -1,0 +1,35 @@
+"""Config of a GRASPrune-pruned Mistral: a MistralConfig whose layers differ in width.
+
+This file is copied into every exported checkpoint and must import nothing but transformers.
+
+Per-layer widths use transformers' own ``per_layer_config`` patches
+(``{"0": {"intermediate_size": 812, "num_key_value_heads": 2}, ...}``). Query heads follow
+from the KV heads: layer i has ``num_key_value_heads(i) * query_heads_per_kv_head`` of them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import MistralConfig
+
+
+class GraspMistralConfig(MistralConfig):
+    model_type = "grasp_mistral"
+
+    def __init__(self, query_heads_per_kv_head: int | None = None, o_proj_bias: bool = False,
+                 down_proj_bias: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if query_heads_per_kv_head is None:
+            query_heads_per_kv_head = self.num_attention_heads // self.num_key_value_heads
+        self.query_heads_per_kv_head = int(query_heads_per_kv_head)
+        # Optional biases some pruning methods add as compensation (never for GRASPrune).
+        self.o_proj_bias = bool(o_proj_bias)
+        self.down_proj_bias = bool(down_proj_bias)
+
+    def layer_config(self, index: int) -> MistralConfig:
+        """A plain MistralConfig with layer ``index``'s own FFN width and head counts."""
+        base = self.per_layer_config[index] if self.is_heterogeneous else self
+        layer = copy.deepcopy(base)
+        layer.num_attention_heads = layer.num_key_value_heads * self.query_heads_per_kv_head
+        return layer
