@@ -89,6 +89,8 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
         del cmd[i:i + 2]
     if gisp_root is not None:
         cmd += ["--from-trajectory", str(gisp_root)]
+    if "--align" not in args:  # the table's columns were measured at --align 1 (then the default)
+        cmd += ["--align", "1"]
     # The key covers what the named recipes mean today, so changing one re-runs its cells.
     from grasp_deploy.methods.grasp import RECIPES
 

@@ -65,6 +65,8 @@ def main() -> None:
                      "--calib", args.calib, "--num-samples", str(args.num_samples),
                      "--seq-len", str(args.seq_len), "--epochs", str(args.epochs),
                      "--out", str(plan_dir), "--force", "-q"]
+        if method != "grasp" or "--align" not in args.extra:  # as measured before --align auto
+            cmd += ["--align", "1"]
         if method == "grasp" and args.extra:
             cmd += shlex.split(args.extra)
         prune_s, _ = run(cmd)

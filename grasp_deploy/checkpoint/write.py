@@ -4,6 +4,7 @@ manifest and model card. The caller owns the (temporary, atomic) directory."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,13 @@ def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def alignment_record(settings: dict[str, Any], widths: list[dict[str, int]]) -> dict[str, Any]:
+    """The FFN multiple asked for (and how: ``auto`` or given) and what the widths achieve."""
+    return {"ffn_multiple": settings.get("align", 1), "rule": settings.get("align_rule", "given"),
+            "kv_multiple": settings.get("tp", 1),
+            "ffn_widths_gcd": math.gcd(*(w["intermediate_size"] for w in widths))}
+
+
 def build_manifest(plan: Plan, tensors: dict[str, torch.Tensor], files: list[str], directory: Path,
                    dtype: torch.dtype, dense_params: int) -> dict[str, Any]:
     shape = plan.source.shape
@@ -115,6 +123,7 @@ def build_manifest(plan: Plan, tensors: dict[str, torch.Tensor], files: list[str
             "dense": shape.kv_bytes_per_token(dtype_bytes=nbytes),
             "pruned": shape.kv_bytes_per_token([w["num_key_value_heads"] for w in widths], nbytes)},
         "layers": widths,
+        "alignment": alignment_record(plan.settings, widths),
         "dense_layer": {"intermediate_size": shape.layers[0].intermediate_size,
                         "num_key_value_heads": shape.layers[0].num_key_value_heads,
                         fmt.GROUP_SIZE_FIELD: shape.group_size},

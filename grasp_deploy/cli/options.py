@@ -83,8 +83,11 @@ prune_options = stack(
     click.option("--from-trajectory", type=click.Path(path_type=Path), default=None,
                  help="gisp: take the nested plan for --prune-ratio from an earlier gisp "
                       "run's PLAN_DIR (no recomputation: prune once, deploy many)."),
-    click.option("--align", default=1, show_default=True, type=int,
-                 help="Keep every layer's FFN width a multiple of this (e.g. 64 or 128)."),
+    click.option("--align", default="auto", show_default=True,
+                 help="Keep every layer's FFN width a multiple of this: 'auto' follows the "
+                      "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
+                      "measured faster), or an integer (e.g. 64 for a CPU-pruned model served "
+                      "on a GPU)."),
     click.option("--tp", default=1, show_default=True, type=int,
                  help="Keep every layer's KV-head count a multiple of this tensor-parallel degree."),
     device_options,

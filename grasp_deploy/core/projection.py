@@ -81,6 +81,11 @@ class UnitLayout:
     def segment(self, layer: int, kind: str) -> Segment:
         return self.segments[2 * layer + (0 if kind == FFN else 1)]
 
+    @property
+    def aligned(self) -> bool:
+        """Some segment keeps whole blocks of more than one unit (``--align``/``--tp`` > 1)."""
+        return any(seg.align > 1 for seg in self.segments)
+
 
 def keep_budget(prune_ratio: float, total: int) -> int:
     """Parameters that may be kept: floor((1 - ratio) x total), in exact arithmetic on the
@@ -106,7 +111,11 @@ def project(scores: np.ndarray | Sequence[float], layout: UnitLayout, budget: in
     1. Each segment's top block (its best ``align`` units) is reserved first, so every layer
        keeps at least one FFN block and one KV block and the budget is never exceeded.
     2. The other blocks of all layers are sorted together by mean score, descending, and the
-       longest prefix that fits the remaining budget is kept.
+       longest prefix that fits the remaining budget is kept (the paper's rule). With aligned
+       blocks that prefix may stop a whole block short of the budget (a 64-channel FFN block
+       or a KV group is 0.1-0.3% of the default model), so there the walk goes on past a block
+       that does not fit and takes each later one that still does: the budget is then filled
+       to within the smallest block.
 
     With ``per_cost`` blocks are sorted by mean score per parameter of the block instead (the
     greedy knapsack order: a KV group must be worth its many parameters).
@@ -145,10 +154,28 @@ def project(scores: np.ndarray | Sequence[float], layout: UnitLayout, budget: in
     else:
         raise ValueError(f"unknown tie_break {tie_break!r}")
     room = budget - layout.mandatory_cost()
-    chosen = order[np.cumsum(cost[order]) <= room]
+    chosen = _fill(order, cost, room) if layout.aligned else order[np.cumsum(cost[order]) <= room]
     # Within a segment, block scores never increase with rank and ties go by rank, so the
-    # chosen blocks of a segment are always its first ones: count them and take a prefix.
+    # chosen blocks of a segment are always its first ones (its blocks cost the same, so once
+    # one does not fit, none after it does): count them and take a prefix.
     per_seg = np.bincount(seg_id[chosen], minlength=len(layout.segments))
     for s, blocks in enumerate(seg_blocks):
         keep[blocks[1:1 + per_seg[s]].ravel()] = True
     return keep
+
+
+def _fill(order: np.ndarray, cost: np.ndarray, room: int) -> np.ndarray:
+    """Blocks in ``order``, each taken if it still fits: the fitting prefix, then the later
+    blocks that fit what is left. Done in rounds (one per distinct misfit), not block by block."""
+    ordered = cost[order]
+    taken = np.zeros(len(order), dtype=bool)
+    while True:
+        candidates = np.flatnonzero(~taken & (ordered <= room))
+        if candidates.size == 0:
+            break
+        n = int(np.count_nonzero(np.cumsum(ordered[candidates]) <= room))  # >= 1
+        taken[candidates[:n]] = True
+        room -= int(ordered[candidates[:n]].sum())
+        if n == candidates.size:
+            break
+    return order[taken]

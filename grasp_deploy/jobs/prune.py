@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..core.align import AUTO, parse_align, resolve_align
 from ..core.dtypes import dtype_name
 from ..core.checks import check_number
 from ..core.errors import GraspError
@@ -46,7 +47,7 @@ class PruneConfig:
     seq_len: int = 512
     grasp: GraspSettings = field(default_factory=GraspSettings)
     scale_samples: int | None = None  # stage-B blocks; default: num_samples
-    align: int = 1
+    align: int | str = AUTO  # FFN width multiple, or "auto" (core.align)
     tp: int = 1
     device: str = "auto"
     dtype: str = "auto"
@@ -64,8 +65,9 @@ class PruneConfig:
             raise GraspError(f"--prune-ratio {self.prune_ratio} is outside (0, 1); give the "
                              "fraction of prunable parameters to remove, e.g. 0.3")
         get_method(self.method)
+        object.__setattr__(self, "align", parse_align(self.align))  # "64" -> 64, "AUTO" -> "auto"
         for flag, value in (("--num-samples", self.num_samples), ("--seq-len", self.seq_len),
-                            ("--align", self.align), ("--tp", self.tp)):
+                            ("--tp", self.tp)):
             if value < 1:
                 raise GraspError(f"{flag} {value} must be a positive integer")
         if self.seq_len < 2:
@@ -88,9 +90,11 @@ class PruneConfig:
             return 0
         return self.num_samples if self.scale_samples is None else self.scale_samples
 
-    def settings_record(self) -> dict[str, Any]:
-        """What the plan records of the settings (the same keys in the same order, always)."""
-        settings: dict[str, Any] = {"align": self.align, "tp": self.tp}
+    def settings_record(self, align: int, device_type: str) -> dict[str, Any]:
+        """What the plan records of the settings (the same keys in the same order, always);
+        ``align`` is the FFN multiple used: ``self.align`` resolved for the model and device."""
+        rule = f"auto ({device_type})" if self.align == AUTO else "given"
+        settings: dict[str, Any] = {"align": align, "align_rule": rule, "tp": self.tp}
         if self.uses_calibration:
             settings.update(num_samples=self.num_samples, seq_len=self.seq_len, dtype=self.dtype)
         if self.method == "grasp":
@@ -131,7 +135,9 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     if config.uses_calibration and limit is not None and config.seq_len > limit:
         raise GraspError(f"--seq-len {config.seq_len} exceeds the model's context of {limit} "
                          "tokens; use a smaller --seq-len")
-    layout = UnitLayout.from_shape(shape, align=config.align, tp=config.tp)
+    align = resolve_align(config.align, shape, device.type)
+    settings = config.settings_record(align, device.type)
+    layout = UnitLayout.from_shape(shape, align=align, tp=config.tp)
     budget = keep_budget(config.prune_ratio, layout.total_cost())
     check_budget(layout, budget)
     tokenizer = models.load_tokenizer(source)
@@ -147,7 +153,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         times["sample"] = time.perf_counter() - t0
 
     store = ResumeStore(out, run_key({"fp": fp, "ratio": config.prune_ratio,
-                                      "settings": config.settings_record(),
+                                      "settings": settings,
                                       "calib": calibration.description, "seed": config.seed,
                                       "device": str(device)}))
     t0 = time.perf_counter()
@@ -163,8 +169,8 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         description = _trajectory_calibration(Path(config.from_trajectory))
     # A local model is recorded by its absolute path, so export works from any directory.
     name = source.location if source.kind == "local" else source.spec
-    plan = _make_plan(config, result, layout, SourceModel(name, fp, shape), description,
-                      models.count_parameters(model))
+    plan = _make_plan(config, settings, result, layout, SourceModel(name, fp, shape),
+                      description, models.count_parameters(model))
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
@@ -208,8 +214,9 @@ def _method_settings(config: PruneConfig, fingerprint: str) -> Any:
     return None
 
 
-def _make_plan(config: PruneConfig, result: MethodResult, layout: UnitLayout, source: SourceModel,
-               calibration: dict[str, Any], dense_params: int) -> Plan:
+def _make_plan(config: PruneConfig, settings: dict[str, Any], result: MethodResult,
+               layout: UnitLayout, source: SourceModel, calibration: dict[str, Any],
+               dense_params: int) -> Plan:
     layers, added = layers_from_mask(layout, result.mask, result.scales), 0
     if result.biases is not None:
         layers = tuple(replace(lp, o_bias=tuple(float(x) for x in b["o"]),
@@ -219,7 +226,7 @@ def _make_plan(config: PruneConfig, result: MethodResult, layout: UnitLayout, so
         shape = source.shape
         added = shape.hidden_size * len(result.biases) * (int(not shape.o_proj_bias)
                                                            + int(not shape.mlp_bias))
-    return Plan(method=config.method, settings=config.settings_record(), source=source,
+    return Plan(method=config.method, settings=settings, source=source,
                 budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added),
                 layers=layers, calibration=calibration, seed=config.seed,
                 versions=package_versions())

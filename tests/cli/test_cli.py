@@ -33,6 +33,8 @@ def test_prune_twice_gives_the_same_plan_and_eval_reads_it(tiny_dir, text_file, 
     assert abs(a.budget.achieved_ratio - 0.3) < 0.07  # a KV group is 6.7% of this tiny model
     assert a.budget.prunable_kept <= keep_budget(0.3, a.budget.prunable_dense)
     assert a.layers[0].ffn_scale is not None
+    # --align auto (the default) pruning on the CPU: any width; the plan says how it was chosen
+    assert a.settings["align"] == 1 and a.settings["align_rule"] == "auto (cpu)"
     assert not list(tmp_path.glob(".*resume*"))  # checkpoint removed after success
     r = invoke("eval", tiny_dir, "--plan", tmp_path / "a", "--data", f"file:{text_file}",
                "--seq-len", 64, "--max-windows", 3, "--dtype", "float32", "--json")
@@ -71,7 +73,7 @@ def _unsupported_model(tmp_path):
 @pytest.mark.parametrize("case", [
     "missing-model", "unsupported", "ratio-high", "ratio-zero", "budget-too-small",
     "seq-len-beyond-context", "calib-too-short", "unknown-calib", "plan-exists",
-    "unreadable-model",
+    "unreadable-model", "align-not-a-number",
 ])
 def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_file, tmp_path):
     work = tmp_path / "work"
@@ -89,6 +91,8 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
         ratio, expect = "0", "outside (0, 1)"
     elif case == "budget-too-small":
         ratio, extra, expect = "0.8", ["--align", "48"], "budget of"
+    elif case == "align-not-a-number":
+        extra, expect = ["--align", "fast"], "--align 'fast' is not 'auto' or a positive integer"
     elif case == "seq-len-beyond-context":
         extra, expect = ["-l", "512"], "exceeds the model's context of 256"
     elif case == "calib-too-short":
@@ -138,3 +142,14 @@ def test_help_on_every_command():
     for cmd in ([], ["prune"], ["eval"], ["models"]):
         r = invoke(*cmd, "--help")
         assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_given_align_fills_the_budget_with_aligned_widths(tiny_dir, text_file, tmp_path):
+    r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "a8", "--align", "8"))
+    assert r.exit_code == 0, r.output
+    plan = load_plan(tmp_path / "a8")
+    assert plan.settings["align"] == 8 and plan.settings["align_rule"] == "given"
+    assert all(len(lp.ffn_keep) % 8 == 0 for lp in plan.layers)
+    # filled to within one aligned FFN block (8 channels x 3 x hidden 64)
+    unused = keep_budget(0.3, plan.budget.prunable_dense) - plan.budget.prunable_kept
+    assert 0 <= unused < 8 * 3 * 64

@@ -82,3 +82,32 @@ def test_budget_too_small_is_refused():
 def test_alignment_larger_than_a_layer_is_refused():
     with pytest.raises(GraspError, match="--tp 4"):
         layout_for(kv=2, tp=4)
+
+
+@pytest.mark.parametrize("align,tp,kv,heads", [(8, 1, 2, 4), (16, 2, 4, 8), (32, 1, 4, 4)])
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.8])
+def test_aligned_blocks_fill_the_budget_to_within_one_block(align, tp, kv, heads, keep):
+    """With aligned blocks no further block of any layer would still fit the budget."""
+    layout = layout_for(align=align, tp=tp, kv=kv, heads=heads)
+    budget = max(int(keep * layout.total_cost()), layout.mandatory_cost() + 500)
+    rng = np.random.default_rng(align + tp)
+    for _ in range(20):
+        mask = project(rng.random(layout.num_units), layout, budget)
+        left = budget - layout.kept_cost(mask)
+        assert left >= 0
+        for (layer, kind), n in kept_counts(layout, mask).items():
+            seg = layout.segment(layer, kind)
+            if n + seg.align <= seg.size:  # the segment could take another block
+                assert seg.align * seg.unit_cost > left, (layer, kind, n, left)
+
+
+def test_fill_keeps_each_layer_a_prefix_of_its_ranking():
+    layout = layout_for(align=8, tp=1)
+    rng = np.random.default_rng(5)
+    scores = rng.random(layout.num_units)
+    mask = project(scores, layout, int(0.45 * layout.total_cost()))
+    for seg in layout.segments:
+        ranked = np.argsort(-scores[seg.start:seg.stop], kind="stable")
+        kept = mask[seg.start:seg.stop][ranked]
+        n = int(kept.sum())
+        assert kept[:n].all() and not kept[n:].any()

@@ -79,6 +79,9 @@ def test_counts_and_shapes_follow_the_plan(exported):
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert sum(int(np.prod(s)) for s in shapes.values()) == manifest["parameters"]["pruned"]
     assert manifest["parameters"]["pruned"] == plan.budget.model_pruned
+    widths = [len(lp.ffn_keep) for lp in plan.layers]
+    assert manifest["alignment"] == {"ffn_multiple": 1, "rule": "given", "kv_multiple": 1,
+                                     "ffn_widths_gcd": int(np.gcd.reduce(widths))}
     h, g, d = plan.source.shape.head_dim, plan.source.shape.group_size, plan.source.shape.hidden_size
     for i, lp in enumerate(plan.layers):
         assert shapes[f"model.layers.{i}.mlp.gate_proj.weight"] == (len(lp.ffn_keep), d)

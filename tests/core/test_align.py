@@ -1,0 +1,46 @@
+"""``--align auto``: the multiple it picks per model width and device, and what it refuses."""
+
+import pytest
+
+from conftest import tiny_config
+from grasp_deploy.core.align import AUTO, BY_DEVICE, MIN_BLOCKS, auto_align, parse_align, resolve_align
+from grasp_deploy.core.errors import GraspError
+from grasp_deploy.core.shape import ModelShape
+
+
+def _shape(ffn: int) -> ModelShape:
+    return ModelShape.from_config(tiny_config(intermediate_size=ffn))
+
+
+@pytest.mark.parametrize("ffn", [96, 192, 1536, 8192, 11008, 14336])
+def test_auto_on_cuda_is_the_tensor_core_multiple_when_the_model_is_wide_enough(ffn):
+    align, want = auto_align(_shape(ffn), "cuda"), BY_DEVICE["cuda"]
+    assert align & (align - 1) == 0 and 1 <= align <= want  # a power of two, at most 64
+    if ffn >= MIN_BLOCKS * want:
+        assert align == want
+    else:  # the largest power of two that leaves MIN_BLOCKS blocks
+        assert ffn // align >= MIN_BLOCKS and ffn < MIN_BLOCKS * 2 * align
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps", "xpu"])
+def test_auto_elsewhere_keeps_any_width(device):
+    # measured on CPU: no multiple is faster per channel kept (bench/results/align-cpu)
+    assert auto_align(_shape(1536), device) == 1
+
+
+@pytest.mark.parametrize("given,want", [("auto", AUTO), ("AUTO", AUTO), ("64", 64), (1, 1), (128, 128)])
+def test_parse_accepts_auto_and_positive_integers(given, want):
+    assert parse_align(given) == want
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-8", "1.5", "", 0, -1, 2.0, True])
+def test_parse_refuses_anything_else_in_one_line(bad):
+    with pytest.raises(GraspError, match="--align .* is not 'auto' or a positive integer") as err:
+        parse_align(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_resolve_gives_integers_unchanged():
+    assert resolve_align(7, _shape(1536), "cuda") == 7
+    assert resolve_align("auto", _shape(1536), "cuda") == 64
+    assert resolve_align("auto", _shape(1536), "cpu") == 1
