@@ -64,9 +64,13 @@ def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_
               help="Soak instead of A/B: the pruned model alone at the highest --concurrency for "
                    "this long; failed requests and the server's memory over time (soak.md, "
                    "memory.png).")
+@click.option("--soak-warmup", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="Soak: run the same load this long first and judge memory only after it. "
+                   "On CPU, vLLM's GEMMs cache one kernel per batch size and layer (32 each), so "
+                   "RSS climbs for the first minutes of varied load; 300 s covers it here.")
 @no_verify_option
 @click.option("--force", is_flag=True, help="Replace an existing RESULTS_DIR (one bench wrote).")
-def bench(pruned, dense, out, duration, force, no_verify, **options):
+def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options):
     """A/B load test: the pruned checkpoint vs the dense model through vLLM.
 
     Both servers get identical flags and KV memory; each level runs a fixed number of
@@ -75,7 +79,8 @@ def bench(pruned, dense, out, duration, force, no_verify, **options):
     """
     from ..jobs.bench import run_bench
 
-    config = replace(bench_config(pruned, dense, out, **options), duration=duration)
+    config = replace(bench_config(pruned, dense, out, **options), duration=duration,
+                     soak_warmup=soak_warmup)
     results = run_bench(config, force=force, say=_say, verify=not no_verify)
     show.soak_report(results, out) if duration is not None else show.bench_report(results, out)
     sys.exit(0 if results["status"] == "complete" else 1)

@@ -56,6 +56,7 @@ class BenchConfig:
     startup_timeout: float = 900.0
     vocab_size: int = 32000  # prompts draw ids from [10, vocab_size - 10)
     duration: float | None = None  # soak: the pruned model alone for this many seconds
+    soak_warmup: float = 0.0  # soak: seconds of the same load before the measured window
     labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
 
     def __post_init__(self) -> None:
@@ -74,6 +75,7 @@ class BenchConfig:
                 check_number(flag, value, low=0, low_open=True)
         if self.duration is not None:
             check_number("--duration", self.duration, low=0, low_open=True)
+        check_number("--soak-warmup", self.soak_warmup, low=0)
         for flag, value in (("level timeout", self.level_timeout),
                             ("--startup-timeout", self.startup_timeout)):
             check_number(flag, value, low=0, low_open=True)

@@ -157,7 +157,9 @@ def write_soak_report(results: dict[str, Any], out: Path) -> None:
 def soak_markdown(results: dict[str, Any]) -> str:
     cfg, s, m = results["config"], results["summary"], results["memory"]
     lines = [f"# Soak: `{cfg['pruned']}` ({results['status']})", "",
-             f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s, input "
+             f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s"
+             + (f" after {cfg['soak_warmup']:.0f} s of the same load as warm-up"
+                if cfg.get("soak_warmup") else "") + ", input "
              f"{cfg['input_len']} / output {cfg['output_len']} tokens, KV memory "
              f"{cfg['kv_cache_gb']} GiB, dtype {cfg['dtype']}, "
              f"{'eager' if cfg['enforce_eager'] else 'compiled'}.", "",
@@ -167,7 +169,8 @@ def soak_markdown(results: dict[str, Any]) -> str:
              f"{s['median_tpot_ms']:.1f} | {s['p99_tpot_ms']:.1f} | {s['p99_ttft_ms']:.1f} |", ""]
     if "rss_first_mib" in m:
         lines += [f"Server memory (RSS of the vLLM process group, {m['samples']} samples; the first "
-                  f"{m['warmup_excluded_s']:.0f} s left out as warm-up): {m['rss_first_mib']:.0f} MiB "
+                  f"{m['warmup_excluded_s']:.0f} s under load left out as warm-up): "
+                  f"{m['rss_first_mib']:.0f} MiB "
                   f"-> {m['rss_last_mib']:.0f} MiB, range {m['rss_min_mib']:.0f}-{m['rss_peak_mib']:.0f} "
                   f"MiB, trend {m['slope_mib_per_min']:+.2f} MiB/min.", ""]
     samples = results.get("rss_samples") or []
@@ -196,6 +199,10 @@ def soak_plot(results: dict[str, Any], out: Path) -> str:
     mib = [b / 2**20 for _, b in results["rss_samples"]]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(t, mib, color="C1")
+    if results.get("config", {}).get("soak_warmup"):
+        ax.axvline(results["measured_from_s"] / 60, color="gray", linestyle="--")
+        ax.text(results["measured_from_s"] / 60, 0.05 * max(mib), " measured from here",
+                color="gray")
     ax.set(xlabel="minutes", ylabel="RSS (MiB)", ylim=(0, max(mib) * 1.1),
            title=f"Server memory under load ({results['users']} users)")
     ax.grid(alpha=0.3)

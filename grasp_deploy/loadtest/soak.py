@@ -49,13 +49,13 @@ class RssSampler(Sampler):
         return (time.perf_counter() - self.t0, group_rss(self.pgid))
 
 
-def memory_summary(samples: list[tuple[float, int]], warmup_fraction: float = 0.1) -> dict[str, Any]:
-    """RSS after warm-up (the first ``warmup_fraction`` of the run is left out): first, last,
-    peak and the least-squares slope in MiB per minute."""
+def memory_summary(samples: list[tuple[float, int]], warmup_s: float) -> dict[str, Any]:
+    """RSS after warm-up (samples before ``warmup_s`` are left out): first, last, peak and the
+    least-squares slope in MiB per minute."""
     if len(samples) < 3:
         return {"samples": len(samples)}
-    end = samples[-1][0]
-    steady = [(t, b / 2**20) for t, b in samples if t >= warmup_fraction * end] or samples
+    steady = [(t, b / 2**20) for t, b in samples if t >= warmup_s] or [
+        (t, b / 2**20) for t, b in samples]
     n = len(steady)
     mean_t = sum(t for t, _ in steady) / n
     mean_m = sum(m for _, m in steady) / n
@@ -63,7 +63,7 @@ def memory_summary(samples: list[tuple[float, int]], warmup_fraction: float = 0.
     slope = (sum((t - mean_t) * (m - mean_m) for t, m in steady) / var * 60) if var else 0.0
     return {"samples": len(samples), "rss_first_mib": steady[0][1], "rss_last_mib": steady[-1][1],
             "rss_peak_mib": max(m for _, m in steady), "rss_min_mib": min(m for _, m in steady),
-            "slope_mib_per_min": slope, "warmup_excluded_s": warmup_fraction * end}
+            "slope_mib_per_min": slope, "warmup_excluded_s": warmup_s}
 
 
 def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -88,18 +88,30 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
         if config.warmup:
             run_locust(server.url, "pruned", prompts, out / "warmup.jsonl", 1, config.warmup,
                        config.output_len, None, config.level_timeout)
-        say(f"soak: {users} concurrent users for {config.duration:.0f}s on {server.url}")
-        with RssSampler(server.proc.pid) as rss, MetricsScraper(server.url, period=2.0) as scraper:
-            t0 = time.perf_counter()
-            # Bounded by time; the request cap only guards against a runaway loop.
-            run_locust(server.url, "pruned", prompts, records, users, int(config.duration * 200),
-                       config.output_len, config.request_rate, config.duration)
-            wall = time.perf_counter() - t0
+        with RssSampler(server.proc.pid) as rss:
+            if config.soak_warmup:
+                say(f"soak warm-up: {users} users for {config.soak_warmup:.0f}s (not measured)")
+                _load(config, server.url, prompts, out / "soak-warmup.jsonl", users,
+                      config.soak_warmup)
+            measured_from = time.perf_counter() - rss.t0
+            say(f"soak: {users} concurrent users for {config.duration:.0f}s on {server.url}")
+            with MetricsScraper(server.url, period=2.0) as scraper:
+                t0 = time.perf_counter()
+                _load(config, server.url, prompts, records, users, config.duration)
+                wall = time.perf_counter() - t0
         results["alive_at_end"] = server.alive()
     recs = read_records(records)
+    warmup_s = measured_from if config.soak_warmup else 0.1 * wall
     results.update(status="complete", wall_seconds=wall, users=users,
                    summary=aggregate(timings(recs), wall, config.slo_ttft_ms, config.slo_tpot_ms),
-                   memory=memory_summary(rss.samples), rss_samples=rss.samples,
-                   metrics=scraper.summary())
+                   memory=memory_summary(rss.samples, warmup_s), rss_samples=rss.samples,
+                   measured_from_s=measured_from, metrics=scraper.summary())
     write_soak_report(results, out)
     return results
+
+
+def _load(config: BenchConfig, url: str, prompts: Path, records: Path, users: int,
+          seconds: float) -> None:
+    """``users`` closed-loop users for ``seconds`` (the request cap only guards a runaway)."""
+    run_locust(url, "pruned", prompts, records, users, int(seconds * 200), config.output_len,
+               config.request_rate, seconds)

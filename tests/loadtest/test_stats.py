@@ -106,9 +106,13 @@ def test_soak_memory_summary_on_known_samples():
 
     mib = 2**20
     flat = [(t, 500 * mib) for t in range(0, 600, 2)]
-    s = memory_summary(flat)
+    s = memory_summary(flat, 60)
     assert s["slope_mib_per_min"] == pytest.approx(0.0) and s["rss_peak_mib"] == pytest.approx(500)
     growing = [(t, (400 + t / 60) * mib) for t in range(0, 600, 2)]  # +1 MiB per minute
-    g = memory_summary(growing)
+    g = memory_summary(growing, 60)
     assert g["slope_mib_per_min"] == pytest.approx(1.0)
-    assert g["warmup_excluded_s"] == pytest.approx(59.8) and g["rss_first_mib"] >= 400 + 59.8 / 60
+    assert g["warmup_excluded_s"] == 60 and g["rss_first_mib"] == pytest.approx(401)
+    # a warm-up that fills caches (a step), then flat: only the window after it is judged
+    step = [(t, (400 if t < 300 else 900) * mib) for t in range(0, 900, 2)]
+    assert memory_summary(step, 300)["slope_mib_per_min"] == pytest.approx(0.0)
+    assert memory_summary(step, 0)["slope_mib_per_min"] > 30
