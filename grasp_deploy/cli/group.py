@@ -63,6 +63,9 @@ def _show_library_notes() -> None:
         handler._grasp_cli = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # A failed hub request ends in our own one-line error naming the model; the hub client's
+    # "'...' thrown while requesting HEAD ..." line before it would be a second, rawer one.
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
 
 
 def quiet_transformers() -> None:

@@ -69,6 +69,11 @@ def _check_writable(out: Path, flag: str) -> None:
         raise GraspError(f"{flag} {out}: {parent} is not a directory; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise GraspError(f"cannot write into {parent} (permission denied); choose another {flag}")
+    try:  # os.access says yes to root everywhere; only a real directory tells (/proc, read-only)
+        os.rmdir(tempfile.mkdtemp(prefix=".grasp-probe-", dir=parent))
+    except OSError as e:
+        raise GraspError(f"cannot write into {parent} ({e.strerror or e}); choose another "
+                         f"{flag}") from None
 
 
 def _umask() -> int:

@@ -190,6 +190,14 @@ def test_an_unwritable_parent_is_refused_before_any_work(tiny_dir, tmp_path):
     assert time.monotonic() - start < 30 and blocker.read_text() == "x"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_directory_that_takes_no_new_entries_is_refused_even_for_root(tiny_dir):
+    # os.access() says yes to root everywhere; /proc takes no new directories from anyone
+    code, errors, _ = run("prune", tiny_dir, "-r", "0.3", "--method", "magnitude",
+                          "--out", "/proc/grasp-missing/plan")
+    assert code == 2 and len(errors) == 1 and "cannot write into /proc" in errors[0]
+
+
 # -- resume state is data, never code --------------------------------------------------------------
 class _Payload:
     def __reduce__(self):
