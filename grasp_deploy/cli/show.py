@@ -110,13 +110,16 @@ def banner(server, kv: str, once: bool = False) -> None:
 
 
 def bench_report(results: dict[str, Any], out) -> None:
-    from ..loadtest.report import print_table
+    from ..loadtest.report import configuration, print_table
 
     print_table(results, say=click.echo)
+    click.echo(f"measured with {configuration(results)}")
     click.echo(f"report: {out}/results.md  (plots: {', '.join(results.get('plots', []))})")
 
 
 def soak_report(results: dict[str, Any], out) -> None:
+    from ..loadtest.report import configuration
+
     s, m = results["summary"], results["memory"]
     lines = [f"soak ({results['status']}): {s['completed']} requests ok, {s['failed']} failed in "
              f"{results['wall_seconds']:.0f}s at {results['users']} users, "
@@ -124,5 +127,6 @@ def soak_report(results: dict[str, Any], out) -> None:
     if "rss_first_mib" in m:
         lines.append(f"  server RSS after warm-up {m['rss_first_mib']:.0f} -> {m['rss_last_mib']:.0f} "
                      f"MiB (peak {m['rss_peak_mib']:.0f}, trend {m['slope_mib_per_min']:+.2f} MiB/min)")
+    lines.append(f"measured with {configuration(results)}")
     lines.append(f"report: {out}/soak.md  (plot: {out}/memory.png)")
     click.echo("\n".join(lines))

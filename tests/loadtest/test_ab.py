@@ -49,6 +49,11 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
         assert (out / png).stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "| 1 |" in md and "capacity (tokens)" in md
+    # every figure labelled with how it was measured
+    config = [line for line in md.splitlines() if line.startswith("Configuration: vLLM ")]
+    assert len(config) == 1 and "eager (--enforce-eager)" in config[0], md
+    assert "dtype float32" in config[0] and "KV memory 0.02 GiB" in config[0] and "flags" in config[0]
+    assert "measured with vLLM" in proc.stdout
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["dense-1.log", "pruned-1.log"]
 
 
@@ -56,7 +61,8 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "soak"
     proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
-                           "--dense", str(dense), *BENCH, "--duration", "8", "--out", str(out)],
+                           "--dense", str(dense), *BENCH, "--duration", "8", "--soak-warmup", "4",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "soak.json").read_text())
@@ -64,6 +70,10 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
     assert res["summary"]["completed"] > 0 and res["summary"]["failed"] == 0
     assert res["memory"]["samples"] >= 3 and res["memory"]["rss_peak_mib"] > 100  # a real server
     assert (out / "memory.png").stat().st_size > 1000 and "soak (complete)" in proc.stdout
+    # memory is judged only after the warm-up, which ran the same load first
+    assert res["measured_from_s"] >= 4 and res["memory"]["warmup_excluded_s"] == res["measured_from_s"]
+    assert (out / "soak-warmup.jsonl").read_text().strip()
+    assert "after 4 s of the same load as warm-up" in (out / "soak.md").read_text()
 
 
 @pytest.mark.slow
