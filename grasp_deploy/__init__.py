@@ -26,9 +26,8 @@ def _register_auto_classes() -> None:
     from .checkpoint.format import PRUNED_MODEL_TYPES
 
     for kind in PRUNED_MODEL_TYPES.values():
-        config_module, model_module = (importlib.import_module(
-            f"{__name__}.checkpoint.hf.{name.removesuffix('.py')}") for name in kind.remote_code)
-        config = getattr(config_module, kind.auto_map["AutoConfig"].split(".")[1])
+        config_module, model_module = map(importlib.import_module, kind.modules)
+        config = getattr(config_module, kind.config_class)
         AutoConfig.register(config.model_type, config, exist_ok=True)
         AutoModelForCausalLM.register(config, getattr(model_module, kind.architecture),
                                       exist_ok=True)

@@ -26,8 +26,7 @@ def register() -> None:
     from grasp_deploy.checkpoint.format import PRUNED_MODEL_TYPES
 
     for kind in PRUNED_MODEL_TYPES.values():
-        module = importlib.import_module("grasp_deploy.checkpoint.hf." + kind.remote_code[0][:-3])
-        config_class = getattr(module, kind.auto_map["AutoConfig"].split(".")[1])
+        config_class = getattr(importlib.import_module(kind.modules[0]), kind.config_class)
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         if kind.architecture not in ModelRegistry.get_supported_archs():
             # Lazily, by name: vLLM imports the model module only when it serves one.

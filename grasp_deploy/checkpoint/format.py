@@ -29,9 +29,19 @@ class Kind:
     remote_code: tuple[str, str]  # (configuration file, modeling file)
 
     @property
+    def config_class(self) -> str:
+        return self.architecture.replace("ForCausalLM", "Config")
+
+    @property
+    def modules(self) -> tuple[str, str]:
+        """Import paths of the remote code as it ships inside grasp_deploy (config, modeling)."""
+        config, modeling = (name.removesuffix(".py") for name in self.remote_code)
+        return f"grasp_deploy.checkpoint.hf.{config}", f"grasp_deploy.checkpoint.hf.{modeling}"
+
+    @property
     def auto_map(self) -> dict[str, str]:
         config, modeling = (name.removesuffix(".py") for name in self.remote_code)
-        return {"AutoConfig": f"{config}.{self.architecture.replace('ForCausalLM', 'Config')}",
+        return {"AutoConfig": f"{config}.{self.config_class}",
                 "AutoModelForCausalLM": f"{modeling}.{self.architecture}"}
 
 

@@ -38,6 +38,11 @@ def auto_align(shape: Any, device_type: str) -> int:
     return align
 
 
+def _not_an_align(value: Any) -> GraspError:
+    return GraspError(f"--align {value!r} is not 'auto' or a positive integer; "
+                      "e.g. --align auto, --align 64 or --align 1")
+
+
 def parse_align(value: Any) -> int | str:
     """``auto`` or a positive integer, as given on the command line or in a config."""
     if isinstance(value, str):
@@ -46,11 +51,9 @@ def parse_align(value: Any) -> int | str:
         try:
             value = int(value)
         except ValueError:
-            raise GraspError(f"--align {value!r} is not 'auto' or a positive integer; "
-                             "e.g. --align auto, --align 64 or --align 1") from None
+            raise _not_an_align(value) from None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GraspError(f"--align {value!r} is not 'auto' or a positive integer; "
-                         "e.g. --align auto, --align 64 or --align 1")
+        raise _not_an_align(value)
     return value
 
 

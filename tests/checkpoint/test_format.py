@@ -23,8 +23,7 @@ def _config_class(family: str):
     import importlib
 
     kind = fmt.kind_of(family)
-    module = importlib.import_module("grasp_deploy.checkpoint.hf." + kind.remote_code[0][:-3])
-    return getattr(module, kind.auto_map["AutoConfig"].split(".")[1])
+    return getattr(importlib.import_module(kind.modules[0]), kind.config_class)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
