@@ -38,7 +38,7 @@ Load with plain transformers (no grasp-deploy needed):
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
 ```
 
 or serve it with `grasp-deploy serve PATH` (vLLM). `grasp_manifest.json` records the plan's

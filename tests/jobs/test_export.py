@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,47 @@ def test_stock_transformers_loads_it_without_grasp_deploy(exported, tmp_path):
         masked = dense(ids).logits
     torch.testing.assert_close(torch.tensor(out["logits"]), masked, atol=1e-4, rtol=1e-4)
     assert out["cached"] == out["plain"] and len(out["cached"][0]) == 22
+
+
+NO_GRASP = textwrap.dedent("""
+    import importlib.abc, sys
+    class NoGrasp(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "grasp_deploy":
+                raise ImportError("grasp_deploy must not be needed")
+    sys.meta_path.insert(0, NoGrasp())
+""")
+
+
+def _python_block_after(text: str, marker: str) -> str:
+    """The first ```python block after `marker` in a markdown text."""
+    rest = text[text.index(marker):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "model card"])
+def test_documented_loading_snippet_runs_as_written_without_a_prompt(tiny_dir, tmp_path, doc):
+    """The snippet users copy (README, and the checkpoint's own card) must not stop at
+    transformers' "Do you wish to run the custom code?" prompt: run it with stdin closed."""
+    model = models.load_model(models.resolve_source(str(tiny_dir)))
+    plan = random_plan(model, str(tiny_dir), seed=2)
+    plan.save(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    run_export(ExportConfig(plan_dir=tmp_path, out=ckpt))
+    if doc == "README.md":
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        snippet = _python_block_after(readme, "Load it from plain transformers").replace("ckpt/r30", str(ckpt))
+    else:
+        snippet = _python_block_after((ckpt / "README.md").read_text(), "Load with plain transformers")
+        snippet = snippet.replace('"PATH"', repr(str(ckpt)))
+    assert "from_pretrained" in snippet
+    check = "\nprint('tokens', tokenizer('hello world')['input_ids'], type(model).__name__)\n"
+    proc = subprocess.run([sys.executable, "-c", NO_GRASP + snippet + check], capture_output=True,
+                          text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in proc.stdout + proc.stderr
+    assert "tokens [" in proc.stdout and "GraspLlamaForCausalLM" in proc.stdout
 
 
 def test_sharded_export_loads(tiny_dir, tmp_path):
