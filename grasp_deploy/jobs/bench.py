@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +19,20 @@ def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
     (prompts draw token ids from it); a model that cannot be served fails here."""
     pruned, _, _ = servable(config.pruned, verify)
     dense, _, dense_config = servable(config.dense, verify)
-    return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size))
+    return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size),
+                   labels={**config.labels, **_width_labels(Path(pruned), dense_config)})
+
+
+def _width_labels(checkpoint: Path, dense_config: Any) -> dict[str, Any]:
+    """The FFN widths of both models (for the report and its hints when pruned is not faster)."""
+    manifest = checkpoint / "grasp_manifest.json"
+    if not manifest.is_file():
+        return {}
+    widths = [w["intermediate_size"] for w in json.loads(manifest.read_text())["layers"]]
+    dense = int(dense_config.intermediate_size)
+    gcd = math.gcd(*widths)
+    return {"FFN widths": {"dense": f"{dense} (all layers)",
+                           "pruned": f"{min(widths)}..{max(widths)}, gcd {gcd}", "gcd": gcd}}
 
 
 def run_bench(config: BenchConfig, force: bool = False, say: Callable[[str], None] = print,

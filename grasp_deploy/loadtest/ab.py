@@ -225,7 +225,8 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                     f.write(json.dumps({"model": label, "level": level, "repeat": rep, **r}) + "\n")
             ok = sum(1 for r in recs if r["ok"])
             results["models"][label].setdefault("metrics", {}).setdefault(str(level), []).append(
-                {**scraper.summary(), "repeat": rep, "wall_seconds": wall})
+                {**scraper.summary(), "repeat": rep, "wall_seconds": wall,
+                 "series": scraper.series()})
             say(f"  {ok}/{len(recs)} ok in {wall:.1f}s")
             if not server.alive():
                 results["events"].append(f"{label} server died during level {level} (repeat {rep}); "

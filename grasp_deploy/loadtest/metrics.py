@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 
 
@@ -47,6 +48,7 @@ class MetricsScraper(Sampler):
     def __init__(self, url: str, period: float = 0.5) -> None:
         super().__init__(period)
         self.url = url
+        self.t0 = time.perf_counter()
 
     @staticmethod
     def parse(text: str) -> dict[str, float]:
@@ -65,9 +67,14 @@ class MetricsScraper(Sampler):
     def sample(self) -> dict[str, float] | None:
         try:
             with urllib.request.urlopen(self.url + "/metrics", timeout=2) as r:
-                return self.parse(r.read().decode())
+                return {"t": time.perf_counter() - self.t0, **self.parse(r.read().decode())}
         except OSError:
             return None  # a missed sample, not a failure
+
+    def series(self) -> list[list[float]]:
+        """[seconds, running, waiting, KV usage] per sample: the scheduler over time."""
+        keys = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")
+        return [[round(s["t"], 2), *(s.get(k, float("nan")) for k in keys)] for s in self.samples]
 
     def summary(self) -> dict[str, float]:
         def col(key):
@@ -78,6 +85,7 @@ class MetricsScraper(Sampler):
         return {"kv_cache_usage_peak": max(usage, default=float("nan")),
                 "kv_cache_usage_mean": sum(usage) / len(usage) if usage else float("nan"),
                 "running_peak": max(running, default=float("nan")),
+                "running_mean": sum(running) / len(running) if running else float("nan"),
                 "waiting_peak": max(waiting, default=float("nan")),
                 "waiting_mean": sum(waiting) / len(waiting) if waiting else float("nan"),
                 "preemptions": (pre[-1] - pre[0]) if len(pre) >= 2 else 0.0,

@@ -36,6 +36,61 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def scheduler(results: dict[str, Any], label: str, level: int) -> dict[str, float]:
+    """What vLLM's scheduler did at one level, over every repeat: requests running and waiting
+    (mean and peak of the /metrics samples), preemptions (summed), KV usage peak, and goodput."""
+    runs = results["models"][label].get("metrics", {}).get(str(level), [])
+    if not runs:
+        return {}
+
+    def mean(key):
+        if all(r.get("series") for r in runs):  # over the busy samples only (see _busy)
+            column = {"running_mean": 1, "waiting_mean": 2}[key]
+            values = [point[column] for r in runs for point in _busy(r["series"])]
+        else:
+            values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
+        return sum(values) / len(values) if values else math.nan
+
+    def peak(key):
+        return max((r.get(key, math.nan) for r in runs), default=math.nan)
+
+    out = {"running_mean": mean("running_mean"), "running_peak": peak("running_peak"),
+           "waiting_mean": mean("waiting_mean"), "waiting_peak": peak("waiting_peak"),
+           "preemptions": sum(r.get("preemptions", 0.0) for r in runs),
+           "kv_usage_peak": peak("kv_cache_usage_peak")}
+    out["request_goodput"] = results["levels"].get(str(level), {}).get(label, {}).get(
+        "request_goodput", math.nan)
+    return out
+
+
+def _busy(series: list[list[float]]) -> list[list[float]]:
+    """The samples from the first to the last with a request running or waiting: the load
+    generator's start-up and the drained tail are not the server's steady state."""
+    busy = [k for k, point in enumerate(series) if point[1] > 0 or point[2] > 0]
+    return series[busy[0]:busy[-1] + 1] if busy else []
+
+
+def scheduler_markdown(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    slo = " and ".join(f"{k} <= {v:g} ms" for k, v in (("TTFT", cfg.get("slo_ttft_ms")),
+                                                        ("TPOT", cfg.get("slo_tpot_ms"))) if v)
+    lines = ["", "Scheduler (from /metrics, sampled every 0.5 s; means over the samples from the "
+             "first to the last busy one, peaks over the level" + (f"; goodput = requests/s meeting {slo}" if slo else "") + "):", "",
+             "| concurrency | model | running mean | peak | waiting mean | peak | preemptions "
+             "| KV usage peak |" + (" goodput req/s |" if slo else ""),
+             "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else "")]
+    for level in sorted(int(k) for k in results["levels"]):
+        for label in ("dense", "pruned"):
+            s = scheduler(results, label, level)
+            if not s:
+                continue
+            lines.append(f"| {level} | {label} | {s['running_mean']:.1f} | {s['running_peak']:.0f} | "
+                         f"{s['waiting_mean']:.1f} | {s['waiting_peak']:.0f} | {s['preemptions']:.0f} | "
+                         f"{100 * s['kv_usage_peak']:.0f}% |"
+                         + (f" {s['request_goodput']:.3f} |" if slo else ""))
+    return lines if len(lines) > 5 else []
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     kv_d = results["models"]["dense"].get("kv", {})
@@ -68,6 +123,9 @@ def markdown(results: dict[str, Any]) -> str:
     for key, value in cfg.get("labels", {}).items():
         lines.append(f"| {key} | {value.get('dense', '')} | {value.get('pruned', '')} | |"
                      if isinstance(value, dict) else f"| {key} | {value} | | |")
+    lines += scheduler_markdown(results)
+    if hints(results):
+        lines += ["", "Hints:", *[f"- {h}" for h in hints(results)]]
     if results["events"]:
         lines += ["", "Events:", *[f"- {e}" for e in results["events"]]]
     if results.get("command"):
@@ -75,6 +133,34 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.",
               ""]
     return "\n".join(lines)
+
+
+def hints(results: dict[str, Any]) -> list[str]:
+    """Why the pruned model may not be faster, for every level where it is not: the facts of
+    the run that are known to cost speed, so a ratio below 1 never passes in silence."""
+    slower = [r["level"] for r in summary_rows(results)
+              if not r["ratio_output_throughput"] > 1 or not r["ratio_median_tpot_ms"] < 1]
+    if not slower:
+        return []
+    cfg = results["config"]
+    lines = [f"pruned is not faster than dense at concurrency {', '.join(map(str, slower))} "
+             f"(output tok/s ratio <= 1 or p50 TPOT ratio >= 1)."]
+    if cfg["enforce_eager"]:
+        lines.append("the servers ran eager (--enforce-eager): per-op Python overhead is the same "
+                     "for both models and hides the smaller matrices; users run compiled (drop "
+                     "the flag).")
+    if cfg["dtype"] in ("float32", "fp32"):
+        lines.append("dtype float32: on a CPU or GPU with bf16, dtype auto (bf16) is what users run.")
+    gcd = cfg.get("labels", {}).get("FFN widths", {}).get("gcd")
+    if isinstance(gcd, int) and gcd % 8:
+        lines.append(f"the pruned FFN widths are unaligned (their gcd is {gcd}): GEMM kernels tile "
+                     f"in multiples of 8-64; prune with --align 64 to compare (on this project's "
+                     f"CPU no multiple measured faster per channel, see bench/results/align-cpu).")
+    if min(slower) == 1 and len(slower) == 1:
+        lines.append("at concurrency 1 a small model's step is dominated by fixed costs (LM head, "
+                     "sampling, scheduling) that pruning does not shrink; see the profile in "
+                     "bench/results/.")
+    return lines
 
 
 def configuration(results: dict[str, Any]) -> str:
@@ -127,7 +213,55 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
     fig.tight_layout(), fig.savefig(out / "kv_capacity.png", dpi=120), plt.close(fig)
     made.append("kv_capacity.png")
+    if scheduler_plot(results, out, x):
+        made.append("scheduler.png")
+    made.append(pareto_plot(rows, out))
     return made
+
+
+def pareto_plot(rows: list[dict[str, Any]], out: Path) -> str:
+    """Tokens/s each user sees (1000 / p50 TPOT) against the server's total output tokens/s,
+    one point per load level: up and to the right is better; a model whose curve lies above
+    the other's gives every user more speed at the same total throughput."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for who, color in (("dense", "C0"), ("pruned", "C1")):
+        total = [r[f"{who}_output_throughput"] for r in rows]
+        per_user = [1000 / r[f"{who}_median_tpot_ms"] if r[f"{who}_median_tpot_ms"] else math.nan
+                    for r in rows]
+        ax.plot(total, per_user, marker="o", color=color, label=who)
+        for r, tx, ty in zip(rows, total, per_user):
+            ax.annotate(str(r["level"]), (tx, ty), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8, color=color)
+    ax.set(xlabel="total output tokens/s", ylabel="tokens/s per user (1000 / p50 TPOT)",
+           title="Per-user vs total throughput (labels: load level)")
+    ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout(), fig.savefig(out / "pareto.png", dpi=120), plt.close(fig)
+    return "pareto.png"
+
+
+def scheduler_plot(results: dict[str, Any], out: Path, levels: list[int]) -> bool:
+    """Requests running (solid) and waiting (dashed) over time, dense vs pruned, one panel per
+    concurrency level (first repeat): where the KV cache, not compute, limits a server."""
+    import matplotlib.pyplot as plt
+
+    series = {(label, level): (results["models"][label].get("metrics", {}).get(str(level)) or
+                               [{}])[0].get("series") for label in ("dense", "pruned") for level in levels}
+    if not any(series.values()):
+        return False
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.6), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        for label, color in (("dense", "C0"), ("pruned", "C1")):
+            points = series[(label, level)] or []
+            t = [p[0] for p in points]
+            ax.plot(t, [p[1] for p in points], "-", color=color, label=f"{label} running")
+            ax.plot(t, [p[2] for p in points], "--", color=color, label=f"{label} waiting")
+        ax.set(xlabel="seconds", ylabel="requests", title=f"concurrency {level}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(out / "scheduler.png", dpi=120), plt.close(fig)
+    return True
 
 
 def print_table(results: dict[str, Any], say=print) -> None:
@@ -144,6 +278,8 @@ def print_table(results: dict[str, Any], say=print) -> None:
     kv_p = results["models"]["pruned"].get("kv", {}).get("kv_cache_tokens")
     if kv_d and kv_p:
         say(f"KV capacity: dense {kv_d:,.0f} tokens, pruned {kv_p:,.0f} tokens (x{kv_p / kv_d:.3f})")
+    for line in hints(results):
+        say(f"hint: {line}")
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:

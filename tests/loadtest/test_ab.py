@@ -45,7 +45,7 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     kv_p = res["models"]["pruned"]["kv"]["kv_cache_tokens"]
     assert kv_p > kv_d
     assert len((out / "requests.jsonl").read_text().splitlines()) == 2 * 2 * 4
-    for png in ("throughput.png", "latency.png", "kv_capacity.png"):
+    for png in ("throughput.png", "latency.png", "kv_capacity.png", "scheduler.png", "pareto.png"):
         assert (out / png).stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "| 1 |" in md and "capacity (tokens)" in md
@@ -54,6 +54,16 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     assert len(config) == 1 and "eager (--enforce-eager)" in config[0], md
     assert "dtype float32" in config[0] and "KV memory 0.02 GiB" in config[0] and "flags" in config[0]
     assert "measured with vLLM" in proc.stdout
+    slower = [r for r in res["levels"].values()
+              if r["pruned"]["output_throughput"] <= r["dense"]["output_throughput"]
+              or r["pruned"]["median_tpot_ms"] >= r["dense"]["median_tpot_ms"]]
+    assert ("hint: pruned is not faster" in proc.stdout) == bool(slower), proc.stdout
+    assert ("the servers ran eager" in md) == bool(slower)
+    assert "| FFN widths |" in md and ", gcd " in md
+    # the scheduler as /metrics saw it: running/waiting per model per level, and goodput
+    assert "| 2 | pruned |" in md and "goodput req/s" in md
+    series = res["models"]["pruned"]["metrics"]["2"][0]["series"]
+    assert series and all(len(point) == 4 for point in series)
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["dense-1.log", "pruned-1.log"]
 
 

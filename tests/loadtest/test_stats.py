@@ -116,3 +116,27 @@ def test_soak_memory_summary_on_known_samples():
     step = [(t, (400 if t < 300 else 900) * mib) for t in range(0, 900, 2)]
     assert memory_summary(step, 300)["slope_mib_per_min"] == pytest.approx(0.0)
     assert memory_summary(step, 0)["slope_mib_per_min"] > 30
+
+
+def _ab_results(ratios: dict[int, float], eager: bool, dtype: str, gcd: int | None) -> dict:
+    """An A/B results dict with the given pruned/dense throughput ratio per level."""
+    def row(tput):
+        return {"output_throughput": tput, "median_tpot_ms": 100 / tput, "median_ttft_ms": 50.0,
+                "p99_tpot_ms": 120 / tput, "failed": 0}
+    labels = {"FFN widths": {"dense": "64", "pruned": "x", "gcd": gcd}} if gcd else {}
+    return {"config": {"enforce_eager": eager, "dtype": dtype, "labels": labels},
+            "levels": {str(c): {"dense": row(10.0), "pruned": row(10.0 * r)} for c, r in ratios.items()}}
+
+
+def test_hints_name_each_known_cause_when_pruned_is_not_faster():
+    from grasp_deploy.loadtest.report import hints
+
+    slow = hints(_ab_results({1: 0.99, 4: 1.3}, eager=True, dtype="float32", gcd=3))
+    assert slow[0].startswith("pruned is not faster than dense at concurrency 1 ")
+    assert any("--enforce-eager" in h for h in slow) and any("float32" in h for h in slow)
+    assert any("gcd is 3" in h and "--align 64" in h for h in slow)
+    assert any("fixed costs" in h for h in slow)
+    # compiled, bf16, aligned widths: only the fact itself, at every slow level
+    plain = hints(_ab_results({1: 1.2, 8: 0.9, 32: 1.0}, eager=False, dtype="auto", gcd=64))
+    assert plain == [plain[0]] and "concurrency 8, 32 " in plain[0]
+    assert hints(_ab_results({1: 1.2, 8: 1.5}, eager=True, dtype="float32", gcd=1)) == []
