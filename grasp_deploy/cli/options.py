@@ -11,6 +11,7 @@ from ..jobs.prune import PruneConfig
 from ..loadtest.ab import BenchConfig
 from ..methods import METHODS
 from ..methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
+from ..methods.reconstruct import ReconstructSettings
 
 def stack(*decorators):
     """Apply option decorators in the order they are listed (as --help shows them)."""
@@ -83,6 +84,13 @@ prune_options = stack(
     click.option("--from-trajectory", type=click.Path(path_type=Path), default=None,
                  help="gisp: take the nested plan for --prune-ratio from an earlier gisp "
                       "run's PLAN_DIR (no recomputation: prune once, deploy many)."),
+    click.option("--reconstruct", is_flag=True,
+                 help="After the method (any method): refit the kept columns of o_proj and "
+                      "down_proj layer by layer, by ridge least squares, so each pruned layer "
+                      "matches the dense layer on the pruned path's calibration states "
+                      "(absorbs the FFN stage-B scales; about three forward passes)."),
+    click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
+                 help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
     click.option("--align", default="auto", show_default=True,
                  help="Keep every layer's FFN width a multiple of this: 'auto' follows the "
                       "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
@@ -99,8 +107,8 @@ prune_options = stack(
 
 def prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, num_samples,
                  seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
-                 init, loss, gisp_step, gisp_blocks, from_trajectory, align, tp, device, dtype,
-                 seed, checkpoint_every) -> PruneConfig:
+                 init, loss, gisp_step, gisp_blocks, from_trajectory, reconstruct,
+                 reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
     settings = GraspSettings.from_recipe(recipe, epochs=epochs, scale_epochs=scale_epochs, lr=lr,
                                          tau=tau, tie_break=tie_break, projection=projection,
                                          init=init, loss=loss)
@@ -110,7 +118,8 @@ def prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, n
                        dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
                        progress=not quiet, recipe=recipe if method == "grasp" else None,
                        gisp_step=gisp_step, gisp_blocks=gisp_blocks,
-                       from_trajectory=from_trajectory)
+                       from_trajectory=from_trajectory,
+                       reconstruct=ReconstructSettings(reconstruct_ridge) if reconstruct else None)
 
 
 def _levels(_ctx, _param, text: str) -> tuple[int, ...]:

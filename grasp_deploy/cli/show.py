@@ -26,6 +26,10 @@ def prune_summary(result) -> None:
     for name, log in result.stages.items():
         lines.append(f"  stage {name:<9} {log.steps} steps in {log.seconds:.1f}s, "
                      f"loss {log.first_loss:.3f} -> {log.last_loss:.3f}")
+    if plan.reconstruction is not None:
+        lines.append(f"  reconstructed   o_proj and down_proj of {len(plan.layers)} layers in "
+                     f"{result.seconds.get('reconstruct', 0.0):.1f}s "
+                     f"({plan.reconstruction['blocks']} blocks, ridge {plan.reconstruction['ridge']:g})")
     lines.append(f"  total time      {result.seconds['total']:.1f}s")
     click.echo("\n".join(lines))
 

@@ -15,6 +15,11 @@ plan applied as masks equal to the exported, smaller model.
 
 Optional output biases on ``o_proj`` and ``down_proj`` (FLAP's compensation for removed units)
 are added to those projections' outputs; export writes them as the projections' biases.
+
+Optional replacement weights for ``o_proj`` and ``down_proj`` (layer-wise reconstruction): a
+(kept input ids, weight of shape out x kept) pair; the projection's output becomes that weight
+applied to the kept inputs, plus the projection's own bias, which is exactly what the sliced
+projection computes once export writes the weight in its place.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .shape import ModelShape
@@ -45,10 +51,17 @@ class Multipliers:
     kv: list[torch.Tensor | None] = field(default_factory=list)  # (num_key_value_heads,)
     o_bias: list[torch.Tensor | None] = field(default_factory=list)  # (hidden_size,) added to o_proj
     down_bias: list[torch.Tensor | None] = field(default_factory=list)  # added to down_proj
+    # (kept input ids, weight out x kept) replacing o_proj / down_proj (reconstruction)
+    o_weight: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    down_weight: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
 
     @classmethod
     def empty(cls, num_layers: int) -> "Multipliers":
-        return cls([None] * num_layers, [None] * num_layers, [None] * num_layers, [None] * num_layers)
+        return cls(*([None] * num_layers for _ in range(6)))
+
+    def weight(self, name: str, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        weights = self.o_weight if name == "o" else self.down_weight
+        return weights[layer] if layer < len(weights) else None
 
     def bias(self, name: str, layer: int) -> torch.Tensor | None:
         biases = self.o_bias if name == "o" else self.down_bias
@@ -76,6 +89,15 @@ def multiplied(model: nn.Module, shape: ModelShape, mult: Multipliers) -> Iterat
             # out: (B, T, n_kv * head_dim); head g occupies columns g*hd:(g+1)*hd
             return None if m is None else _scale_last_dim(out, m, shape.head_dim)
 
+        def weight_post(mod, args, out, i=i, name="o"):
+            replacement = mult.weight(name, i)
+            if replacement is None:
+                return None
+            cols, w = replacement
+            x = args[0]
+            y = F.linear(x.index_select(-1, cols.to(x.device)), w.to(dtype=x.dtype, device=x.device))
+            return y if mod.bias is None else y + mod.bias
+
         def bias_post(_mod, _args, out, i=i, name="o"):
             b = mult.bias(name, i)
             return None if b is None else out + b.to(dtype=out.dtype, device=out.device)
@@ -84,7 +106,10 @@ def multiplied(model: nn.Module, shape: ModelShape, mult: Multipliers) -> Iterat
         if shape.gate_keys:
             handles.append(layer.self_attn.k_proj.register_forward_hook(kv_post))
         handles.append(layer.self_attn.v_proj.register_forward_hook(kv_post))
+        handles.append(layer.self_attn.o_proj.register_forward_hook(weight_post))
         handles.append(layer.self_attn.o_proj.register_forward_hook(bias_post))
+        handles.append(layer.mlp.down_proj.register_forward_hook(
+            lambda m, a, o, i=i: weight_post(m, a, o, i, "down")))
         handles.append(layer.mlp.down_proj.register_forward_hook(
             lambda m, a, o, i=i: bias_post(m, a, o, i, "down")))
     try:

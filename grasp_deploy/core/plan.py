@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .shape import FFN, KV, ModelShape
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
+RECONSTRUCTION_FILE = "reconstruction.safetensors"  # refitted o_proj/down_proj, beside plan.json
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ class Plan:
     seed: int
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = PLAN_FORMAT
+    # Layer-wise reconstruction: what was done (settings, file, sha256) and, in memory, the
+    # refitted weights in their sliced shapes (model.layers.i.self_attn.o_proj.weight, ...).
+    reconstruction: dict[str, Any] | None = None
+    replaced: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         shape = self.source.shape
@@ -108,6 +113,21 @@ class Plan:
                 if bias is not None and len(bias) != shape.hidden_size:
                     raise ValueError(f"layer {i} {name} has {len(bias)} entries, "
                                      f"not hidden_size {shape.hidden_size}")
+
+        if self.replaced is not None:
+            self._check_replaced()
+
+    def _check_replaced(self) -> None:
+        shape, d = self.source.shape, self.source.shape.hidden_size
+        for i, lp in enumerate(self.layers):
+            for key, inputs in ((f"model.layers.{i}.self_attn.o_proj.weight",
+                                 len(lp.kv_keep) * shape.group_size * shape.head_dim),
+                                (f"model.layers.{i}.mlp.down_proj.weight", len(lp.ffn_keep))):
+                t = self.replaced.get(key)
+                if t is None or tuple(t.shape) != (d, inputs):
+                    raise ValueError(f"reconstructed {key} is "
+                                     f"{'missing' if t is None else tuple(t.shape)}, "
+                                     f"expected {(d, inputs)}")
 
     # -- derived ----------------------------------------------------------------------
     def widths(self) -> list[dict[str, int]]:
@@ -134,11 +154,26 @@ class Plan:
                 m[list(ids)] = torch.tensor(scale, dtype=torch.float32) if (
                     with_scales and scale is not None) else 1.0
                 (mult.ffn if kind == FFN else mult.kv)[i] = m
+            if self.replaced is not None:
+                pre = f"model.layers.{i}."
+                mult.o_weight[i] = (self.query_columns(i), self.replaced[pre + "self_attn.o_proj.weight"])
+                mult.down_weight[i] = (torch.tensor(lp.ffn_keep, dtype=torch.long),
+                                       self.replaced[pre + "mlp.down_proj.weight"])
         return mult
+
+    def query_columns(self, layer: int) -> torch.Tensor:
+        """Input ids of ``o_proj`` that the kept KV groups' query heads own."""
+        shape = self.source.shape
+        width = shape.group_size * shape.head_dim
+        kv = torch.tensor(self.layers[layer].kv_keep, dtype=torch.long)
+        return (kv[:, None] * width + torch.arange(width)).reshape(-1)
 
     # -- JSON ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, replaced=None))
+        data.pop("replaced")
+        if self.reconstruction is None:
+            data.pop("reconstruction")  # plans without it read as before
         data["budget"].update(achieved_ratio=self.budget.achieved_ratio,
                               model_reduction=self.budget.model_reduction)
         return data
@@ -167,13 +202,37 @@ class Plan:
             source=SourceModel(src["name"], src["fingerprint"], ModelShape.from_json(src["shape"])),
             budget=BudgetReport(**budget), layers=layers, calibration=data["calibration"],
             seed=data["seed"], versions=data.get("versions", {}),
-            format_version=data["format_version"],
+            format_version=data["format_version"], reconstruction=data.get("reconstruction"),
         )
+
+    def with_reconstruction(self, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> "Plan":
+        """This plan with refitted weights; the FFN stage-B scales are absorbed by them."""
+        weights = {k: v.detach().float().contiguous() for k, v in weights.items()}
+        record = {**info, "file": RECONSTRUCTION_FILE, "sha256": _sha256(_serialize(weights))}
+        layers = tuple(replace(lp, ffn_scale=None) for lp in self.layers)
+        return replace(self, layers=layers, reconstruction=record, replaced=weights)
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / PLAN_FILE
+        if self.replaced is not None:
+            data = _serialize(self.replaced)
+            if _sha256(data) != self.reconstruction["sha256"]:
+                raise GraspError("the reconstructed weights changed after they were recorded")
+            (Path(directory) / RECONSTRUCTION_FILE).write_bytes(data)
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
         return path
+
+
+def _serialize(weights: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(dict(sorted(weights.items())))
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def load_plan(directory: str | Path) -> Plan:
@@ -182,10 +241,27 @@ def load_plan(directory: str | Path) -> Plan:
     if not path.is_file():
         raise GraspError(f"no plan at {path}: pass the PLAN_DIR written by 'grasp-deploy prune'")
     try:
-        return Plan.from_json(json.loads(path.read_text()))
+        plan = Plan.from_json(json.loads(path.read_text()))
+        if plan.reconstruction is not None:
+            plan = replace(plan, replaced=_load_reconstruction(path.parent, plan.reconstruction))
+        return plan
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
             AttributeError) as err:
         raise GraspError(f"plan {path} is malformed ({err}); re-run grasp-deploy prune") from err
+
+
+def _load_reconstruction(directory: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    path = directory / record["file"]
+    if not path.is_file():
+        raise GraspError(f"plan {directory} was reconstructed but {path.name} is missing; "
+                         "copy the whole PLAN_DIR or re-run grasp-deploy prune --reconstruct")
+    data = path.read_bytes()
+    if _sha256(data) != record["sha256"]:
+        raise GraspError(f"{path} does not match the sha256 in plan.json (corrupted or edited); "
+                         "re-run grasp-deploy prune --reconstruct")
+    return load(data)
 
 
 def layers_from_mask(layout: UnitLayout, mask: np.ndarray,

@@ -3,6 +3,7 @@
 FFN channel j -> rows j of gate/up, column j of down (times its stage-B scale).
 KV group g    -> rows of KV head g in k/v (times its scale), rows and o_proj columns of its
                  query heads. Embeddings, norms and the LM head are copied.
+A reconstructed plan brings its own o_proj and down_proj weights (already sliced).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[
     sliced = set()  # every projection weight and bias, whether kept, replaced or new
     for i, (layer, lp) in enumerate(zip(decoder_layers(model), plan.layers, strict=True)):
         pre = f"model.layers.{i}."
-        for name, t in _slice_layer(layer, lp, plan).items():
+        for name, t in _slice_layer(layer, lp, plan, i).items():
             out[pre + name] = t.to(dtype).contiguous()
         sliced.update(f"{pre}{group}.{proj}.{kind}" for group, proj in PROJECTIONS
                       for kind in ("weight", "bias"))
@@ -46,7 +47,8 @@ def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[
     return out
 
 
-def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan) -> dict[str, torch.Tensor]:
+def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan,
+                 index: int) -> dict[str, torch.Tensor]:
     """One decoder layer's sliced projections (float32), names relative to the layer."""
     shape = plan.source.shape
     h, g = shape.head_dim, shape.group_size
@@ -75,6 +77,9 @@ def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan) -> dict[str,
         "self_attn.v_proj.bias": (attn.v_proj.bias, lambda b: b[kv_rows] * kv_s[:, 0]),
         "self_attn.o_proj.bias": (attn.o_proj.bias, lambda b: b),
     }
+    if plan.replaced is not None:  # layer-wise reconstruction: refitted, already sliced
+        for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+            w[name] = plan.replaced[f"model.layers.{index}.{name}"].float()
     for name, (bias, take) in biases.items():
         if bias is not None:
             w[name] = take(bias.float())

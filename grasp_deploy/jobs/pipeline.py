@@ -62,6 +62,8 @@ def prune_inputs(config: PruneConfig) -> dict[str, Any]:
     data = asdict(config)
     for key in ("out", "force", "progress", "checkpoint_every"):
         data.pop(key)
+    if data["reconstruct"] is None:  # work directories made before the option still match
+        data.pop("reconstruct")
     data["model"] = config.model or DEFAULT_MODEL
     return json.loads(json.dumps(data, default=str))
 

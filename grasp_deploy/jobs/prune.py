@@ -27,6 +27,7 @@ from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
 from ..methods.gisp import GispSettings, GispStep
 from ..methods.grasp import DEFAULT_RECIPE, GraspSettings
+from ..methods.reconstruct import ReconstructSettings, reconstruct_plan
 from ..sources import models, text
 from ..sources.device import resolve_device, resolve_dtype
 from . import loading
@@ -59,6 +60,7 @@ class PruneConfig:
     gisp_step: float = 0.025  # GISP: prune-ratio increment per step
     gisp_blocks: int = 16  # GISP: calibration blocks per step's gradient
     from_trajectory: Path | None = None  # GISP: an earlier run's PLAN_DIR to take a nested plan from
+    reconstruct: ReconstructSettings | None = None  # refit o_proj/down_proj layer by layer
 
     def __post_init__(self) -> None:
         if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):  # nan too
@@ -79,10 +81,16 @@ class PruneConfig:
         GispSettings(self.gisp_step, self.gisp_blocks)
         if self.from_trajectory is not None and self.method != "gisp":
             raise GraspError("--from-trajectory only applies to --method gisp")
+        if self.reconstruct is not None:
+            check_number("--reconstruct-ridge", self.reconstruct.ridge, low=0, low_open=True)
+            if self.from_trajectory is not None:
+                raise GraspError("--reconstruct needs calibration blocks; --from-trajectory takes "
+                                 "a plan without them: drop one of the two")
 
     @property
     def uses_calibration(self) -> bool:
-        return get_method(self.method).uses_calibration and self.from_trajectory is None
+        return ((get_method(self.method).uses_calibration or self.reconstruct is not None)
+                and self.from_trajectory is None)
 
     @property
     def stage_b_samples(self) -> int:
@@ -102,6 +110,8 @@ class PruneConfig:
                             scale_samples=self.stage_b_samples)
         if self.method == "gisp":
             settings.update(gisp_step=self.gisp_step, gisp_blocks=self.gisp_blocks)
+        if self.reconstruct is not None:
+            settings.update(reconstruct=self.reconstruct.to_json())
         return settings
 
 
@@ -171,6 +181,11 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     name = source.location if source.kind == "local" else source.spec
     plan = _make_plan(config, settings, result, layout, SourceModel(name, fp, shape),
                       description, models.count_parameters(model))
+    if config.reconstruct is not None:
+        t0 = time.perf_counter()
+        plan = reconstruct_plan(plan, model, calibration.stage_a, config.reconstruct,
+                                progress=config.progress)
+        times["reconstruct"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
