@@ -63,3 +63,34 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
                                  dtype=dtype, progress=not (quiet or as_json),
                                  verify=not no_verify))
     click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)
+
+
+@main.command(name="compare")
+@click.argument("checkpoint")
+@click.option("--dense", default=None, help="The dense model  [default: the checkpoint's source]")
+@click.option("--bench", "bench_dir", type=click.Path(path_type=Path), default=None,
+              help="RESULTS_DIR of grasp-deploy bench: adds KV capacity, output tok/s and p50 "
+                   "TPOT per concurrency.")
+@click.option("--data", default=None,
+              help="Text for perplexity (file:PATH or wikitext2[:SPLIT]); none: no perplexity row.")
+@click.option("--seq-len", default=2048, show_default=True, type=int, help="Tokens per window.")
+@click.option("--max-windows", default=4, show_default=True, type=int,
+              help="Perplexity on the first N windows.")
+@click.option("--prompt", "prompts", multiple=True,
+              help="A prompt both models complete greedily (repeatable)  "
+                   "[default: two short factual prompts]")
+@click.option("--max-new-tokens", default=20, show_default=True, type=int)
+@no_verify_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compare_cmd(checkpoint, dense, bench_dir, data, seq_len, max_windows, prompts, max_new_tokens,
+                no_verify, as_json):
+    """Dense vs pruned side by side: parameters, KV cache, speed (from --bench), perplexity
+    (with --data) and the same prompts completed greedily by both."""
+    from ..jobs.compare import DEFAULT_PROMPTS, CompareConfig, run_compare, summary_lines
+
+    quiet_transformers()
+    result = run_compare(CompareConfig(pruned=checkpoint, dense=dense, bench=bench_dir, data=data,
+                                       seq_len=seq_len, max_windows=max_windows,
+                                       prompts=tuple(prompts) or DEFAULT_PROMPTS,
+                                       max_new_tokens=max_new_tokens, verify=not no_verify))
+    click.echo(json.dumps(result, default=str) if as_json else "\n".join(summary_lines(result)))

@@ -153,3 +153,30 @@ def test_given_align_fills_the_budget_with_aligned_widths(tiny_dir, text_file, t
     # filled to within one aligned FFN block (8 channels x 3 x hidden 64)
     unused = keep_budget(0.3, plan.budget.prunable_dense) - plan.budget.prunable_kept
     assert 0 <= unused < 8 * 3 * 64
+
+
+def test_prune_reconstruct_then_eval_export_and_compare(tiny_dir, text_file, tmp_path):
+    """--reconstruct end to end: eval --plan, export and compare all read the refitted
+    weights; eval of the plan equals eval of its export; a bad --bench is one line, exit 2."""
+    r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "plan", "--reconstruct"))
+    assert r.exit_code == 0, r.output
+    assert "reconstructed   o_proj and down_proj of 3 layers" in r.output
+    ev = ["--data", f"file:{text_file}", "--seq-len", 64, "--max-windows", 3, "--dtype",
+          "float32", "--json"]
+    masked = invoke("eval", tiny_dir, "--plan", tmp_path / "plan", *ev)
+    assert masked.exit_code == 0, masked.output
+    r = invoke("export", tmp_path / "plan", "--out", tmp_path / "ckpt")
+    assert r.exit_code == 0, r.output
+    exported = invoke("eval", tmp_path / "ckpt", *ev)
+    assert exported.exit_code == 0, exported.output
+    ppl_masked = json.loads(masked.output.strip().splitlines()[-1])["perplexity"]
+    ppl_exported = json.loads(exported.output.strip().splitlines()[-1])["perplexity"]
+    assert ppl_exported == pytest.approx(ppl_masked, rel=1e-4)
+    r = invoke("compare", tmp_path / "ckpt", "--data", f"file:{text_file}", "--seq-len", 64,
+               "--max-windows", 2, "--max-new-tokens", 4, "--prompt", "hello there")
+    assert r.exit_code == 0, r.output
+    assert "parameters (M)" in r.output and "KV cache bytes / token" in r.output
+    assert "perplexity" in r.output and "'hello there' (greedy)" in r.output
+    assert "  dense : " in r.output and "  pruned: " in r.output
+    r = invoke("compare", tmp_path / "ckpt", "--bench", tmp_path / "nowhere")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--bench" in r.output, r.output
