@@ -181,16 +181,24 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     name = source.location if source.kind == "local" else source.spec
     plan = _make_plan(config, settings, result, layout, SourceModel(name, fp, shape),
                       description, models.count_parameters(model))
-    if config.reconstruct is not None:
-        t0 = time.perf_counter()
-        plan = reconstruct_plan(plan, model, calibration.stage_a, config.reconstruct,
-                                progress=config.progress)
-        times["reconstruct"] = time.perf_counter() - t0
+    plan = _reconstructed(plan, model, calibration, config, times)
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
     store.clear()
     return PruneResult(plan, out, times, result.stages)
+
+
+def _reconstructed(plan: Plan, model, calibration: _Calibration, config: PruneConfig,
+                   times: dict[str, float]) -> Plan:
+    """With --reconstruct, the plan with o_proj/down_proj refitted on the stage-A blocks."""
+    if config.reconstruct is None:
+        return plan
+    t0 = time.perf_counter()
+    plan = reconstruct_plan(plan, model, calibration.stage_a, config.reconstruct,
+                            progress=config.progress)
+    times["reconstruct"] = time.perf_counter() - t0
+    return plan
 
 
 def _text_calibration(config: PruneConfig, calib, tokenizer) -> _Calibration:
