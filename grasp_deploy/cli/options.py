@@ -87,8 +87,9 @@ prune_options = stack(
     click.option("--reconstruct", is_flag=True,
                  help="After the method (any method): refit the kept columns of o_proj and "
                       "down_proj layer by layer, by ridge least squares, so each pruned layer "
-                      "matches the dense layer on the pruned path's calibration states "
-                      "(absorbs the FFN stage-B scales; about three forward passes)."),
+                      "matches the dense layer on the pruned path's calibration states (all "
+                      "calibration blocks, grasp's stage-B ones too; absorbs the FFN stage-B "
+                      "scales; about three forward passes)."),
     click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
                  help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
     click.option("--align", default="auto", show_default=True,

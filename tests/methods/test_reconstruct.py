@@ -139,7 +139,9 @@ def test_prune_reconstruct_for_any_method(tiny_dir, text_file, tmp_path, method)
                                     **common)).plan
     saved = json.loads((tmp_path / "rebuilt" / "plan.json").read_text())
     assert saved["reconstruction"]["ffn_scales"] == "absorbed into down_proj"
-    assert saved["reconstruction"]["blocks"] == 6 and saved["settings"]["reconstruct"]["ridge"] == 1e-3
+    # every calibration block the run has: GRASPrune's 6 held-out stage-B blocks too
+    assert saved["reconstruction"]["blocks"] == (12 if method == "grasp" else 6)
+    assert saved["settings"]["reconstruct"]["ridge"] == 1e-3
     assert (tmp_path / "rebuilt" / RECONSTRUCTION_FILE).is_file()
     assert "reconstruction" not in json.loads((tmp_path / "plain" / "plan.json").read_text())
     assert [lp.ffn_keep for lp in rebuilt.layers] == [lp.ffn_keep for lp in plain.layers]
