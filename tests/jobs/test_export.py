@@ -107,13 +107,18 @@ def test_replaying_a_plan_gives_identical_tensors(exported):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-ROUND_TRIP = textwrap.dedent("""
-    import importlib.abc, json, sys
+NO_GRASP = textwrap.dedent("""
+    import importlib.abc, sys
     class NoGrasp(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] == "grasp_deploy":
                 raise ImportError("grasp_deploy must not be needed")
     sys.meta_path.insert(0, NoGrasp())
+""")
+
+
+ROUND_TRIP = NO_GRASP + textwrap.dedent("""
+    import json, sys
     import torch
     from transformers import AutoModelForCausalLM
     ckpt, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
@@ -140,16 +145,6 @@ def test_stock_transformers_loads_it_without_grasp_deploy(exported, tmp_path):
         masked = dense(ids).logits
     torch.testing.assert_close(torch.tensor(out["logits"]), masked, atol=1e-4, rtol=1e-4)
     assert out["cached"] == out["plain"] and len(out["cached"][0]) == 22
-
-
-NO_GRASP = textwrap.dedent("""
-    import importlib.abc, sys
-    class NoGrasp(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "grasp_deploy":
-                raise ImportError("grasp_deploy must not be needed")
-    sys.meta_path.insert(0, NoGrasp())
-""")
 
 
 def _python_block_after(text: str, marker: str) -> str:
