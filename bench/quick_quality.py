@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs")
     ap.add_argument("--name", default="quick-smollm2-r30")
     ap.add_argument("--extra", default="", help="extra flags for grasp prune")
+    ap.add_argument("--runs", default=None,
+                    help="';'-separated 'METHOD [FLAGS]' entries (overrides --methods and "
+                         "--extra), e.g. 'structprune --temperature 0.5;flap'")
     args = ap.parse_args()
 
     cli = [str(Path(sys.executable).with_name("grasp-deploy"))]
@@ -59,21 +62,23 @@ def main() -> None:
     dense = json.loads(out)
     rows.append({"method": "dense", "perplexity": dense["perplexity"], "prune_seconds": 0.0,
                  "eval_seconds": seconds, "removed_prunable": 0.0, "removed_model": 0.0})
-    for method in args.methods.split(","):
-        plan_dir = args.work / f"{args.name}-{method}"
+    runs = ([shlex.split(r) for r in args.runs.split(";")] if args.runs else
+            [[m] + (shlex.split(args.extra) if m == "grasp" else []) for m in args.methods.split(",")])
+    for method, *flags in runs:
+        label = shlex.join([method, *flags])
+        plan_dir = args.work / f"{args.name}-{'_'.join([method, *flags]).replace('-', '')}"
         cmd = cli + ["prune", args.model, "--prune-ratio", str(args.ratio), "--method", method,
                      "--calib", args.calib, "--num-samples", str(args.num_samples),
                      "--seq-len", str(args.seq_len), "--epochs", str(args.epochs),
                      "--out", str(plan_dir), "--force", "-q"]
-        if method != "grasp" or "--align" not in args.extra:  # as measured before --align auto
+        if "--align" not in flags:  # as measured before --align auto
             cmd += ["--align", "1"]
-        if method == "grasp" and args.extra:
-            cmd += shlex.split(args.extra)
+        cmd += flags
         prune_s, _ = run(cmd)
         plan = json.loads((plan_dir / "plan.json").read_text())
         eval_s, out = run(cli + ev + ["--plan", str(plan_dir)])
         res = json.loads(out)
-        rows.append({"method": method, "perplexity": res["perplexity"], "prune_seconds": prune_s,
+        rows.append({"method": label, "perplexity": res["perplexity"], "prune_seconds": prune_s,
                      "eval_seconds": eval_s, "removed_prunable": plan["budget"]["achieved_ratio"],
                      "removed_model": plan["budget"]["model_reduction"],
                      "model_params": plan["budget"]["model_pruned"],

@@ -12,6 +12,7 @@ from ..loadtest.ab import BenchConfig
 from ..methods import METHODS
 from ..methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
 from ..methods.reconstruct import ReconstructSettings
+from ..methods.structprune import StructPruneSettings
 
 def stack(*decorators):
     """Apply option decorators in the order they are listed (as --help shows them)."""
@@ -84,12 +85,17 @@ prune_options = stack(
     click.option("--from-trajectory", type=click.Path(path_type=Path), default=None,
                  help="gisp: take the nested plan for --prune-ratio from an earlier gisp "
                       "run's PLAN_DIR (no recomputation: prune once, deploy many)."),
+    click.option("--temperature", default=StructPruneSettings.temperature, show_default=True,
+                 type=float,
+                 help="structprune: temperature of the layer-wise sparsity allocation, "
+                      "exp(-module log-energy / T); inf gives every module the same ratio, "
+                      "small T one global threshold (bench/results/structprune-smollm2)."),
     click.option("--reconstruct", is_flag=True,
                  help="After the method (any method): refit the kept columns of o_proj and "
                       "down_proj layer by layer, by ridge least squares, so each pruned layer "
                       "matches the dense layer on the pruned path's calibration states (all "
                       "calibration blocks, grasp's stage-B ones too; absorbs the FFN stage-B "
-                      "scales; about three forward passes)."),
+                      "scales; about three forward passes). structprune always ends so."),
     click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
                  help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
     click.option("--align", default="auto", show_default=True,
@@ -108,7 +114,7 @@ prune_options = stack(
 
 def prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, num_samples,
                  seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
-                 init, loss, gisp_step, gisp_blocks, from_trajectory, reconstruct,
+                 init, loss, gisp_step, gisp_blocks, from_trajectory, temperature, reconstruct,
                  reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
     settings = GraspSettings.from_recipe(recipe, epochs=epochs, scale_epochs=scale_epochs, lr=lr,
                                          tau=tau, tie_break=tie_break, projection=projection,
@@ -120,6 +126,7 @@ def prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, n
                        progress=not quiet, recipe=recipe if method == "grasp" else None,
                        gisp_step=gisp_step, gisp_blocks=gisp_blocks,
                        from_trajectory=from_trajectory,
+                       structprune=StructPruneSettings(temperature=temperature),
                        reconstruct=ReconstructSettings(reconstruct_ridge) if reconstruct else None)
 
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .errors import GraspError
 from .masking import Multipliers
 from .projection import UnitLayout
 from .shape import FFN, KV, ModelShape
+from .spill import serialized, sha256_of
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
@@ -88,7 +89,7 @@ class Plan:
     # Layer-wise reconstruction: what was done (settings, file, sha256) and, in memory, the
     # refitted weights in their sliced shapes (model.layers.i.self_attn.o_proj.weight, ...).
     reconstruction: dict[str, Any] | None = None
-    replaced: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    replaced: Mapping[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         shape = self.source.shape
@@ -205,34 +206,26 @@ class Plan:
             format_version=data["format_version"], reconstruction=data.get("reconstruction"),
         )
 
-    def with_reconstruction(self, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> "Plan":
-        """This plan with refitted weights; the FFN stage-B scales are absorbed by them."""
-        weights = {k: v.detach().float().contiguous() for k, v in weights.items()}
-        record = {**info, "file": RECONSTRUCTION_FILE, "sha256": _sha256(_serialize(weights))}
+    def with_reconstruction(self, weights: Mapping[str, torch.Tensor], info: dict[str, Any]) -> "Plan":
+        """This plan with refitted weights; the FFN stage-B scales are absorbed by them. A
+        plain dict is taken into memory as float32; any other mapping (``SpilledTensors``)
+        is read one tensor at a time, here and when saved."""
+        if isinstance(weights, dict):
+            weights = {k: v.detach().float().contiguous() for k, v in weights.items()}
+        record = {**info, "file": RECONSTRUCTION_FILE, "sha256": sha256_of(serialized(weights))}
         layers = tuple(replace(lp, ffn_scale=None) for lp in self.layers)
         return replace(self, layers=layers, reconstruction=record, replaced=weights)
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / PLAN_FILE
         if self.replaced is not None:
-            data = _serialize(self.replaced)
-            if _sha256(data) != self.reconstruction["sha256"]:
+            target = Path(directory) / RECONSTRUCTION_FILE
+            with target.open("wb") as f:
+                digest = sha256_of(serialized(self.replaced), sink=f.write)
+            if digest != self.reconstruction["sha256"]:
                 raise GraspError("the reconstructed weights changed after they were recorded")
-            (Path(directory) / RECONSTRUCTION_FILE).write_bytes(data)
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
         return path
-
-
-def _serialize(weights: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save(dict(sorted(weights.items())))
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def load_plan(directory: str | Path) -> Plan:
@@ -258,7 +251,7 @@ def _load_reconstruction(directory: Path, record: dict[str, Any]) -> dict[str, t
         raise GraspError(f"plan {directory} was reconstructed but {path.name} is missing; "
                          "copy the whole PLAN_DIR or re-run grasp-deploy prune --reconstruct")
     data = path.read_bytes()
-    if _sha256(data) != record["sha256"]:
+    if sha256_of([data]) != record["sha256"]:
         raise GraspError(f"{path} does not match the sha256 in plan.json (corrupted or edited); "
                          "re-run grasp-deploy prune --reconstruct")
     return load(data)

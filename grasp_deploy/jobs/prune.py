@@ -7,7 +7,6 @@ registry entry (``methods``); this module finds its inputs and writes what it re
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,16 +24,18 @@ from ..core.projection import UnitLayout, check_budget, keep_budget
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
-from ..methods.gisp import GispSettings, GispStep
+from ..methods.gisp import GispSettings
 from ..methods.grasp import DEFAULT_RECIPE, GraspSettings
 from ..methods.reconstruct import ReconstructSettings, reconstruct_plan
+from ..methods.structprune import StructPruneSettings
 from ..sources import models, text
+from ..sources.stream import LayerStream
 from ..sources.device import resolve_device, resolve_dtype
 from . import loading
 from .resume import ResumeStore, run_key
+from .trajectory import TRAJECTORY_FILE, load_trajectory, trajectory_calibration
 
 RUN_FILE = "run.json"
-TRAJECTORY_FILE = "trajectory.json"  # GISP: the nested removal order, one entry per step
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class PruneConfig:
     gisp_blocks: int = 16  # GISP: calibration blocks per step's gradient
     from_trajectory: Path | None = None  # GISP: an earlier run's PLAN_DIR to take a nested plan from
     reconstruct: ReconstructSettings | None = None  # refit o_proj/down_proj layer by layer
+    structprune: StructPruneSettings = field(default_factory=StructPruneSettings)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):  # nan too
@@ -83,6 +85,16 @@ class PruneConfig:
             raise GraspError("--from-trajectory only applies to --method gisp")
         if self.reconstruct is not None:
             check_number("--reconstruct-ridge", self.reconstruct.ridge, low=0, low_open=True)
+            if self.method == "structprune":  # its pass 2 ends with this refit anyway
+                object.__setattr__(self, "structprune",
+                                   replace(self.structprune, ridge=self.reconstruct.ridge))
+                object.__setattr__(self, "reconstruct", None)
+        if self.method == "structprune":
+            self.structprune.check()
+            if self.calib == "self":
+                raise GraspError("--calib self samples text from the whole model, which "
+                                 "--method structprune never loads; give a text source "
+                                 "(file:PATH or wikitext2)")
             if self.from_trajectory is not None:
                 raise GraspError("--reconstruct needs calibration blocks; --from-trajectory takes "
                                  "a plan without them: drop one of the two")
@@ -110,6 +122,8 @@ class PruneConfig:
                             scale_samples=self.stage_b_samples)
         if self.method == "gisp":
             settings.update(gisp_step=self.gisp_step, gisp_blocks=self.gisp_blocks)
+        if self.method == "structprune":
+            settings.update(structprune=self.structprune.to_json())
         if self.reconstruct is not None:
             settings.update(reconstruct=self.reconstruct.to_json())
         return settings
@@ -154,9 +168,8 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     calibration = _text_calibration(config, calib, tokenizer)  # before the weights: fail early
 
     t0 = time.perf_counter()
-    model = loading.load_model(source, dtype=dtype, device=device)
+    model, stream, fp, dense_params = _open(config, source, hf_config, dtype, device)
     times["load"] = time.perf_counter() - t0
-    fp = models.fingerprint(model)
     if calib is not None and calib.is_model_sampled:
         t0 = time.perf_counter()
         calibration = _sampled_calibration(config, calib, model, tokenizer)
@@ -171,22 +184,32 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         model=model, shape=shape, layout=layout, budget=budget, prune_ratio=config.prune_ratio,
         blocks=calibration.stage_a, held_out=calibration.stage_b,
         settings=_method_settings(config, fp), seed=config.seed, progress=config.progress,
-        store=store, save_every=config.checkpoint_every, on_step=on_step))
+        store=store, save_every=config.checkpoint_every, on_step=on_step, layers=stream))
     times["prune"] = time.perf_counter() - t0
 
     description = calibration.description
     if config.from_trajectory is not None:
-        description = _trajectory_calibration(Path(config.from_trajectory))
+        description = trajectory_calibration(Path(config.from_trajectory))
     # A local model is recorded by its absolute path, so export works from any directory.
     name = source.location if source.kind == "local" else source.spec
     plan = _make_plan(config, settings, result, layout, SourceModel(name, fp, shape),
-                      description, models.count_parameters(model))
+                      description, dense_params)
     plan = _reconstructed(plan, model, calibration, config, times)
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
     store.clear()
     return PruneResult(plan, out, times, result.stages)
+
+
+def _open(config: PruneConfig, source, hf_config, dtype, device):
+    """(model, stream, fingerprint, parameters): the whole model, or for a streaming method
+    only its layer index (one layer is read at a time, never the whole model)."""
+    if get_method(config.method).streams:
+        stream = LayerStream(source, hf_config, dtype, device)
+        return None, stream, stream.fingerprint(), stream.parameter_count()
+    model = loading.load_model(source, dtype=dtype, device=device)
+    return model, None, models.fingerprint(model), models.count_parameters(model)
 
 
 def _reconstructed(plan: Plan, model, calibration: _Calibration, config: PruneConfig,
@@ -233,10 +256,12 @@ def _sizes(config: PruneConfig) -> dict[str, Any]:
 def _method_settings(config: PruneConfig, fingerprint: str) -> Any:
     if config.method == "grasp":
         return config.grasp
+    if config.method == "structprune":
+        return config.structprune
     if config.method == "gisp":
         steps = None
         if config.from_trajectory is not None:
-            steps = tuple(_load_trajectory(Path(config.from_trajectory), fingerprint))
+            steps = tuple(load_trajectory(Path(config.from_trajectory), fingerprint))
         return GispSettings(config.gisp_step, config.gisp_blocks, steps)
     return None
 
@@ -253,10 +278,13 @@ def _make_plan(config: PruneConfig, settings: dict[str, Any], result: MethodResu
         shape = source.shape
         added = shape.hidden_size * len(result.biases) * (int(not shape.o_proj_bias)
                                                            + int(not shape.mlp_bias))
-    return Plan(method=config.method, settings=settings, source=source,
+    plan = Plan(method=config.method, settings=settings, source=source,
                 budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added),
                 layers=layers, calibration=calibration, seed=config.seed,
                 versions=package_versions())
+    if result.replaced is not None:  # the method refitted weights itself (structprune)
+        plan = plan.with_reconstruction(result.replaced, result.reconstruction or {})
+    return plan
 
 
 def _write(out: Path, config: PruneConfig, plan: Plan, result: MethodResult,
@@ -270,22 +298,3 @@ def _write(out: Path, config: PruneConfig, plan: Plan, result: MethodResult,
         write_json(tmp / RUN_FILE, {**run, "stages": {
             k: {"steps": v.steps, "seconds": v.seconds, "losses": v.losses}
             for k, v in result.stages.items()}})
-
-
-def _load_trajectory(plan_dir: Path, fingerprint: str) -> list[GispStep]:
-    """An earlier GISP run's steps, checked against the model."""
-    path = plan_dir / TRAJECTORY_FILE
-    if not path.is_file():
-        raise GraspError(f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
-                         "of an earlier 'grasp-deploy prune --method gisp' run")
-    saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != fingerprint:
-        raise GraspError(f"--from-trajectory {plan_dir} was made for another model "
-                         f"({saved.get('fingerprint')}, this one is {fingerprint})")
-    return [GispStep(float(s["target"]), tuple(s["removed"])) for s in saved["steps"]]
-
-
-def _trajectory_calibration(plan_dir: Path) -> dict[str, Any]:
-    """The calibration an earlier GISP run used, for a plan taken from its trajectory."""
-    calibration = json.loads((plan_dir / "plan.json").read_text()).get("calibration", {})
-    return {**calibration, "from_trajectory": str(plan_dir)}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..core.errors import GraspError
-from . import flap, gisp, grasp, magnitude, taylor, wanda_sp
+from . import flap, gisp, grasp, magnitude, structprune, taylor, wanda_sp
 from .base import Method, MethodInput, MethodResult, StageLog
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -15,6 +15,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("flap", flap.prune, "activation fluctuation, global, with bias compensation"),
     Method("taylor", taylor.prune, "first-order |W x grad|, uniform per-layer ratio"),
     Method("gisp", gisp.prune, "iterative global first-order; nested plans for every ratio"),
+    Method("structprune", structprune.prune, "energy-allocated ADMM layer by layer with a "
+           "ridge refit; one layer in memory at a time (models larger than the device)",
+           streams=True),
 )}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,18 @@ class StateStore(Protocol):
     def save(self, **parts: Any) -> None: ...
 
 
+class LayerSource(Protocol):
+    """A model one decoder layer at a time (``sources.stream``), for memory-bounded methods."""
+
+    num_layers: int
+
+    def layer(self, i: int) -> torch.nn.Module: ...
+
+    def embed(self, blocks: torch.Tensor) -> torch.Tensor: ...
+
+    def layer_kwargs(self, hidden: torch.Tensor) -> list[dict[str, Any]]: ...
+
+
 class NoStore:
     """A store that keeps nothing: the method starts from scratch every time."""
 
@@ -41,7 +53,7 @@ class NoStore:
 
 @dataclass(frozen=True)
 class MethodInput:
-    model: torch.nn.Module  # frozen, eval mode, on its device
+    model: torch.nn.Module | None  # frozen, eval mode, on its device; None when streamed
     shape: ModelShape
     layout: UnitLayout
     budget: int  # parameters of the prunable units that may be kept
@@ -54,6 +66,7 @@ class MethodInput:
     store: StateStore = field(default_factory=NoStore)
     save_every: int = 0  # steps between saves to ``store``; 0: never
     on_step: StepFn | None = None
+    layers: LayerSource | None = None  # the streamed model, for methods with ``streams``
 
 
 @dataclass
@@ -83,6 +96,9 @@ class MethodResult:
     biases: list[dict[str, np.ndarray]] | None = None  # per layer {"o": ..., "down": ...}
     stages: dict[str, StageLog] = field(default_factory=dict)
     trajectory: list[Any] | None = None  # GISP: the nested removal order
+    # refitted o_proj/down_proj weights (sliced shapes) and their record, for the plan
+    replaced: Mapping[str, torch.Tensor] | None = None
+    reconstruction: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,3 +109,4 @@ class Method:
     run: Callable[[MethodInput], MethodResult]
     summary: str  # one line for --help
     uses_calibration: bool = True
+    streams: bool = False  # reads one layer at a time (MethodInput.layers), never the whole model

@@ -71,7 +71,7 @@ def _layer_inputs(model: nn.Module, blocks: torch.Tensor, batch: int) -> list[tu
     forward so that every family's details (sliding windows, per-layer mask types) hold."""
     layers = decoder_layers(model)
     out = []
-    for x in _batches(blocks, batch):
+    for x in batches_of(blocks, batch):
         state: dict[str, Any] = {"kwargs": {}}
 
         def grab(i):
@@ -96,7 +96,7 @@ def _layer_inputs(model: nn.Module, blocks: torch.Tensor, batch: int) -> list[tu
     return out
 
 
-def _batches(blocks: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+def batches_of(blocks: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
     for start in range(0, blocks.shape[0], batch):
         yield blocks[start:start + batch]
 
@@ -105,12 +105,12 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _call(layer: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+def call_layer(layer: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
     out = layer(x, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-class _Gram:
+class Gram:
     """Accumulates H^T H and H^T Y in float64 over batches, then solves the ridge problem."""
 
     def __init__(self) -> None:
@@ -132,7 +132,7 @@ class _Gram:
         return torch.linalg.solve(self.hh + lam * eye, self.hy).T.float()
 
 
-def _input_of(module: nn.Module, run) -> torch.Tensor:
+def input_of(module: nn.Module, run) -> torch.Tensor:
     """What ``module`` receives (after the masks' pre-hooks) while ``run()`` executes."""
     box: list[torch.Tensor] = []
     handle = module.register_forward_pre_hook(lambda _m, args: box.append(args[0].detach()))
@@ -165,31 +165,31 @@ def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep
             attn, mlp = layer.self_attn, layer.mlp
             cols = q_cols[i].to(_device(model))
             # 1. o_proj: pruned attention inputs vs the dense attention's output
-            gram = _Gram()
+            gram = Gram()
             for x, kwargs in batches:
                 kw = kwargs[i]
                 normed = layer.input_layernorm(x)
                 target = _dense(mult, i, lambda: attn(hidden_states=normed, **kw)[0])
-                heads = _input_of(attn.o_proj, lambda: attn(hidden_states=normed, **kw))
+                heads = input_of(attn.o_proj, lambda: attn(hidden_states=normed, **kw))
                 gram.add(heads[..., cols], target - _fixed_bias(attn.o_proj, mult.bias("o", i)))
             w_o = gram.solve(settings.ridge)
             mult.o_weight[i] = (cols, w_o)
             out[tensor_name(i, ATTN)] = w_o.cpu()
             # 2. down_proj: pruned MLP inputs vs the dense MLP, after the new attention
             ch = torch.tensor(ffn_keep[i], dtype=torch.long, device=cols.device)
-            gram = _Gram()
+            gram = Gram()
             for x, kwargs in batches:
                 kw = kwargs[i]
                 h = x + attn(hidden_states=layer.input_layernorm(x), **kw)[0]
                 z = layer.post_attention_layernorm(h)
                 target = _dense(mult, i, lambda: mlp(z))
-                channels = _input_of(mlp.down_proj, lambda: mlp(z))
+                channels = input_of(mlp.down_proj, lambda: mlp(z))
                 gram.add(channels[..., ch], target - _fixed_bias(mlp.down_proj, mult.bias("down", i)))
             w_down = gram.solve(settings.ridge)
             mult.down_weight[i] = (ch, w_down)
             out[tensor_name(i, MLP)] = w_down.cpu()
             # 3. the pruned path's input to the next layer
-            batches = [(_call(layer, x, kwargs[i]), kwargs) for x, kwargs in batches]
+            batches = [(call_layer(layer, x, kwargs[i]), kwargs) for x, kwargs in batches]
             bar.update(1)
     bar.close()
     return out

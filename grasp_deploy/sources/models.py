@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 
@@ -114,9 +114,16 @@ def fingerprint(model: torch.nn.Module) -> str:
     Values are rounded to bfloat16 first so that the same model loaded in float32 or bfloat16
     has the same fingerprint.
     """
+    return fingerprint_tensors((name, p.detach()) for name, p in
+                               sorted(model.named_parameters(), key=lambda kv: kv[0]))
+
+
+def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """``fingerprint`` over (name, tensor) pairs given in name order (``stream`` reads them
+    one at a time)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        flat = p.detach().reshape(-1)
+    for name, p in named:
+        flat = p.reshape(-1)
         n, k = flat.numel(), min(256, flat.numel())
         idx = torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)  # exact, in range
         sample = flat[idx.to(flat.device)].to(torch.bfloat16).float().cpu()

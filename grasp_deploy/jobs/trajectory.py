@@ -1,0 +1,32 @@
+"""GISP's trajectory file: the nested removal order of an earlier run, and taking a plan
+from it (``--from-trajectory``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import GraspError
+from ..methods.gisp import GispStep
+
+TRAJECTORY_FILE = "trajectory.json"  # GISP: the nested removal order, one entry per step
+
+
+def load_trajectory(plan_dir: Path, fingerprint: str) -> list[GispStep]:
+    """An earlier GISP run's steps, checked against the model."""
+    path = plan_dir / TRAJECTORY_FILE
+    if not path.is_file():
+        raise GraspError(f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
+                         "of an earlier 'grasp-deploy prune --method gisp' run")
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise GraspError(f"--from-trajectory {plan_dir} was made for another model "
+                         f"({saved.get('fingerprint')}, this one is {fingerprint})")
+    return [GispStep(float(s["target"]), tuple(s["removed"])) for s in saved["steps"]]
+
+
+def trajectory_calibration(plan_dir: Path) -> dict[str, Any]:
+    """The calibration an earlier GISP run used, for a plan taken from its trajectory."""
+    calibration = json.loads((plan_dir / "plan.json").read_text()).get("calibration", {})
+    return {**calibration, "from_trajectory": str(plan_dir)}

@@ -1,0 +1,296 @@
+"""StructPrune (Song, Bai, Zhao 2025, arXiv 2510.03246) as we read it and adapt it to SwiGLU
+FFN channels and GQA KV groups under one global parameter budget; memory-bounded.
+
+From the paper: global structured pruning split into per-module subproblems that each fit in
+memory, ADMM for each, and a closed-form softmax allocation of sparsity over modules driven
+by their energies. Ours (the paper's equations were not available): the energies, the
+allocation's exact form, the ADMM splitting and the ridge refit (``ALGORITHM.md``).
+
+The model is never whole in memory: ``MethodInput.layers`` hands out one decoder layer at a
+time, and only that layer's calibration activations and Gram matrices are held.
+
+- Pass 1 (dense path): unit energies, a channel's e_j = ||down[:, j]||^2 ||h_j||^2 and a KV
+  group's e_g = trace(W_o[:, B] G_o[B, B] W_o[:, B]^T); a module's (one layer's attention or
+  MLP) energy is the log-mean of its lowest cost-normalised unit energies at the target ratio.
+- Allocation: the fraction removed from module m is proportional to exp(-eps_m / T), capped
+  at min(0.9, ratio + 0.3) and water-filled to the budget. T = inf: uniform; T -> 0: the
+  lowest-energy modules first (one global threshold).
+- Pass 2 (pruned path): per module, ADMM on ||A W^T - A Z^T||^2 with a group-sparse Z
+  (sparsity ramped cubically), then the kept columns refitted by ridge least squares to the
+  dense layer's output on the same inputs (``reconstruct``'s local target).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import GraspError
+from ..core.projection import Segment, UnitLayout
+from ..core.spill import SpilledTensors
+from ..core.shape import FFN, KV, ModelShape
+from .base import LayerSource, MethodInput, MethodResult
+from .reconstruct import ATTN, MLP, Gram, batches_of, call_layer, tensor_name
+
+
+@dataclass(frozen=True)
+class StructPruneSettings:
+    temperature: float = 1.0  # allocation softmax temperature (log-energy units); inf: uniform
+    iterations: int = 20  # ADMM iterations per module
+    ramp: int = 15  # iterations over which the sparsity ramps (cubically) to its target
+    rho: float = 1.0  # ADMM penalty, on columns normalised by sqrt(diag G)
+    ridge: float = 1e-3  # refit ridge as a fraction of the Gram matrix's mean diagonal
+    batch_blocks: int = 4  # calibration blocks per layer forward
+    max_fraction: float = 0.9  # no module loses more than this ...
+    max_over: float = 0.3  # ... or more than the ratio plus this
+
+    def check(self) -> None:
+        if not self.temperature > 0:  # inf is allowed (uniform), nan is not
+            raise GraspError(f"--temperature {self.temperature} must be > 0 (or inf for a "
+                             "uniform allocation)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "iterations": self.iterations,
+                "ramp": self.ramp, "rho": self.rho, "ridge": self.ridge}
+
+
+def prune(inp: MethodInput) -> MethodResult:
+    from tqdm.auto import tqdm
+
+    s = inp.settings or StructPruneSettings()
+    src, layout = inp.layers, inp.layout
+    assert src is not None and inp.blocks is not None, "structprune streams layers on blocks"
+    energy = np.zeros(layout.num_units)
+    states = _initial_states(src, inp.blocks, s.batch_blocks)
+    for i in tqdm(range(src.num_layers), desc="structprune scores", unit="layer",
+                  disable=not inp.progress):
+        layer = src.layer(i)
+        acts = [_activations(layer, x, kw[i]) for x, kw in states]
+        for kind, seg_energy in _unit_energies(layer, inp.shape, acts).items():
+            seg = layout.segment(i, kind)
+            energy[seg.start:seg.stop] = seg_energy
+        states = [(call_layer(layer, x, kw[i]), kw) for x, kw in states]
+        del layer, acts
+    fractions = allocate(layout, energy, inp.prune_ratio, s)
+    counts = kept_counts(layout, fractions, inp.budget)
+
+    mask = np.zeros(layout.num_units, dtype=bool)
+    weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's
+    states = _initial_states(src, inp.blocks, s.batch_blocks)
+    for i in tqdm(range(src.num_layers), desc="structprune prune", unit="layer",
+                  disable=not inp.progress):
+        layer = src.layer(i)
+        states = _prune_layer(layer, i, inp.shape, layout, counts, states, s, mask, weights)
+        del layer
+    record = {**s.to_json(), "target": "dense layer on the pruned path's inputs",
+              "by": "structprune pass 2", "ffn_scales": "none",
+              "blocks": int(inp.blocks.shape[0]), "seq_len": int(inp.blocks.shape[1])}
+    return MethodResult(mask, replaced=weights, reconstruction=record)
+
+
+def _initial_states(src: LayerSource, blocks: torch.Tensor, batch: int) -> list[tuple]:
+    """Per batch of blocks: the hidden states entering layer 0 and every layer's kwargs."""
+    out = []
+    for ids in batches_of(blocks, batch):
+        x = src.embed(ids)
+        out.append((x, src.layer_kwargs(x)))
+    return out
+
+
+def _activations(layer, x: torch.Tensor, kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense layer's inputs to o_proj (all query heads) and to down_proj on ``x``."""
+    box: dict[str, torch.Tensor] = {}
+    hooks = [layer.self_attn.o_proj.register_forward_pre_hook(
+                 lambda _m, a: box.__setitem__("o", a[0].detach())),
+             layer.mlp.down_proj.register_forward_pre_hook(
+                 lambda _m, a: box.__setitem__("down", a[0].detach()))]
+    try:
+        call_layer(layer, x, kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    return box["o"], box["down"]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).double()
+
+
+def _gram(parts: list[torch.Tensor]) -> torch.Tensor:
+    total = None
+    for p in parts:
+        f = _flat(p)
+        total = f.T @ f if total is None else total + f.T @ f
+    return total
+
+
+@torch.no_grad()
+def _unit_energies(layer, shape: ModelShape, acts) -> dict[str, np.ndarray]:
+    """Single-unit removal energies of one dense layer (see the module docstring)."""
+    gh = shape.group_size * shape.head_dim
+    g_o = _gram([a for a, _ in acts])
+    w_o = layer.self_attn.o_proj.weight.double()
+    kv = [float(((w_o[:, b] @ g_o[b, b]) * w_o[:, b]).sum())
+          for b in (slice(g * gh, (g + 1) * gh) for g in range(w_o.shape[1] // gh))]
+    h_sq = sum(_flat(h).pow(2).sum(0) for _, h in acts)
+    ffn = layer.mlp.down_proj.weight.double().pow(2).sum(0) * h_sq
+    return {KV: np.asarray(kv), FFN: ffn.cpu().numpy()}
+
+
+def module_energies(layout: UnitLayout, energy: np.ndarray, ratio: float) -> np.ndarray:
+    """eps_m per segment: log of the mean cost-normalised energy of its ``ratio`` weakest units."""
+    out = np.empty(len(layout.segments))
+    for m, seg in enumerate(layout.segments):
+        e = np.sort(energy[seg.start:seg.stop] / seg.unit_cost)
+        k = max(1, int(round(ratio * seg.size)))
+        out[m] = math.log(float(e[:k].mean()) + 1e-30)
+    return out
+
+
+def allocate(layout: UnitLayout, energy: np.ndarray, ratio: float,
+             s: StructPruneSettings) -> np.ndarray:
+    """Fraction of each segment to remove: c x exp(-eps_m / T), capped, summing (by cost) to
+    the ratio; c by bisection (water-filling)."""
+    eps = module_energies(layout, energy, ratio)
+    cost = np.array([seg.size * seg.unit_cost for seg in layout.segments], dtype=np.float64)
+    floor = np.array([seg.align / seg.size for seg in layout.segments])
+    cap = np.minimum(min(s.max_fraction, ratio + s.max_over), 1.0 - floor)
+    if math.isinf(s.temperature):
+        log_w = np.zeros_like(eps)
+    else:
+        log_w = -(eps - eps.min()) / max(s.temperature, 1e-12)
+    target = ratio * cost.sum()
+
+    def fractions(log_c: float) -> np.ndarray:
+        return np.minimum(np.exp(np.minimum(log_c + log_w, 0.0)), cap)
+
+    # log c from "every module nearly untouched" to "every module at its cap"
+    lo, hi = float((np.log(cap) - log_w).min()) - 60.0, float((np.log(cap) - log_w).max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float((fractions(mid) * cost).sum()) < target else (lo, mid)
+    return fractions(hi)
+
+
+def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int) -> dict[tuple[int, str], int]:
+    """Kept units per segment (multiples of its alignment, at least one block); then FFN
+    blocks come off the segments furthest below their target fraction until within budget."""
+    counts: dict[tuple[int, str], int] = {}
+    for f, seg in zip(fractions, layout.segments):
+        k = int(round((1.0 - f) * seg.size / seg.align)) * seg.align
+        counts[(seg.layer, seg.kind)] = min(max(k, seg.align), seg.size - seg.size % seg.align)
+
+    def cost() -> int:
+        return sum(counts[(g.layer, g.kind)] * g.unit_cost for g in layout.segments)
+
+    def shortfall(m: int) -> float:
+        seg = layout.segments[m]
+        return fractions[m] - (1.0 - counts[(seg.layer, seg.kind)] / seg.size)
+
+    while cost() > budget:
+        for kind in (FFN, KV):
+            open_ = [m for m, g in enumerate(layout.segments)
+                     if g.kind == kind and counts[(g.layer, g.kind)] > g.align]
+            if open_:
+                seg = layout.segments[max(open_, key=shortfall)]
+                counts[(seg.layer, seg.kind)] -= seg.align
+                break
+        else:
+            break  # every segment at its minimum: check_budget refused this before
+    while True:  # then give back blocks that still fit, to the most over-pruned segments
+        spare = budget - cost()
+        room = [m for m, g in enumerate(layout.segments) if g.align * g.unit_cost <= spare
+                and counts[(g.layer, g.kind)] + g.align <= g.size]
+        if not room:
+            return counts
+        seg = layout.segments[min(room, key=shortfall)]
+        counts[(seg.layer, seg.kind)] += seg.align
+
+
+def admm_keep(weight: torch.Tensor, gram: torch.Tensor, groups: torch.Tensor, keep: int,
+              s: StructPruneSettings) -> torch.Tensor:
+    """The ``keep`` column groups (rows of ``groups``, sorted) ADMM leaves nonzero in
+    min ||A W^T - A Z^T||^2 subject to Z having that many nonzero groups."""
+    n = groups.shape[0]
+    d = gram.diagonal().clamp_min(1e-12 * float(gram.diagonal().max()) + 1e-30).sqrt()
+    g = (gram / d[:, None] / d[None, :]).float()
+    w = (weight.double() * d[None, :]).float()
+    b = w @ g
+    inv = torch.linalg.inv(g + s.rho * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
+    z, u = w.clone(), torch.zeros_like(w)
+    top = torch.arange(n, device=g.device)
+    for it in range(1, s.iterations + 1):
+        w_k = (b + s.rho * (z - u)) @ inv
+        v = w_k + u
+        k = n - int(round((n - keep) * (1.0 - (1.0 - min(it / s.ramp, 1.0)) ** 3)))
+        top = torch.topk(v[:, groups].pow(2).sum(dim=(0, 2)), k).indices
+        cols = groups[top].reshape(-1)
+        z = torch.zeros_like(v)
+        z[:, cols] = v[:, cols]
+        u = u + w_k - z
+    return torch.sort(top[:keep]).values
+
+
+def _refit(weight: torch.Tensor, gram: torch.Tensor, cols: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge least squares of the kept columns against the dense output A W^T."""
+    fit = Gram()
+    fit.hh, fit.hy = gram[cols][:, cols], gram[cols] @ weight.double().T
+    return fit.solve(ridge)
+
+
+def _segment_groups(seg: Segment, width: int, device) -> torch.Tensor:
+    return torch.arange(seg.size * width, device=device).view(seg.size, width)
+
+
+@torch.no_grad()
+def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, states,
+                 s: StructPruneSettings, mask: np.ndarray, weights: SpilledTensors) -> list[tuple]:
+    """Choose and refit layer ``i``'s units on the pruned path; the next layer's states."""
+    attn, mlp = layer.self_attn, layer.mlp
+    heads = []
+    for x, kw in states:
+        heads.append(_activations(layer, x, kw[i])[0])
+    seg = layout.segment(i, KV)
+    w_o = attn.o_proj.weight
+    groups = _segment_groups(seg, shape.group_size * shape.head_dim, w_o.device)
+    gram = _gram(heads)
+    kept = admm_keep(w_o, gram, groups, counts[(i, KV)], s)
+    mask[seg.start + kept.cpu().numpy()] = True
+    cols = groups[kept].reshape(-1)
+    new_o = _refit(w_o, gram, cols, s.ridge)
+    weights.put(tensor_name(i, ATTN), new_o)
+    del gram
+
+    mid, channels = [], []
+    for (x, kw), a in zip(states, heads):
+        h = x + _linear(a[..., cols], new_o, attn.o_proj.bias)
+        z = layer.post_attention_layernorm(h)
+        box: list[torch.Tensor] = []
+        hook = mlp.down_proj.register_forward_pre_hook(lambda _m, args: box.append(args[0]))
+        try:
+            mlp(z)
+        finally:
+            hook.remove()
+        mid.append(h)
+        channels.append(box[0])
+    seg = layout.segment(i, FFN)
+    w_d = mlp.down_proj.weight
+    groups = _segment_groups(seg, 1, w_d.device)
+    gram = _gram(channels)
+    kept = admm_keep(w_d, gram, groups, counts[(i, FFN)], s)
+    mask[seg.start + kept.cpu().numpy()] = True
+    new_d = _refit(w_d, gram, kept, s.ridge)
+    weights.put(tensor_name(i, MLP), new_d)
+    return [(h + _linear(c[..., kept], new_d, mlp.down_proj.bias), kw)
+            for h, c, (_, kw) in zip(mid, channels, states)]
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = x.float() @ w.to(x.device).T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
