@@ -11,7 +11,9 @@ from grasp_deploy.methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
 
 
 def test_every_documented_method_is_registered():
-    assert list(METHODS) == ["grasp", "magnitude", "wanda-sp", "flap", "taylor", "gisp"]
+    assert list(METHODS) == ["grasp", "magnitude", "wanda-sp", "flap", "taylor", "gisp",
+                             "structprune"]
+    assert [m.name for m in METHODS.values() if m.streams] == ["structprune"]
     assert not METHODS["magnitude"].uses_calibration and METHODS["grasp"].uses_calibration
     with pytest.raises(GraspError, match="--method 'nope' is unknown"):
         get_method("nope")
