@@ -88,8 +88,9 @@ prune_options = stack(
     click.option("--temperature", default=StructPruneSettings.temperature, show_default=True,
                  type=float,
                  help="structprune: temperature of the layer-wise sparsity allocation, "
-                      "exp(-module log-energy / T); inf gives every module the same ratio, "
-                      "small T one global threshold (bench/results/structprune-smollm2)."),
+                      "exp(-module log-energy / T); inf gives every module the same ratio "
+                      "(measured best: bench/results/structprune-temperature-r50.md), small T "
+                      "approaches one global threshold."),
     click.option("--reconstruct", is_flag=True,
                  help="After the method (any method): refit the kept columns of o_proj and "
                       "down_proj layer by layer, by ridge least squares, so each pruned layer "

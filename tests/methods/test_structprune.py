@@ -121,11 +121,12 @@ def test_structprune_streams_one_layer_at_a_time(tiny_dir, text_file, tmp_path, 
                       method="structprune", calib=f"file:{text_file}", num_samples=6, seq_len=32,
                       progress=False)
     result = run_prune(cfg)
+    assert "Infinity" not in (tmp_path / "plan" / "plan.json").read_text()  # strict JSON
     assert peak[0] == 1
     plan = load_plan(tmp_path / "plan")
     assert plan.budget.prunable_kept <= keep_budget(0.4, plan.budget.prunable_dense)
     assert plan.reconstruction["by"] == "structprune pass 2" and plan.replaced is not None
-    assert plan.settings["structprune"]["temperature"] == 1.0
+    assert plan.settings["structprune"]["temperature"] == "inf"
     assert result.plan.source.fingerprint == plan.source.fingerprint
 
     monkeypatch.undo()
