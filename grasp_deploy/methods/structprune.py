@@ -35,7 +35,7 @@ from ..core.spill import SpilledTensors
 from ..core.shape import FFN, KV, ModelShape
 from .allocation import allocate, kept_counts
 from .base import LayerSource, MethodInput, MethodResult
-from .reconstruct import ATTN, MLP, batches_of, call_layer, tensor_name
+from .reconstruct import ATTN, MLP, batches_of, call_layer, input_of, tensor_name
 
 
 @dataclass(frozen=True)
@@ -207,9 +207,8 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
                  biases: list) -> list[tuple]:
     """Choose and refit layer ``i``'s units on the pruned path; the next layer's states."""
     attn, mlp = layer.self_attn, layer.mlp
-    heads = []
-    for x, kw in states:
-        heads.append(_activations(layer, x, kw[i])[0])
+    heads = [input_of(attn.o_proj, lambda: attn(hidden_states=layer.input_layernorm(x), **kw[i]))
+             for x, kw in states]  # attention only: the MLP's output is not needed here
     seg = layout.segment(i, KV)
     w_o = attn.o_proj.weight
     groups = _segment_groups(seg, shape.group_size * shape.head_dim, w_o.device)
@@ -225,14 +224,8 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
     for (x, kw), a in zip(states, heads):
         h = x + _linear(a[..., cols], new_o, _plus(attn.o_proj.bias, b_o))
         z = layer.post_attention_layernorm(h)
-        box: list[torch.Tensor] = []
-        hook = mlp.down_proj.register_forward_pre_hook(lambda _m, args: box.append(args[0]))
-        try:
-            mlp(z)
-        finally:
-            hook.remove()
         mid.append(h)
-        channels.append(box[0])
+        channels.append(input_of(mlp.down_proj, lambda: mlp(z)))
     seg = layout.segment(i, FFN)
     w_d = mlp.down_proj.weight
     groups = _segment_groups(seg, 1, w_d.device)
