@@ -8,6 +8,12 @@ from typing import Any
 from .format import GROUP_SIZE_FIELD
 
 
+def _kv_asked(budget: dict[str, Any]) -> str:
+    if budget.get("kv_ratio") is None:
+        return ""
+    return f" (and KV cache at most {budget['kv_ratio']:.2%} of dense, kept {budget['kv_achieved']:.2%})"
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
     ffn = [l["intermediate_size"] for l in manifest["layers"]]
@@ -20,7 +26,7 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 Structured pruning of `{manifest['source']['model']}` ({manifest['source']['fingerprint']}):
 {b['achieved_ratio']:.2%} of the prunable parameters (FFN channels and KV head groups) removed,
-asked {b['prune_ratio']:.2%}; calibration: {calib_text}; seed {manifest['seed']}.
+asked {b['prune_ratio']:.2%}{_kv_asked(b)}; calibration: {calib_text}; seed {manifest['seed']}.
 
 | | dense | pruned | ratio |
 |---|---:|---:|---:|

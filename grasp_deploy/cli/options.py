@@ -40,6 +40,11 @@ prune_options = stack(
     click.option("--prune-ratio", "-r", type=float, required=True,
                  help="Fraction of the prunable parameters (FFN + attention projections) to "
                       "remove, in (0, 1)."),
+    click.option("--kv-ratio", type=float, default=None,
+                 help="A second budget: KV-cache bytes per token at most this fraction of the "
+                      "dense model's, in (0, 1] (e.g. -r 0.5 --kv-ratio 0.4: half the "
+                      "parameters and 60% less KV cache). Every method honours it; by default "
+                      "the KV heads kept follow from the parameter budget alone."),
     click.option("--method", default="grasp", show_default=True, type=click.Choice(list(METHODS)),
                  help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + "."),
     click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, type=click.Choice(list(RECIPES)),
@@ -113,14 +118,14 @@ prune_options = stack(
 )
 
 
-def prune_config(model, out, force, quiet, prune_ratio, method, recipe, calib, num_samples,
+def prune_config(model, out, force, quiet, prune_ratio, kv_ratio, method, recipe, calib, num_samples,
                  seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
                  init, loss, gisp_step, gisp_blocks, from_trajectory, temperature, reconstruct,
                  reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
     settings = GraspSettings.from_recipe(recipe, epochs=epochs, scale_epochs=scale_epochs, lr=lr,
                                          tau=tau, tie_break=tie_break, projection=projection,
                                          init=init, loss=loss)
-    return PruneConfig(prune_ratio=prune_ratio, out=out, model=model, method=method,
+    return PruneConfig(prune_ratio=prune_ratio, kv_ratio=kv_ratio, out=out, model=model, method=method,
                        calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
                        scale_samples=scale_samples, align=align, tp=tp, device=device,
                        dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,

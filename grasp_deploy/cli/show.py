@@ -7,6 +7,15 @@ from typing import Any
 import click
 
 
+def kv_budget_text(budget: dict[str, Any]) -> str:
+    """The KV budget asked and achieved, from a plan's or manifest's ``budget`` record."""
+    kept = budget.get("kv_achieved")
+    achieved = "not recorded" if kept is None else f"{kept:.2%} of the dense model's kept"
+    asked = budget.get("kv_ratio")
+    return (f"KV bytes/token at most {asked:.2%} asked, {achieved}" if asked is not None
+            else f"none asked (--kv-ratio), {achieved}")
+
+
 def prune_summary(result) -> None:
     plan, b = result.plan, result.plan.budget
     kv = [len(l.kv_keep) for l in plan.layers]
@@ -22,6 +31,7 @@ def prune_summary(result) -> None:
         f"  FFN width       {min(ffn)}..{max(ffn)} of {dense.intermediate_size} per layer",
         f"  KV heads        {sum(kv)} of {sum(l.num_key_value_heads for l in plan.source.shape.layers)}"
         f" in all ({min(kv)}..{max(kv)} per layer)",
+        f"  KV budget       {kv_budget_text(plan.to_json()['budget'])}",
     ]
     for name, log in result.stages.items():
         lines.append(f"  stage {name:<9} {log.steps} steps in {log.seconds:.1f}s, "
@@ -58,6 +68,9 @@ def inspect_report(r: dict[str, Any]) -> None:
         lines.append(f"  KV bytes/tok {r['dense_kv_cache_bytes_per_token']:,} dense -> "
                      f"{r['kv_cache_bytes_per_token']:,} "
                      f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})")
+        b = r["budget"]
+        lines.append(f"  budgets      prunable parameters: {b['prune_ratio']:.2%} removal asked, "
+                     f"{b['achieved_ratio']:.2%} achieved; KV: {kv_budget_text(b)}")
     else:
         lines.append(f"  parameters   {r['parameters']:,}")
         lines.append(f"  KV bytes/tok {r['kv_cache_bytes_per_token']:,}")

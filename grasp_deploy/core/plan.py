@@ -58,10 +58,18 @@ class BudgetReport:
     model_dense: int  # every parameter of the model (tied weights once)
     model_pruned: int  # including any compensation biases a method adds
     added: int = 0  # compensation bias parameters added (FLAP); not part of the prunable budget
+    kv_ratio: float | None = None  # asked (--kv-ratio): KV bytes per token at most this x dense
+    kv_heads_dense: int = 0  # KV heads of all layers (0 in plans written before KV budgets)
+    kv_heads_kept: int = 0
 
     @property
     def achieved_ratio(self) -> float:
         return 1.0 - self.prunable_kept / self.prunable_dense
+
+    @property
+    def kv_achieved(self) -> float | None:
+        """KV bytes per token kept, as a fraction of the dense model's (what --kv-ratio bounds)."""
+        return self.kv_heads_kept / self.kv_heads_dense if self.kv_heads_dense else None
 
     @property
     def model_reduction(self) -> float:
@@ -95,6 +103,9 @@ class Plan:
         shape = self.source.shape
         if not 0.0 < self.budget.prune_ratio < 1.0:
             raise ValueError(f"prune_ratio {self.budget.prune_ratio} is outside (0, 1)")
+        kv = self.budget.kv_ratio
+        if kv is not None and not (isinstance(kv, (int, float)) and 0.0 < kv <= 1.0):
+            raise ValueError(f"kv_ratio {kv} is outside (0, 1]")
         if not isinstance(self.seed, int) or not isinstance(self.settings, dict):
             raise ValueError("seed must be an integer and settings an object")
         if len(self.layers) != shape.num_layers:
@@ -176,7 +187,8 @@ class Plan:
         if self.reconstruction is None:
             data.pop("reconstruction")  # plans without it read as before
         data["budget"].update(achieved_ratio=self.budget.achieved_ratio,
-                              model_reduction=self.budget.model_reduction)
+                              model_reduction=self.budget.model_reduction,
+                              kv_achieved=self.budget.kv_achieved)
         return data
 
     @classmethod
@@ -189,7 +201,7 @@ class Plan:
                              f"(expected {PLAN_FORMAT}); re-run grasp-deploy prune")
         src = data["source"]
         budget = {k: v for k, v in data["budget"].items()
-                  if k not in ("achieved_ratio", "model_reduction")}
+                  if k not in ("achieved_ratio", "model_reduction", "kv_achieved")}
 
         def tup(x):
             return None if x is None else tuple(x)
@@ -274,7 +286,7 @@ def layers_from_mask(layout: UnitLayout, mask: np.ndarray,
 
 
 def budget_report(layout: UnitLayout, mask: np.ndarray, prune_ratio: float,
-                  model_dense: int, added: int = 0) -> BudgetReport:
+                  model_dense: int, added: int = 0, kv_ratio: float | None = None) -> BudgetReport:
     dense, kept = layout.total_cost(), layout.kept_cost(mask)
     return BudgetReport(prune_ratio, dense, kept, model_dense, model_dense - (dense - kept) + added,
-                        added)
+                        added, kv_ratio, layout.kv_heads(), layout.kept_kv_heads(mask))

@@ -20,7 +20,7 @@ from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
 from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
-from ..core.projection import UnitLayout, check_budget, keep_budget
+from ..core.projection import UnitLayout, check_budget, keep_budget, kv_keep_budget
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
@@ -32,8 +32,9 @@ from ..sources import models, text
 from ..sources.stream import LayerStream
 from ..sources.device import resolve_device, resolve_dtype
 from . import loading
+from .calibration import Calibration, sampled_calibration, text_calibration
 from .resume import ResumeStore, run_key
-from .trajectory import TRAJECTORY_FILE, load_trajectory, trajectory_calibration
+from .trajectory import TRAJECTORY_FILE, load_trajectory, trajectory_calibration, trajectory_record
 
 RUN_FILE = "run.json"
 
@@ -42,6 +43,7 @@ RUN_FILE = "run.json"
 class PruneConfig:
     prune_ratio: float
     out: Path
+    kv_ratio: float | None = None  # KV bytes per token at most this x dense; None: no KV budget
     model: str | None = None
     method: str = "grasp"
     calib: str = "wikitext2"
@@ -68,6 +70,10 @@ class PruneConfig:
         if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):  # nan too
             raise GraspError(f"--prune-ratio {self.prune_ratio} is outside (0, 1); give the "
                              "fraction of prunable parameters to remove, e.g. 0.3")
+        if self.kv_ratio is not None and not (isinstance(self.kv_ratio, (int, float))
+                                              and 0.0 < self.kv_ratio <= 1.0):
+            raise GraspError(f"--kv-ratio {self.kv_ratio} is outside (0, 1]; give the fraction "
+                             "of the dense model's KV-cache bytes per token to keep, e.g. 0.5")
         get_method(self.method)
         object.__setattr__(self, "align", parse_align(self.align))  # "64" -> 64, "AUTO" -> "auto"
         for flag, value in (("--num-samples", self.num_samples), ("--seq-len", self.seq_len),
@@ -137,13 +143,6 @@ class PruneResult:
     stages: dict[str, StageLog]
 
 
-@dataclass
-class _Calibration:
-    stage_a: torch.Tensor | None
-    stage_b: torch.Tensor | None
-    description: dict[str, Any]
-
-
 def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult:
     times: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -164,18 +163,19 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     layout = UnitLayout.from_shape(shape, align=align, tp=config.tp)
     budget = keep_budget(config.prune_ratio, layout.total_cost())
     check_budget(layout, budget)
+    kv_budget = kv_keep_budget(config.kv_ratio, layout)
     tokenizer = models.load_tokenizer(source)
-    calibration = _text_calibration(config, calib, tokenizer)  # before the weights: fail early
+    calibration = text_calibration(config, calib, tokenizer)  # before the weights: fail early
 
     t0 = time.perf_counter()
     model, stream, fp, dense_params = _open(config, source, hf_config, dtype, device)
     times["load"] = time.perf_counter() - t0
     if calib is not None and calib.is_model_sampled:
         t0 = time.perf_counter()
-        calibration = _sampled_calibration(config, calib, model, tokenizer)
+        calibration = sampled_calibration(config, calib, model, tokenizer)
         times["sample"] = time.perf_counter() - t0
 
-    store = ResumeStore(out, run_key({"fp": fp, "ratio": config.prune_ratio,
+    store = ResumeStore(out, run_key({"fp": fp, "ratio": config.prune_ratio, "kv": config.kv_ratio,
                                       "settings": settings,
                                       "calib": calibration.description, "seed": config.seed,
                                       "device": str(device)}))
@@ -184,7 +184,8 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         model=model, shape=shape, layout=layout, budget=budget, prune_ratio=config.prune_ratio,
         blocks=calibration.stage_a, held_out=calibration.stage_b,
         settings=_method_settings(config, fp), seed=config.seed, progress=config.progress,
-        store=store, save_every=config.checkpoint_every, on_step=on_step, layers=stream))
+        store=store, save_every=config.checkpoint_every, on_step=on_step, layers=stream,
+        kv_budget=kv_budget))
     times["prune"] = time.perf_counter() - t0
 
     description = calibration.description
@@ -212,7 +213,7 @@ def _open(config: PruneConfig, source, hf_config, dtype, device):
     return model, None, models.fingerprint(model), models.count_parameters(model)
 
 
-def _reconstructed(plan: Plan, model, calibration: _Calibration, config: PruneConfig,
+def _reconstructed(plan: Plan, model, calibration: Calibration, config: PruneConfig,
                    times: dict[str, float]) -> Plan:
     """With --reconstruct, the plan with o_proj/down_proj refitted on every calibration block
     the run has (GRASPrune's stage-B blocks too: 32 blocks gave -8.5% perplexity at 0.5 on
@@ -228,31 +229,6 @@ def _reconstructed(plan: Plan, model, calibration: _Calibration, config: PruneCo
     return plan
 
 
-def _text_calibration(config: PruneConfig, calib, tokenizer) -> _Calibration:
-    """Blocks cut from a text source (none yet for ``self``: those need the model)."""
-    if calib is None or calib.is_model_sampled:
-        return _Calibration(None, None, {"source": None})
-    ids = text.tokenize(tokenizer, text.load_text(calib))
-    blocks_a, blocks_b = text.cut_blocks(ids, config.seq_len,
-                                         (config.num_samples, config.stage_b_samples), config.seed)
-    description = {**text.describe(calib, tokens=int(ids.numel())), **_sizes(config)}
-    return _Calibration(blocks_a, blocks_b, description)
-
-
-def _sampled_calibration(config: PruneConfig, calib, model, tokenizer) -> _Calibration:
-    """Data-free calibration: blocks sampled from the model itself."""
-    sampled = text.sample_from_model(model, tokenizer, config.num_samples + config.stage_b_samples,
-                                     config.seq_len, config.seed, progress=config.progress)
-    description = {**text.describe(calib), "sampling": "temperature 1, top_p 0.95, from BOS",
-                   **_sizes(config)}
-    return _Calibration(sampled[: config.num_samples], sampled[config.num_samples:], description)
-
-
-def _sizes(config: PruneConfig) -> dict[str, Any]:
-    return dict(num_samples=config.num_samples, seq_len=config.seq_len,
-                scale_samples=config.stage_b_samples, seed=config.seed)
-
-
 def _method_settings(config: PruneConfig, fingerprint: str) -> Any:
     if config.method == "grasp":
         return config.grasp
@@ -261,7 +237,8 @@ def _method_settings(config: PruneConfig, fingerprint: str) -> Any:
     if config.method == "gisp":
         steps = None
         if config.from_trajectory is not None:
-            steps = tuple(load_trajectory(Path(config.from_trajectory), fingerprint))
+            steps = tuple(load_trajectory(Path(config.from_trajectory), fingerprint,
+                                          config.kv_ratio))
         return GispSettings(config.gisp_step, config.gisp_blocks, steps)
     return None
 
@@ -279,7 +256,8 @@ def _make_plan(config: PruneConfig, settings: dict[str, Any], result: MethodResu
         added = shape.hidden_size * len(result.biases) * (int(not shape.o_proj_bias)
                                                            + int(not shape.mlp_bias))
     plan = Plan(method=config.method, settings=settings, source=source,
-                budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added),
+                budget=budget_report(layout, result.mask, config.prune_ratio, dense_params, added,
+                                     config.kv_ratio),
                 layers=layers, calibration=calibration, seed=config.seed,
                 versions=package_versions())
     if result.replaced is not None:  # the method refitted weights itself (structprune)
@@ -292,9 +270,8 @@ def _write(out: Path, config: PruneConfig, plan: Plan, result: MethodResult,
     with atomic_dir(out, config.force) as tmp:
         plan.save(tmp)
         if result.trajectory is not None:
-            write_json(tmp / TRAJECTORY_FILE, {
-                "step": config.gisp_step, "fingerprint": fingerprint,
-                "steps": [{"target": t.target, "removed": list(t.removed)} for t in result.trajectory]})
+            write_json(tmp / TRAJECTORY_FILE, trajectory_record(
+                config.gisp_step, fingerprint, config.kv_ratio, result.trajectory))
         write_json(tmp / RUN_FILE, {**run, "stages": {
             k: {"steps": v.steps, "seconds": v.seconds, "losses": v.losses}
             for k, v in result.stages.items()}})

@@ -13,8 +13,9 @@ from ..methods.gisp import GispStep
 TRAJECTORY_FILE = "trajectory.json"  # GISP: the nested removal order, one entry per step
 
 
-def load_trajectory(plan_dir: Path, fingerprint: str) -> list[GispStep]:
-    """An earlier GISP run's steps, checked against the model."""
+def load_trajectory(plan_dir: Path, fingerprint: str, kv_ratio: float | None) -> list[GispStep]:
+    """An earlier GISP run's steps, checked against the model and the KV budget (every step
+    of a trajectory holds the KV budget it was made with)."""
     path = plan_dir / TRAJECTORY_FILE
     if not path.is_file():
         raise GraspError(f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
@@ -23,7 +24,19 @@ def load_trajectory(plan_dir: Path, fingerprint: str) -> list[GispStep]:
     if saved.get("fingerprint") != fingerprint:
         raise GraspError(f"--from-trajectory {plan_dir} was made for another model "
                          f"({saved.get('fingerprint')}, this one is {fingerprint})")
+    if saved.get("kv_ratio") != kv_ratio:
+        made = saved.get("kv_ratio")
+        raise GraspError(f"--from-trajectory {plan_dir} was made with --kv-ratio {made}, not "
+                         f"{kv_ratio}; pass {'no --kv-ratio' if made is None else f'--kv-ratio {made}'}"
+                         " or re-run GISP")
     return [GispStep(float(s["target"]), tuple(s["removed"])) for s in saved["steps"]]
+
+
+def trajectory_record(step: float, fingerprint: str, kv_ratio: float | None,
+                      steps: list[GispStep]) -> dict[str, Any]:
+    """What TRAJECTORY_FILE holds: the grid step, the model, the KV budget and the steps."""
+    return {"step": step, "fingerprint": fingerprint, "kv_ratio": kv_ratio,
+            "steps": [{"target": t.target, "removed": list(t.removed)} for t in steps]}
 
 
 def trajectory_calibration(plan_dir: Path) -> dict[str, Any]:

@@ -50,9 +50,12 @@ def allocate(layout: UnitLayout, energy: np.ndarray, ratio: float,
     return fractions(hi)
 
 
-def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int) -> dict[tuple[int, str], int]:
-    """Kept units per segment (multiples of its alignment, at least one block); then FFN
-    blocks come off the segments furthest below their target fraction until within budget."""
+def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int,
+                kv_budget: int | None = None) -> dict[tuple[int, str], int]:
+    """Kept units per segment (multiples of its alignment, at least one block); then KV blocks
+    come off the segments furthest below their target fraction until within ``kv_budget``
+    (KV heads), FFN blocks (KV ones once none is left) until within ``budget`` (parameters);
+    then blocks that still fit both go back to the most over-pruned segments."""
     counts: dict[tuple[int, str], int] = {}
     for f, seg in zip(fractions, layout.segments):
         k = int(round((1.0 - f) * seg.size / seg.align)) * seg.align
@@ -65,6 +68,17 @@ def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int) -> dict[
         seg = layout.segments[m]
         return fractions[m] - (1.0 - counts[(seg.layer, seg.kind)] / seg.size)
 
+    def kv_heads() -> int:
+        return sum(counts[(g.layer, g.kind)] for g in layout.segments if g.kind == KV)
+
+    kv_cap = layout.kv_heads() if kv_budget is None else kv_budget
+    while kv_heads() > kv_cap:
+        open_ = [m for m, g in enumerate(layout.segments)
+                 if g.kind == KV and counts[(g.layer, g.kind)] > g.align]
+        if not open_:
+            break  # every layer at one block: kv_keep_budget refused this before
+        seg = layout.segments[max(open_, key=shortfall)]
+        counts[(seg.layer, seg.kind)] -= seg.align
     while cost() > budget:
         for kind in (FFN, KV):
             open_ = [m for m, g in enumerate(layout.segments)
@@ -78,7 +92,8 @@ def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int) -> dict[
     while True:  # then give back blocks that still fit, to the most over-pruned segments
         spare = budget - cost()
         room = [m for m, g in enumerate(layout.segments) if g.align * g.unit_cost <= spare
-                and counts[(g.layer, g.kind)] + g.align <= g.size]
+                and counts[(g.layer, g.kind)] + g.align <= g.size
+                and (g.kind != KV or kv_heads() + g.align <= kv_cap)]
         if not room:
             return counts
         seg = layout.segments[min(room, key=shortfall)]

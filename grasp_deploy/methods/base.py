@@ -67,6 +67,7 @@ class MethodInput:
     save_every: int = 0  # steps between saves to ``store``; 0: never
     on_step: StepFn | None = None
     layers: LayerSource | None = None  # the streamed model, for methods with ``streams``
+    kv_budget: int | None = None  # KV heads that may be kept (--kv-ratio); None: no KV budget
 
 
 @dataclass

@@ -61,5 +61,6 @@ def flap_biases(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, m
 def prune(inp: MethodInput) -> MethodResult:
     """Adaptive structure: one global ranking of standardised scores against the budget."""
     stats = collect_activations(inp.model, inp.shape, inp.blocks, progress=inp.progress)
-    mask = project(flap_scores(inp.model, inp.shape, inp.layout, stats), inp.layout, inp.budget)
+    mask = project(flap_scores(inp.model, inp.shape, inp.layout, stats), inp.layout, inp.budget,
+                   kv_budget=inp.kv_budget)
     return MethodResult(mask, biases=flap_biases(inp.model, inp.shape, inp.layout, mask, stats))

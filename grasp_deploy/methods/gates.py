@@ -134,8 +134,9 @@ def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
                 resume: dict[str, Any] | None = None, save: SaveFn | None = None,
                 save_every: int = 0, on_step: StepFn | None = None,
                 progress: bool = True, init: np.ndarray | None = None,
-                ) -> tuple[np.ndarray, np.ndarray, StageLog]:
-    """Stage A. Returns (final hard mask, final scores, log). ``init``: initial scores."""
+                kv_budget: int | None = None) -> tuple[np.ndarray, np.ndarray, StageLog]:
+    """Stage A. Returns (final hard mask, final scores, log). ``init``: initial scores. Every
+    step's mask holds ``budget`` (parameters) and ``kv_budget`` (KV heads, when given)."""
     device = next(model.parameters()).device
     start = torch.zeros(layout.num_units) if init is None else torch.as_tensor(init).float()
     scores = torch.nn.Parameter(start.to(device))
@@ -144,7 +145,8 @@ def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
 
     def flat_multipliers(step: int) -> tuple[torch.Tensor, str]:
         p = torch.sigmoid(scores / settings.tau)
-        mask = project(p.detach().cpu().numpy(), layout, budget, settings.tie_break, per_cost)
+        mask = project(p.detach().cpu().numpy(), layout, budget, settings.tie_break, per_cost,
+                       kv_budget)
         if on_step is not None:
             on_step(STAGE_A, step, mask)
         m = torch.from_numpy(mask).to(device=device, dtype=p.dtype)
@@ -154,7 +156,7 @@ def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
     log = _optimise(model, shape, layout, STAGE_A, scores, flat_multipliers, blocks,
                     settings.epochs, settings, seed, resume, save, save_every, progress)
     final = torch.sigmoid(scores.detach() / settings.tau).cpu().numpy()
-    return (project(final, layout, budget, settings.tie_break, per_cost),
+    return (project(final, layout, budget, settings.tie_break, per_cost, kv_budget),
             scores.detach().cpu().numpy(), log)
 
 

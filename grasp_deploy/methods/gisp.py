@@ -39,7 +39,8 @@ def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
                     blocks: torch.Tensor, prune_ratio: float, step: float = 0.025,
                     blocks_per_step: int = 16, progress: bool = True,
                     done: list[GispStep] | None = None,
-                    save: Callable[[list[GispStep]], None] | None = None) -> list[GispStep]:
+                    save: Callable[[list[GispStep]], None] | None = None,
+                    kv_budget: int | None = None) -> list[GispStep]:
     """GISP (Wang, Diao et al., ACL 2026) from a dense model up to ``prune_ratio``.
 
     Each step recomputes, on the model masked so far, the mean-gradient importance
@@ -54,6 +55,10 @@ def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
     Gradients for step k average ``blocks_per_step`` calibration blocks, taken in turn so that
     consecutive steps see different blocks. ``done``: the steps of an interrupted run (given to
     ``save`` after each step), which the trajectory continues from.
+
+    ``kv_budget`` (KV heads) holds at every step, so every plan on the trajectory meets it:
+    the first step removes the KV groups it asks for (the lowest-scoring), and later steps
+    take the rest of the parameters from what is left.
     """
     if not 0 < step < 1:
         raise GraspError(f"GISP step {step} must be in (0, 1)")
@@ -74,7 +79,7 @@ def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
         grads = mean_gradients(model, shape, batch, mult, progress=False)
         score = taylor_importance(model, shape, layout, grads) / costs
         score[~alive] = -np.inf
-        keep = project(score, layout, budget) & alive
+        keep = project(score, layout, budget, kv_budget=kv_budget) & alive
         removed = np.flatnonzero(alive & ~keep)
         removed = removed[np.argsort(score[removed], kind="stable")]
         steps.append(GispStep(target, tuple(int(u) for u in removed)))
@@ -118,5 +123,6 @@ def prune(inp: MethodInput) -> MethodResult:
         steps = gisp_trajectory(
             inp.model, inp.shape, inp.layout, inp.blocks, inp.prune_ratio, settings.step,
             settings.blocks, inp.progress, done=saved,
-            save=lambda s: inp.store.save(gisp_steps=[[x.target, list(x.removed)] for x in s]))
+            save=lambda s: inp.store.save(gisp_steps=[[x.target, list(x.removed)] for x in s]),
+            kv_budget=inp.kv_budget)
     return MethodResult(mask_at(inp.layout, steps, inp.prune_ratio), trajectory=steps)

@@ -105,6 +105,7 @@ def _gates(inp: MethodInput, init: np.ndarray | None) -> tuple[np.ndarray, dict[
     state = inp.store.load()
     mask, _, log = train_gates(
         inp.model, inp.shape, inp.layout, inp.blocks, inp.budget, inp.settings, inp.seed,
+        kv_budget=inp.kv_budget,
         resume=state.get("current"), save=lambda s: inp.store.save(current=s),
         save_every=inp.save_every, on_step=inp.on_step, progress=inp.progress, init=init)
     inp.store.save(gates_done={"mask": mask, "steps": log.steps, "seconds": log.seconds,

@@ -82,7 +82,7 @@ def prune(inp: MethodInput) -> MethodResult:
         states = [(call_layer(layer, x, kw[i]), kw) for x, kw in states]
         del layer, acts
     fractions = allocate(layout, energy, inp.prune_ratio, s)
-    counts = kept_counts(layout, fractions, inp.budget)
+    counts = kept_counts(layout, fractions, inp.budget, inp.kv_budget)
 
     mask = np.zeros(layout.num_units, dtype=bool)
     weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's

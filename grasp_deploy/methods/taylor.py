@@ -14,4 +14,4 @@ def prune(inp: MethodInput) -> MethodResult:
                            save=lambda state: inp.store.save(taylor=state),
                            save_every=inp.save_every)
     scores = taylor_importance(inp.model, inp.shape, inp.layout, grads)
-    return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio))
+    return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio, inp.kv_budget))

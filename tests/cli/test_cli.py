@@ -73,7 +73,7 @@ def _unsupported_model(tmp_path):
 @pytest.mark.parametrize("case", [
     "missing-model", "unsupported", "ratio-high", "ratio-zero", "budget-too-small",
     "seq-len-beyond-context", "calib-too-short", "unknown-calib", "plan-exists",
-    "unreadable-model", "align-not-a-number",
+    "unreadable-model", "align-not-a-number", "kv-ratio-high", "kv-ratio-below-one-head-per-layer",
 ])
 def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_file, tmp_path):
     work = tmp_path / "work"
@@ -91,6 +91,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
         ratio, expect = "0", "outside (0, 1)"
     elif case == "budget-too-small":
         ratio, extra, expect = "0.8", ["--align", "48"], "budget of"
+    elif case == "kv-ratio-high":
+        extra, expect = ["--kv-ratio", "1.5"], "--kv-ratio 1.5 is outside (0, 1]"
+    elif case == "kv-ratio-below-one-head-per-layer":  # 3 layers x 2 KV heads: 0.3 keeps 1 < 3
+        extra, expect = ["--kv-ratio", "0.3"], "use --kv-ratio of at least 0.500"
     elif case == "align-not-a-number":
         extra, expect = ["--align", "fast"], "--align 'fast' is not 'auto' or a positive integer"
     elif case == "seq-len-beyond-context":

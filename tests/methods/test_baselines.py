@@ -12,7 +12,7 @@ from grasp_deploy.sources import models
 from grasp_deploy.core.shape import FFN, KV, ModelShape
 from grasp_deploy.methods.flap import flap_biases, flap_scores
 from grasp_deploy.methods.gisp import gisp_trajectory, mask_at
-from grasp_deploy.methods.uniform import keep_top, uniform_counts
+from grasp_deploy.methods.uniform import keep_top, kv_spread, uniform_counts
 from grasp_deploy.methods.wanda_sp import wanda_sp_scores
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.jobs.export import ExportConfig, run_export
@@ -21,7 +21,7 @@ from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout
 from grasp_deploy.jobs.prune import TRAJECTORY_FILE, PruneConfig, run_prune
-from conftest import tiny_model
+from conftest import tiny_config, tiny_model
 
 BASELINES = ("magnitude", "wanda-sp", "flap", "taylor", "gisp")
 
@@ -211,3 +211,18 @@ def test_gisp_masks_are_nested_and_independent_of_the_final_ratio():
         np.testing.assert_array_equal(mask_at(layout, short, ratio), mask_at(layout, long, ratio))
     with pytest.raises(GraspError, match="not on this GISP trajectory"):
         mask_at(layout, long, 0.25)
+
+
+@pytest.mark.parametrize("kv_budget", [6, 7, 9, 12])
+def test_kv_spread_is_even_over_depth_and_within_the_budget(kv_budget):
+    shape = ModelShape.from_config(tiny_config(num_hidden_layers=6, num_attention_heads=8,
+                                               num_key_value_heads=4, head_dim=8))
+    layout = UnitLayout.from_shape(shape)
+    caps = kv_spread(layout, kv_budget)
+    assert sum(caps.values()) == kv_budget and min(caps.values()) >= 1
+    assert max(caps.values()) - min(caps.values()) <= 1
+    counts = uniform_counts(layout, 0.3, kv_budget)
+    assert sum(n for (_, kind), n in counts.items() if kind == KV) <= kv_budget
+    free = uniform_counts(layout, 0.3)
+    for i in range(6):  # the parameters a layer's KV gives up go to its FFN
+        assert counts[(i, FFN)] >= free[(i, FFN)]

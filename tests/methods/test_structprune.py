@@ -12,7 +12,7 @@ import torch
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout, keep_budget
-from grasp_deploy.core.shape import FFN
+from grasp_deploy.core.shape import FFN, KV, ModelShape
 from grasp_deploy.jobs import loading
 from grasp_deploy.jobs.evaluate import EvalConfig, run_eval
 from grasp_deploy.jobs.export import ExportConfig, run_export
@@ -21,7 +21,7 @@ from grasp_deploy.methods.structprune import (StructPruneSettings, admm_keep, al
                                               kept_counts)
 from grasp_deploy.sources import models
 from grasp_deploy.sources.stream import LayerStream
-from conftest import save_tiny
+from conftest import save_tiny, tiny_config
 
 FAMILIES = {"llama-gqa": dict(), "qwen3": dict(family="qwen3", head_dim=24),
             "qwen2-bias": dict(family="qwen2")}
@@ -160,3 +160,19 @@ def test_reconstruct_flag_sets_structprune_ridge(tmp_path):
                       reconstruct=ReconstructSettings(ridge=0.02))
     assert cfg.reconstruct is None and cfg.structprune.ridge == 0.02
 
+
+
+def test_kept_counts_hold_a_kv_budget_and_give_the_freed_parameters_to_the_ffn():
+    shape = ModelShape.from_config(tiny_config(num_hidden_layers=4, num_attention_heads=8,
+                                               num_key_value_heads=4, head_dim=8))
+    layout = UnitLayout.from_shape(shape)
+    budget = keep_budget(0.3, layout.total_cost())
+    f = np.full(len(layout.segments), 0.3)
+    free = kept_counts(layout, f, budget)
+    capped = kept_counts(layout, f, budget, kv_budget=8)
+    heads = lambda c: sum(n for (_, kind), n in c.items() if kind == KV)
+    ffn = lambda c: sum(n for (_, kind), n in c.items() if kind == FFN)
+    assert heads(free) > 8 >= heads(capped)
+    assert ffn(capped) > ffn(free)
+    cost = sum(capped[(g.layer, g.kind)] * g.unit_cost for g in layout.segments)
+    assert budget - shape.unit_cost(FFN) < cost <= budget
