@@ -30,6 +30,12 @@ from . import watchdog
 from .watchdog import stop_group
 
 GIB = 2**30
+# vLLM 0.32 saves an AOT-compiled model but cannot load it back ("Compiling model again due to a
+# load failure ... 'function' object has no attribute 'finalize_loading'"), so every start
+# recompiled: engine start-up 57-63 s on this project's 2-core CPU. Without AOT compilation
+# vLLM's torch.compile cache loads: 20 s from the second start of a model on. The user's own
+# setting of the variable wins.
+SERVER_ENV_DEFAULTS = {"VLLM_USE_AOT_COMPILE": "0"}
 
 
 class ServerError(GraspError):
@@ -71,7 +77,7 @@ class ServerConfig:
     def environment(self) -> dict[str, str]:
         """The server's environment: the API key travels here, never on the command line
         (where every local user can read it in ps)."""
-        env = {**os.environ, **self.env}
+        env = {**SERVER_ENV_DEFAULTS, **os.environ, **self.env}
         env.pop("VLLM_API_KEY", None)
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key

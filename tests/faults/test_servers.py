@@ -124,3 +124,10 @@ def test_the_api_key_stays_off_command_lines():
     assert config.environment()["VLLM_API_KEY"] == "sk-very-secret-key"
     assert "secret" not in config.masked_key
     assert "VLLM_API_KEY" not in ServerConfig(model="m").environment()
+
+
+def test_aot_compilation_is_off_by_default_and_the_users_setting_wins(monkeypatch):
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    assert ServerConfig(model="m").environment()["VLLM_USE_AOT_COMPILE"] == "0"
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    assert ServerConfig(model="m").environment()["VLLM_USE_AOT_COMPILE"] == "1"
