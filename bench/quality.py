@@ -52,7 +52,24 @@ METHODS: dict[str, list[str]] = {
     "grasp-paper": ["--method", "grasp", *PAPER],
     "grasp-best": ["--method", "grasp", *BEST],
     "grasp-best-self": ["--method", "grasp", *BEST, "--calib", "self"],
+    # second edition (issue 22): what landed since the first
+    "structprune": ["--method", "structprune"],
+    "wanda-sp+rec": ["--method", "wanda-sp", "--reconstruct"],
+    "flap+rec": ["--method", "flap", "--reconstruct"],
+    "grasp-best+rec": ["--method", "grasp", *BEST, "--reconstruct"],
+    "grasp-best-kv0.5": ["--method", "grasp", *BEST, "--kv-ratio", "0.5"],
 }
+# What `grasp-deploy eval --tasks` said here (2026-11-24), in the report instead of accuracies.
+ZERO_SHOT = ("not measured on this machine. `grasp-deploy eval smollm2-135m --tasks "
+             "arc_easy,hellaswag --limit 2` stops with `error: --tasks arc_easy,hellaswag: a "
+             "task's dataset could not be fetched (ConnectionError: Couldn't reach "
+             "'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)); zero-shot tasks need the "
+             "Hugging Face dataset hub, or its cache from a machine that has it`: lm-eval's tasks "
+             "load their data from the dataset hub, which only package registries can reach "
+             "from here. Where the hub is reachable, `grasp-deploy eval CKPT --tasks "
+             "arc_easy,hellaswag,piqa,winogrande` measures them for any exported checkpoint.")
+# The GRASPrune columns (ours); the standings compare the best of them with the others.
+OURS = ("grasp-best", "grasp-best+rec", "grasp-paper")
 # GRASPrune variants, each one switch away from the paper's method, on a smaller recipe
 # (64 x 256 tokens, 1 epoch, stage A only) so that the whole set runs in well under an hour.
 SMALL = ["--num-samples", "64", "--epochs", "1", "--scale-epochs", "0"]
@@ -229,7 +246,12 @@ def markdown(out: dict, columns: list[str]) -> str:
         f"{CALIB['num_samples']} x {CALIB['seq_len']} tokens of `wiki.valid.tokens` (seed 0) for "
         "every calibrated method; `grasp-best-self` samples its own calibration text from the "
         "dense model (data-free). GRASPrune here: 1 epoch over the blocks (128 steps) and stage B "
-        "on 32 held-out blocks (the CPU recipe; the paper's is 4 epochs of 512 x 512).",
+        "on 32 held-out blocks (the CPU recipe; the paper's is 4 epochs of 512 x 512). "
+        "`+rec`: with `--reconstruct` (o_proj/down_proj refitted layer by layer on every "
+        "calibration block); `structprune` always ends so. `grasp-best-kv0.5`: with "
+        "`--kv-ratio 0.5` (KV cache at most half the dense model's) besides the parameter "
+        "budget. Every column at `--align 1`, which is what the default `--align auto` "
+        "gives on a CPU.",
         "",
         f"Dense: perplexity {_ppl(dense)}"
         + (f" ({dense['eval']['windows']} windows)." if dense else "."),
@@ -248,6 +270,7 @@ def markdown(out: dict, columns: list[str]) -> str:
         lines += ["", f"Cells measured: {total} of {len(METHODS) * len(RATIOS)} "
                   f"(not complete: {', '.join(partial)}).", ""]
     lines += standings(out, columns)
+    lines += ["", f"Zero-shot: {ZERO_SHOT}"]
     lines += ["", "Per cell: parameters (whole model), KV-cache bytes per token (bf16), prune time "
               "(wall-clock seconds of `grasp-deploy prune` on this 2-core CPU; a few ran while "
               "other work shared the CPU, so read them as indicative).", "",
@@ -289,24 +312,23 @@ def _seconds(s: float) -> str:
     return f"{s:.1f}" if s < 10 else f"{s:,.0f}"
 
 
-def standings(out: dict, columns: list[str], ours: str = "grasp-best") -> list[str]:
-    """Per ratio: the lowest perplexity, and where ``ours`` stands against it."""
+def standings(out: dict, columns: list[str]) -> list[str]:
+    """Per ratio: GRASPrune's best column (of ``OURS``) against the lowest other method. The
+    data-free (-self) and KV-constrained (-kv) columns answer other questions and sit out."""
     lines = []
+    same_terms = [c for c in columns if not c.endswith("-self") and "-kv" not in c]
     for r in RATIOS:
-        cells = {c: _at(out, c, r) for c in columns if c != f"{ours}-self"}
-        present = {c: cell["perplexity"] for c, cell in cells.items() if cell}
-        if len(present) < 2 or ours not in present:
+        present = {c: _at(out, c, r)["perplexity"] for c in same_terms if _at(out, c, r)}
+        ours = {c: v for c, v in present.items() if c in OURS}
+        others = {c: v for c, v in present.items() if c not in OURS}
+        if not ours or not others:
             continue
-        order = sorted(present, key=present.get)
-        if order[0] == ours:
-            runner = order[1]
-            lines.append(f"- r={r:g}: `{ours}` lowest, {present[ours]:.2f}; next `{runner}` "
-                         f"{present[runner]:.2f} (x{present[runner] / present[ours]:.2f}), "
-                         f"of {len(present)} methods measured.")
-        else:
-            lines.append(f"- r={r:g}: `{order[0]}` lowest, {present[order[0]]:.2f}; `{ours}` "
-                         f"{present[ours]:.2f} is x{present[ours] / present[order[0]]:.2f} above "
-                         f"it, of {len(present)} methods measured.")
+        best, rival = min(ours, key=ours.get), min(others, key=others.get)
+        a, b = ours[best], others[rival]
+        verdict = (f"`{best}` lowest, {a:.2f}; next other method `{rival}` {b:.2f} (x{b / a:.2f})"
+                   if a <= b else f"`{rival}` lowest, {b:.2f}; GRASPrune's best `{best}` {a:.2f} "
+                   f"is x{a / b:.2f} above it")
+        lines.append(f"- r={r:g}: {verdict}, of {len(present)} columns measured.")
     return lines
 
 
