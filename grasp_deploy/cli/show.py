@@ -13,7 +13,7 @@ def kv_budget_text(budget: dict[str, Any]) -> str:
     achieved = "not recorded" if kept is None else f"{kept:.2%} of the dense model's kept"
     asked = budget.get("kv_ratio")
     return (f"KV bytes/token at most {asked:.2%} asked, {achieved}" if asked is not None
-            else f"none asked (--kv-ratio), {achieved}")
+            else f"KV bytes/token: no budget asked (--kv-ratio), {achieved}")
 
 
 def prune_summary(result) -> None:
@@ -70,7 +70,7 @@ def inspect_report(r: dict[str, Any]) -> None:
                      f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})")
         b = r["budget"]
         lines.append(f"  budgets      prunable parameters: {b['prune_ratio']:.2%} removal asked, "
-                     f"{b['achieved_ratio']:.2%} achieved; KV: {kv_budget_text(b)}")
+                     f"{b['achieved_ratio']:.2%} achieved; {kv_budget_text(b)}")
     else:
         lines.append(f"  parameters   {r['parameters']:,}")
         lines.append(f"  KV bytes/tok {r['kv_cache_bytes_per_token']:,}")

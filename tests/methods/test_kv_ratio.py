@@ -73,7 +73,7 @@ def test_both_budgets_are_reported_by_plan_manifest_inspect_and_card(wide_kv, te
     kv = manifest["kv_cache_bytes_per_token"]
     assert kv["pruned"] <= 0.5 * kv["dense"]
     text = CliRunner().invoke(main, ["inspect", str(tmp_path / "ckpt")]).output
-    assert "KV: KV bytes/token at most 50.00% asked" in text
+    assert "achieved; KV bytes/token at most 50.00% asked" in text
     assert f"{budget['kv_achieved']:.2%} of the dense model's kept" in text
     assert "KV cache at most 50.00% of dense" in (tmp_path / "ckpt" / "README.md").read_text()
 
