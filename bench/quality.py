@@ -290,6 +290,9 @@ def markdown(out: dict, columns: list[str]) -> str:
                 lines.append(f"| {c} | {r:g} | {_ppl(cell)} | {cell['params']:,} | "
                              f"{cell['removed_model']:.1%} | {cell['kv_bytes_per_token_bf16']:,} | "
                              f"{_seconds(cell['prune_seconds'])} | {cell['eval']['windows']} |")
+    notes = [f"- `{c}` at {r:g}: {_at(out, c, r)['note']}" for c in columns for r in RATIOS
+             if _at(out, c, r) and _at(out, c, r).get("note")]
+    lines += ["", "Notes on single cells:", "", *notes] if notes else []
     if out["ablation"]:
         lines += ["", "## GRASPrune variants (ratio 0.5, first "
                   f"{next(iter(out['ablation'].values()))['eval']['windows']} test windows)", "",
