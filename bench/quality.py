@@ -183,7 +183,9 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
         run_info = json.loads((plan / "run.json").read_text())
         # A plan cut from GISP's trajectory costs nothing more: its time is the one run's.
         trajectory_run = run_info if gisp_root is None else json.loads((gisp_root / "run.json").read_text())
-        record["prune_seconds"] = trajectory_run["seconds"]["prune"]
+        # the method and, with --reconstruct, the refit after it (its own entry in run.json)
+        record["prune_seconds"] = (trajectory_run["seconds"]["prune"]
+                                   + run_info["seconds"].get("reconstruct", 0.0))
         record["prune_wall_seconds"] = prune_s
         record["stages"] = {k: {"steps": v["steps"], "seconds": v["seconds"]}
                             for k, v in run_info.get("stages", {}).items()}
