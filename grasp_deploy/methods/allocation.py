@@ -71,24 +71,22 @@ def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int,
     def kv_heads() -> int:
         return sum(counts[(g.layer, g.kind)] for g in layout.segments if g.kind == KV)
 
-    kv_cap = layout.kv_heads() if kv_budget is None else kv_budget
-    while kv_heads() > kv_cap:
+    def take_block(kind: str) -> bool:
+        """One block off the segment of ``kind`` furthest below its target; False if none can."""
         open_ = [m for m, g in enumerate(layout.segments)
-                 if g.kind == KV and counts[(g.layer, g.kind)] > g.align]
+                 if g.kind == kind and counts[(g.layer, g.kind)] > g.align]
         if not open_:
-            break  # every layer at one block: kv_keep_budget refused this before
+            return False
         seg = layout.segments[max(open_, key=shortfall)]
         counts[(seg.layer, seg.kind)] -= seg.align
-    while cost() > budget:
-        for kind in (FFN, KV):
-            open_ = [m for m, g in enumerate(layout.segments)
-                     if g.kind == kind and counts[(g.layer, g.kind)] > g.align]
-            if open_:
-                seg = layout.segments[max(open_, key=shortfall)]
-                counts[(seg.layer, seg.kind)] -= seg.align
-                break
-        else:
-            break  # every segment at its minimum: check_budget refused this before
+        return True
+
+    kv_cap = layout.kv_heads() if kv_budget is None else kv_budget
+    # every segment at one block fits both budgets: kv_keep_budget and check_budget refused less
+    while kv_heads() > kv_cap and take_block(KV):
+        pass
+    while cost() > budget and (take_block(FFN) or take_block(KV)):
+        pass
     while True:  # then give back blocks that still fit, to the most over-pruned segments
         spare = budget - cost()
         room = [m for m, g in enumerate(layout.segments) if g.align * g.unit_cost <= spare
