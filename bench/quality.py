@@ -58,6 +58,7 @@ METHODS: dict[str, list[str]] = {
     "flap+rec": ["--method", "flap", "--reconstruct"],
     "grasp-best+rec": ["--method", "grasp", *BEST, "--reconstruct"],
     "grasp-best-kv0.5": ["--method", "grasp", *BEST, "--kv-ratio", "0.5"],
+    "grasp-best+reselect": ["--method", "grasp", *BEST, "--reconstruct", "--reselect"],
 }
 # What `grasp-deploy eval --tasks` said here (2026-11-24), in the report instead of accuracies.
 ZERO_SHOT = ("not measured on this machine. `grasp-deploy eval smollm2-135m --tasks "
@@ -69,7 +70,7 @@ ZERO_SHOT = ("not measured on this machine. `grasp-deploy eval smollm2-135m --ta
              "from here. Where the hub is reachable, `grasp-deploy eval CKPT --tasks "
              "arc_easy,hellaswag,piqa,winogrande` measures them for any exported checkpoint.")
 # The GRASPrune columns (ours); the standings compare the best of them with the others.
-OURS = ("grasp-best", "grasp-best+rec", "grasp-paper")
+OURS = ("grasp-best", "grasp-best+rec", "grasp-best+reselect", "grasp-paper")
 # GRASPrune variants, each one switch away from the paper's method, on a smaller recipe
 # (64 x 256 tokens, 1 epoch, stage A only) so that the whole set runs in well under an hour.
 SMALL = ["--num-samples", "64", "--epochs", "1", "--scale-epochs", "0"]
@@ -250,7 +251,10 @@ def markdown(out: dict, columns: list[str]) -> str:
         "dense model (data-free). GRASPrune here: 1 epoch over the blocks (128 steps) and stage B "
         "on 32 held-out blocks (the CPU recipe; the paper's is 4 epochs of 512 x 512). "
         "`+rec`: with `--reconstruct` (o_proj/down_proj refitted layer by layer on every "
-        "calibration block); `structprune` always ends so. `grasp-best-kv0.5`: with "
+        "calibration block); `structprune` always ends so. `grasp-best+reselect`: with "
+        "`--reconstruct --reselect` (GRASPrune's per-layer widths and KV heads, the units "
+        "within each layer chosen by StructPrune's ADMM pass, then the refit with a bias). "
+        "`grasp-best-kv0.5`: with "
         "`--kv-ratio 0.5` (KV cache at most half the dense model's) besides the parameter "
         "budget. Every column at `--align 1`, which is what the default `--align auto` "
         "gives on a CPU.",

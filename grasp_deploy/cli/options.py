@@ -102,6 +102,12 @@ prune_options = stack(
                       "matches the dense layer on the pruned path's calibration states (all "
                       "calibration blocks, grasp's stage-B ones too; absorbs the FFN stage-B "
                       "scales; about three forward passes). structprune always ends so."),
+    click.option("--reselect", is_flag=True,
+                 help="With --reconstruct (implied): keep each layer's FFN width and KV-head "
+                      "count as the method chose them, but choose which channels and heads by "
+                      "ADMM on the layer's reconstruction objective on the pruned path "
+                      "(StructPrune's pass 2), then refit with a bias (bench/results/quality.md: "
+                      "grasp-best+reselect)."),
     click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
                  help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
     click.option("--align", default="auto", show_default=True,
@@ -121,7 +127,7 @@ prune_options = stack(
 def prune_config(model, out, force, quiet, prune_ratio, kv_ratio, method, recipe, calib, num_samples,
                  seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
                  init, loss, gisp_step, gisp_blocks, from_trajectory, temperature, reconstruct,
-                 reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
+                 reselect, reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
     settings = GraspSettings.from_recipe(recipe, epochs=epochs, scale_epochs=scale_epochs, lr=lr,
                                          tau=tau, tie_break=tie_break, projection=projection,
                                          init=init, loss=loss)
@@ -133,7 +139,8 @@ def prune_config(model, out, force, quiet, prune_ratio, kv_ratio, method, recipe
                        gisp_step=gisp_step, gisp_blocks=gisp_blocks,
                        from_trajectory=from_trajectory,
                        structprune=StructPruneSettings(temperature=temperature),
-                       reconstruct=ReconstructSettings(reconstruct_ridge) if reconstruct else None)
+                       reconstruct=(ReconstructSettings(reconstruct_ridge, reselect=reselect)
+                                    if reconstruct or reselect else None))
 
 
 def _levels(_ctx, _param, text: str) -> tuple[int, ...]:

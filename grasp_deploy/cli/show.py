@@ -37,9 +37,14 @@ def prune_summary(result) -> None:
         lines.append(f"  stage {name:<9} {log.steps} steps in {log.seconds:.1f}s, "
                      f"loss {log.first_loss:.3f} -> {log.last_loss:.3f}")
     if plan.reconstruction is not None:
-        lines.append(f"  reconstructed   o_proj and down_proj of {len(plan.layers)} layers in "
-                     f"{result.seconds.get('reconstruct', 0.0):.1f}s "
-                     f"({plan.reconstruction['blocks']} blocks, ridge {plan.reconstruction['ridge']:g})")
+        rec = plan.reconstruction
+        what = ("units chosen by ADMM, o_proj and down_proj refitted"
+                if "reselect" in plan.settings.get("reconstruct", {})
+                else "o_proj and down_proj refitted")
+        when = (f"in {result.seconds['reconstruct']:.1f}s" if "reconstruct" in result.seconds
+                else "in the method's pass 2")
+        lines.append(f"  reconstructed   {what}, {len(plan.layers)} layers {when} "
+                     f"({rec['blocks']} blocks, ridge {rec['ridge']:g})")
     lines.append(f"  total time      {result.seconds['total']:.1f}s")
     click.echo("\n".join(lines))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -26,8 +27,8 @@ from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
 from ..methods.gisp import GispSettings
 from ..methods.grasp import DEFAULT_RECIPE, GraspSettings
-from ..methods.reconstruct import ReconstructSettings, reconstruct_plan
-from ..methods.structprune import StructPruneSettings
+from ..methods.reconstruct import ModelLayers, ReconstructSettings, reconstruct_plan
+from ..methods.structprune import StructPruneSettings, choose_and_refit, segment_counts
 from ..sources import models, text
 from ..sources.stream import LayerStream
 from ..sources.device import resolve_device, resolve_dtype
@@ -193,9 +194,10 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
         description = trajectory_calibration(Path(config.from_trajectory))
     # A local model is recorded by its absolute path, so export works from any directory.
     name = source.location if source.kind == "local" else source.spec
-    plan = _make_plan(config, settings, result, layout, SourceModel(name, fp, shape),
-                      description, dense_params)
-    plan = _reconstructed(plan, model, calibration, config, times)
+    make_plan = partial(_make_plan, config, settings, layout=layout, calibration=description,
+                        source=SourceModel(name, fp, shape), dense_params=dense_params)
+    plan = _reconstructed(make_plan(result), result, layout, model, calibration, config, times,
+                          make_plan)
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
@@ -213,18 +215,27 @@ def _open(config: PruneConfig, source, hf_config, dtype, device):
     return model, None, models.fingerprint(model), models.count_parameters(model)
 
 
-def _reconstructed(plan: Plan, model, calibration: Calibration, config: PruneConfig,
-                   times: dict[str, float]) -> Plan:
+def _reconstructed(plan: Plan, result: MethodResult, layout: UnitLayout, model,
+                   calibration: Calibration, config: PruneConfig, times: dict[str, float],
+                   make_plan: Callable[[MethodResult], Plan]) -> Plan:
     """With --reconstruct, the plan with o_proj/down_proj refitted on every calibration block
     the run has (GRASPrune's stage-B blocks too: 32 blocks gave -8.5% perplexity at 0.5 on
-    the default model, 64 gave -16.8%, bench/results/reconstruct-smollm2-r50)."""
+    the default model, 64 gave -16.8%, bench/results/reconstruct-smollm2-r50). With
+    --reselect, the plan's per-layer counts with the units chosen anew by StructPrune's
+    pass 2 (ADMM on each layer's reconstruction objective) before the same kind of refit."""
     if config.reconstruct is None:
         return plan
     t0 = time.perf_counter()
     blocks = calibration.stage_a
     if calibration.stage_b is not None and len(calibration.stage_b):
         blocks = torch.cat([blocks, calibration.stage_b])
-    plan = reconstruct_plan(plan, model, blocks, config.reconstruct, progress=config.progress)
+    if config.reconstruct.reselect:
+        chosen = choose_and_refit(
+            ModelLayers(model), plan.source.shape, layout, segment_counts(layout, result.mask),
+            blocks, StructPruneSettings(ridge=config.reconstruct.ridge), config.progress)
+        plan = make_plan(chosen)
+    else:
+        plan = reconstruct_plan(plan, model, blocks, config.reconstruct, progress=config.progress)
     times["reconstruct"] = time.perf_counter() - t0
     return plan
 

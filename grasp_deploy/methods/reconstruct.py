@@ -37,10 +37,16 @@ ATTN, MLP = "self_attn.o_proj.weight", "mlp.down_proj.weight"
 class ReconstructSettings:
     ridge: float = 1e-3  # lambda = ridge x mean diagonal of the Gram matrix
     batch_blocks: int = 4  # calibration blocks per forward (memory vs speed)
+    # --reselect: keep the method's per-layer counts, choose the units anew by StructPrune's
+    # pass 2 (ADMM on the reconstruction objective, then the refit with a bias)
+    reselect: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs",
-                "ffn_scales": "absorbed into down_proj"}
+        record = {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs",
+                  "ffn_scales": "absorbed into down_proj"}
+        if self.reselect:  # plans made before the option keep their keys
+            record["reselect"] = "per-layer counts kept, units chosen by ADMM (structprune pass 2)"
+        return record
 
 
 def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,
@@ -55,6 +61,28 @@ def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,
                           blocks, settings, progress=progress)
     return plan.with_reconstruction(weights, {**settings.to_json(), "blocks": int(blocks.shape[0]),
                                               "seq_len": int(blocks.shape[1])})
+
+
+class ModelLayers:
+    """A loaded model as a ``LayerSource``: its decoder layers one at a time, with the hidden
+    states entering layer 0 and every layer's keyword arguments as its own forward makes them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._layers = decoder_layers(model)
+        self.num_layers = len(self._layers)
+        self._kwargs: dict[int, list[dict]] = {}
+
+    def layer(self, i: int) -> nn.Module:
+        return self._layers[i]
+
+    def embed(self, blocks: torch.Tensor) -> torch.Tensor:
+        [(x, kwargs)] = _layer_inputs(self.model, blocks, len(blocks))
+        self._kwargs[id(x)] = [kwargs[i] for i in range(self.num_layers)]
+        return x
+
+    def layer_kwargs(self, hidden: torch.Tensor) -> list[dict]:
+        return self._kwargs.pop(id(hidden))
 
 
 class _Stop(Exception):

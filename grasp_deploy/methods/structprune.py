@@ -83,22 +83,36 @@ def prune(inp: MethodInput) -> MethodResult:
         del layer, acts
     fractions = allocate(layout, energy, inp.prune_ratio, s)
     counts = kept_counts(layout, fractions, inp.budget, inp.kv_budget)
+    return choose_and_refit(src, inp.shape, layout, counts, inp.blocks, s, inp.progress)
+
+
+def choose_and_refit(src: LayerSource, shape: ModelShape, layout: UnitLayout,
+                     counts: dict[tuple[int, str], int], blocks: torch.Tensor,
+                     s: StructPruneSettings, progress: bool = True) -> MethodResult:
+    """Pass 2 at given per-segment counts: layer by layer on the pruned path, choose the units
+    by ADMM on the layer's reconstruction objective, refit, move on. StructPrune gets the
+    counts from its allocation; ``--reselect`` from another method's plan."""
+    from tqdm.auto import tqdm
 
     mask = np.zeros(layout.num_units, dtype=bool)
     weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's
     biases: list[dict[str, np.ndarray]] = []
-    states = _initial_states(src, inp.blocks, s.batch_blocks)
-    for i in tqdm(range(src.num_layers), desc="structprune prune", unit="layer",
-                  disable=not inp.progress):
+    states = _initial_states(src, blocks, s.batch_blocks)
+    for i in tqdm(range(src.num_layers), desc="choose + refit", unit="layer",
+                  disable=not progress):
         layer = src.layer(i)
-        states = _prune_layer(layer, i, inp.shape, layout, counts, states, s, mask, weights,
-                              biases)
+        states = _prune_layer(layer, i, shape, layout, counts, states, s, mask, weights, biases)
         del layer
     record = {**s.to_json(), "target": "dense layer on the pruned path's inputs",
               "by": "structprune pass 2", "ffn_scales": "none",
-              "blocks": int(inp.blocks.shape[0]), "seq_len": int(inp.blocks.shape[1])}
+              "blocks": int(blocks.shape[0]), "seq_len": int(blocks.shape[1])}
     return MethodResult(mask, replaced=weights, reconstruction=record,
                         biases=biases if s.intercept else None)
+
+
+def segment_counts(layout: UnitLayout, mask: np.ndarray) -> dict[tuple[int, str], int]:
+    """Kept units per (layer, kind) segment of ``mask``."""
+    return {(g.layer, g.kind): int(mask[g.start:g.stop].sum()) for g in layout.segments}
 
 
 def _initial_states(src: LayerSource, blocks: torch.Tensor, batch: int) -> list[tuple]:

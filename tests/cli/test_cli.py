@@ -159,12 +159,21 @@ def test_given_align_fills_the_budget_with_aligned_widths(tiny_dir, text_file, t
     assert 0 <= unused < 8 * 3 * 64
 
 
+def test_reselect_implies_reconstruct_and_says_what_it_did(tiny_dir, text_file, tmp_path):
+    r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "plan", "--reselect"))
+    assert r.exit_code == 0, r.output
+    assert "reconstructed   units chosen by ADMM, o_proj and down_proj refitted, 3 layers in" \
+        in r.output
+    plan = load_plan(tmp_path / "plan")
+    assert plan.reconstruction is not None and "reselect" in plan.settings["reconstruct"]
+
+
 def test_prune_reconstruct_then_eval_export_and_compare(tiny_dir, text_file, tmp_path):
     """--reconstruct end to end: eval --plan, export and compare all read the refitted
     weights; eval of the plan equals eval of its export; a bad --bench is one line, exit 2."""
     r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "plan", "--reconstruct"))
     assert r.exit_code == 0, r.output
-    assert "reconstructed   o_proj and down_proj of 3 layers" in r.output
+    assert "reconstructed   o_proj and down_proj refitted, 3 layers in" in r.output
     ev = ["--data", f"file:{text_file}", "--seq-len", 64, "--max-windows", 3, "--dtype",
           "float32", "--json"]
     masked = invoke("eval", tiny_dir, "--plan", tmp_path / "plan", *ev)
