@@ -14,6 +14,25 @@ def _kv_asked(budget: dict[str, Any]) -> str:
     return f" (and KV cache at most {budget['kv_ratio']:.2%} of dense, kept {budget['kv_achieved']:.2%})"
 
 
+def weights_note(manifest: dict[str, Any]) -> str:
+    """What was done to the kept weights beyond slicing, from the plan's settings."""
+    settings = manifest.get("settings", {})
+    rec = settings.get("reconstruct")
+    if rec and "reselect" in rec:
+        return ("The method set each layer's widths; the units within each layer were then "
+                "chosen by ADMM on the layer's reconstruction objective, and `o_proj`/`down_proj` "
+                "refitted with a bias, layer by layer on the calibration text (`--reselect`).")
+    if rec:
+        return ("`o_proj` and `down_proj` were refitted layer by layer on the calibration text "
+                "(`--reconstruct`); FFN stage-B scales, if any, are absorbed in them.")
+    if manifest.get("method") == "structprune":
+        return ("The units within each layer were chosen by ADMM and `o_proj`/`down_proj` "
+                "refitted with a bias, layer by layer on the calibration text.")
+    if settings.get("scale_epochs"):
+        return "Stage-B scales are folded into the weights."
+    return ""
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
     ffn = [l["intermediate_size"] for l in manifest["layers"]]
@@ -36,8 +55,7 @@ asked {b['prune_ratio']:.2%}{_kv_asked(b)}; calibration: {calib_text}; seed {man
 | KV heads per layer | {dense['num_key_value_heads']} | {min(heads)}..{max(heads)} | |
 
 Each layer has its own FFN width and KV-head count (`per_layer_config` in `config.json`); query
-heads per layer = KV heads x {dense[GROUP_SIZE_FIELD]}. Stage-B scales are folded into
-the weights.
+heads per layer = KV heads x {dense[GROUP_SIZE_FIELD]}. {weights_note(manifest)}
 
 Load with plain transformers (no grasp-deploy needed):
 

@@ -46,6 +46,7 @@ class ReconstructSettings:
                   "ffn_scales": "absorbed into down_proj"}
         if self.reselect:  # plans made before the option keep their keys
             record["reselect"] = "per-layer counts kept, units chosen by ADMM (structprune pass 2)"
+            record["ffn_scales"] = "dropped: the units are chosen anew, then refitted"
         return record
 
 

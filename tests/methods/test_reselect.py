@@ -74,6 +74,7 @@ def test_prune_reselect_keeps_the_counts_and_the_budget_and_changes_the_units(
     assert run["seconds"]["reconstruct"] > 0 and "gates" in run["stages"]
     # the checkpoint is the plan: exported logits equal the masked, refitted model's
     run_export(ExportConfig(plan_dir=tmp_path / "chosen", out=tmp_path / "ckpt"))
+    assert "(`--reselect`)" in (tmp_path / "ckpt" / "README.md").read_text()
     exported = models.load_model(models.resolve_source(str(tmp_path / "ckpt")))
     loaded = load_plan(tmp_path / "chosen")
     model = models.load_model(models.resolve_source(str(tiny_dir)))
