@@ -347,21 +347,29 @@ def plot(out: dict, columns: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in columns:
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colours = plt.get_cmap("tab20").colors  # one per column: the default cycle has only ten
+    # The y axis stops at 100 x dense so that the columns that matter are not squashed flat.
+    top = 100 * out["dense"]["perplexity"] if out["dense"] else None
+    for k, c in enumerate(columns):
         done = [(r, _at(out, c, r)) for r in RATIOS if _at(out, c, r)]
         xs, ys = [r for r, _ in done], [cell["perplexity"] for _, cell in done]
-        ax.plot(xs, ys, marker="o", label=c)
+        ours = c.startswith("grasp")  # GRASPrune's columns solid, the others dashed
+        label = c if top is None or min(ys) <= top else f"{c} (all above {top:,.0f})"
+        ax.plot(xs, ys, marker="o" if ours else "s", linestyle="-" if ours else "--",
+                linewidth=2 if ours else 1.2, color=colours[k % len(colours)], label=label)
     if out["dense"]:
         ax.axhline(out["dense"]["perplexity"], color="k", linestyle="--", label="dense")
     ax.set_yscale("log")
+    if top is not None:
+        ax.set_ylim(top=top)
     ax.set_xticks(RATIOS)  # the whole grid, so a partly filled table reads against it
     ax.set_xlim(min(RATIOS) - 0.03, max(RATIOS) + 0.03)
     ax.set_xlabel("prune ratio (fraction of prunable parameters removed)")
     ax.set_ylabel("WikiText-2 perplexity (log)")
     ax.set_title(f"{out['model']}: quality vs budget")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over, the data
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
