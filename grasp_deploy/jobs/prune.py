@@ -21,6 +21,7 @@ from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
 from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
+from ..core.shape import ModelShape
 from ..core.projection import UnitLayout, check_budget, keep_budget, kv_keep_budget
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, StageLog, get_method
@@ -196,8 +197,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     name = source.location if source.kind == "local" else source.spec
     make_plan = partial(_make_plan, config, settings, layout=layout, calibration=description,
                         source=SourceModel(name, fp, shape), dense_params=dense_params)
-    plan = _reconstructed(make_plan(result), result, layout, model, calibration, config, times,
-                          make_plan)
+    plan = _planned(result, shape, layout, model, calibration, config, times, make_plan)
     times["total"] = time.perf_counter() - t_all
     _write(out, config, plan, result, {"seconds": times, "device": str(device),
                                        "dtype": dtype_name(dtype)}, fp)
@@ -215,27 +215,28 @@ def _open(config: PruneConfig, source, hf_config, dtype, device):
     return model, None, models.fingerprint(model), models.count_parameters(model)
 
 
-def _reconstructed(plan: Plan, result: MethodResult, layout: UnitLayout, model,
-                   calibration: Calibration, config: PruneConfig, times: dict[str, float],
-                   make_plan: Callable[[MethodResult], Plan]) -> Plan:
-    """With --reconstruct, the plan with o_proj/down_proj refitted on every calibration block
-    the run has (GRASPrune's stage-B blocks too: 32 blocks gave -8.5% perplexity at 0.5 on
-    the default model, 64 gave -16.8%, bench/results/reconstruct-smollm2-r50). With
+def _planned(result: MethodResult, shape: ModelShape, layout: UnitLayout, model,
+             calibration: Calibration, config: PruneConfig, times: dict[str, float],
+             make_plan: Callable[[MethodResult], Plan]) -> Plan:
+    """The method's plan; with --reconstruct, with o_proj/down_proj refitted on every
+    calibration block the run has (GRASPrune's stage-B blocks too: 32 blocks gave -8.5%
+    perplexity at 0.5 on the default model, 64 gave -16.8%, bench/results/reconstruct-smollm2-r50). With
     --reselect, the plan's per-layer counts with the units chosen anew by StructPrune's
     pass 2 (ADMM on each layer's reconstruction objective) before the same kind of refit."""
     if config.reconstruct is None:
-        return plan
+        return make_plan(result)
     t0 = time.perf_counter()
     blocks = calibration.stage_a
     if calibration.stage_b is not None and len(calibration.stage_b):
         blocks = torch.cat([blocks, calibration.stage_b])
     if config.reconstruct.reselect:
         chosen = choose_and_refit(
-            ModelLayers(model), plan.source.shape, layout, segment_counts(layout, result.mask),
+            ModelLayers(model), shape, layout, segment_counts(layout, result.mask),
             blocks, StructPruneSettings(ridge=config.reconstruct.ridge), config.progress)
         plan = make_plan(chosen)
     else:
-        plan = reconstruct_plan(plan, model, blocks, config.reconstruct, progress=config.progress)
+        plan = reconstruct_plan(make_plan(result), model, blocks, config.reconstruct,
+                                progress=config.progress)
     times["reconstruct"] = time.perf_counter() - t0
     return plan
 

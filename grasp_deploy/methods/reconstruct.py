@@ -42,12 +42,11 @@ class ReconstructSettings:
     reselect: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        record = {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs",
-                  "ffn_scales": "absorbed into down_proj"}
-        if self.reselect:  # plans made before the option keep their keys
-            record["reselect"] = "per-layer counts kept, units chosen by ADMM (structprune pass 2)"
-            record["ffn_scales"] = "dropped: the units are chosen anew, then refitted"
-        return record
+        record = {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs"}
+        if not self.reselect:  # plans made before the option keep their keys
+            return {**record, "ffn_scales": "absorbed into down_proj"}
+        return {**record, "ffn_scales": "dropped: the units are chosen anew, then refitted",
+                "reselect": "per-layer counts kept, units chosen by ADMM (structprune pass 2)"}
 
 
 def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,
