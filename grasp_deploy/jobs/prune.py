@@ -21,8 +21,8 @@ from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
 from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
-from ..core.shape import ModelShape
 from ..core.projection import UnitLayout, check_budget, keep_budget, kv_keep_budget
+from ..core.shape import ModelShape
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, StageLog, get_method
 from ..methods.base import StepFn
@@ -220,9 +220,10 @@ def _planned(result: MethodResult, shape: ModelShape, layout: UnitLayout, model,
              make_plan: Callable[[MethodResult], Plan]) -> Plan:
     """The method's plan; with --reconstruct, with o_proj/down_proj refitted on every
     calibration block the run has (GRASPrune's stage-B blocks too: 32 blocks gave -8.5%
-    perplexity at 0.5 on the default model, 64 gave -16.8%, bench/results/reconstruct-smollm2-r50). With
-    --reselect, the plan's per-layer counts with the units chosen anew by StructPrune's
-    pass 2 (ADMM on each layer's reconstruction objective) before the same kind of refit."""
+    perplexity at 0.5 on the default model, 64 gave -16.8%,
+    bench/results/reconstruct-smollm2-r50). With --reselect, the plan's per-layer counts with
+    the units chosen anew by StructPrune's pass 2 (ADMM on each layer's reconstruction
+    objective) before the same kind of refit."""
     if config.reconstruct is None:
         return make_plan(result)
     t0 = time.perf_counter()
