@@ -109,10 +109,16 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
         cmd += ["--from-trajectory", str(gisp_root)]
     if "--align" not in args:  # the table's columns were measured at --align 1 (then the default)
         cmd += ["--align", "1"]
-    # The key covers what the named recipes mean today, so changing one re-runs its cells.
-    from grasp_deploy.methods.grasp import RECIPES
+    # The key covers what the named recipes and the refit's defaults mean today, so changing
+    # one re-runs its cells.
+    from dataclasses import asdict
 
-    key = hashlib.sha256(json.dumps([cmd, RECIPES], sort_keys=True).encode()).hexdigest()[:10]
+    from grasp_deploy.methods.grasp import RECIPES
+    from grasp_deploy.methods.reconstruct import ReconstructSettings
+    from grasp_deploy.methods.structprune import StructPruneSettings
+
+    meaning = [cmd, RECIPES, asdict(ReconstructSettings()), asdict(StructPruneSettings())]
+    key = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:10]
     work = WORK / f"{cell_name(column, ratio)}-{key}"
     plan = work / "plan"
     if (plan / "plan.json").is_file() and (work / "command.json").is_file():

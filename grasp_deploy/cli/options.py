@@ -106,8 +106,9 @@ prune_options = stack(
                  help="With --reconstruct (implied): keep each layer's FFN width and KV-head "
                       "count as the method chose them, but choose which channels and heads by "
                       "ADMM on the layer's reconstruction objective on the pruned path "
-                      "(StructPrune's pass 2), then refit with a bias (bench/results/quality.md: "
-                      "grasp-best+reselect)."),
+                      "(StructPrune's pass 2), then refit with a bias; both leave the first "
+                      "position of every block (an attention sink) out of their least squares "
+                      "(bench/results/quality.md: grasp-best+reselect)."),
     click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
                  help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
     click.option("--align", default="auto", show_default=True,

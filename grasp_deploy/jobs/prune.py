@@ -233,7 +233,8 @@ def _planned(result: MethodResult, shape: ModelShape, layout: UnitLayout, model,
     if config.reconstruct.reselect:
         chosen = choose_and_refit(
             ModelLayers(model), shape, layout, segment_counts(layout, result.mask),
-            blocks, StructPruneSettings(ridge=config.reconstruct.ridge), config.progress)
+            blocks, StructPruneSettings(ridge=config.reconstruct.ridge,
+                                        skip=config.reconstruct.reselect_skip), config.progress)
         plan = make_plan(chosen)
     else:
         plan = reconstruct_plan(make_plan(result), model, blocks, config.reconstruct,

@@ -40,13 +40,20 @@ class ReconstructSettings:
     # --reselect: keep the method's per-layer counts, choose the units anew by StructPrune's
     # pass 2 (ADMM on the reconstruction objective, then the refit with a bias)
     reselect: bool = False
+    # With --reselect: positions at the start of every calibration block that pass 2 leaves
+    # out of its least squares. Position 0 is an attention sink on the default model; leaving
+    # it out took grasp-best+reselect from 29.00 to 28.36 at 0.2 (calibrated on one half of
+    # wiki.valid, scored on the other) and from 68.83 to 66.91 at 0.4 (full test),
+    # bench/results/sink-screen/.
+    reselect_skip: int = 1
 
     def to_json(self) -> dict[str, Any]:
         record = {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs"}
         if not self.reselect:  # plans made before the option keep their keys
             return {**record, "ffn_scales": "absorbed into down_proj"}
         return {**record, "ffn_scales": "dropped: the units are chosen anew, then refitted",
-                "reselect": "per-layer counts kept, units chosen by ADMM (structprune pass 2)"}
+                "reselect": "per-layer counts kept, units chosen by ADMM (structprune pass 2)",
+                "skip": self.reselect_skip}
 
 
 def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,

@@ -51,17 +51,24 @@ class StructPruneSettings:
     batch_blocks: int = 4  # calibration blocks per layer forward
     max_fraction: float = 0.9  # no module loses more than this ...
     max_over: float = 0.3  # ... or more than the ratio plus this
+    # positions at the start of every calibration block left out of pass 2's least squares
+    # (ADMM and refit). Position 0 is an attention sink on the default model, activations
+    # far above the rest's, so it outweighs the other 255 positions of a block in the Gram
+    # matrices (bench/results/sink-screen/).
+    skip: int = 0
 
     def check(self) -> None:
         if not self.temperature > 0:  # inf is allowed (uniform), nan is not
             raise GraspError(f"--temperature {self.temperature} must be > 0 (or inf for a "
                              "uniform allocation)")
+        if self.skip < 0:
+            raise GraspError(f"skip {self.skip} must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
         t = self.temperature if math.isfinite(self.temperature) else "inf"  # JSON has no inf
         return {"temperature": t, "iterations": self.iterations,
                 "ramp": self.ramp, "rho": self.rho, "ridge": self.ridge,
-                "intercept": self.intercept}
+                "intercept": self.intercept, "skip": self.skip}
 
 
 def prune(inp: MethodInput) -> MethodResult:
@@ -94,6 +101,9 @@ def choose_and_refit(src: LayerSource, shape: ModelShape, layout: UnitLayout,
     counts from its allocation; ``--reselect`` from another method's plan."""
     from tqdm.auto import tqdm
 
+    if blocks.shape[1] <= s.skip:
+        raise GraspError(f"--seq-len {blocks.shape[1]}: pass 2 leaves the first {s.skip} "
+                         f"position(s) of every block out; give --seq-len > {s.skip}")
     mask = np.zeros(layout.num_units, dtype=bool)
     weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's
     biases: list[dict[str, np.ndarray]] = []
@@ -226,11 +236,13 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
     seg = layout.segment(i, KV)
     w_o = attn.o_proj.weight
     groups = _segment_groups(seg, shape.group_size * shape.head_dim, w_o.device)
-    gram = _gram(heads)
+    fit = [a[:, s.skip:] for a in heads]
+    gram = _gram(fit)
     kept = admm_keep(w_o, gram, groups, counts[(i, KV)], s)
     mask[seg.start + kept.cpu().numpy()] = True
     cols = groups[kept].reshape(-1)
-    new_o, b_o = _refit(w_o, gram, *_sums(heads), cols, s)
+    new_o, b_o = _refit(w_o, gram, *_sums(fit), cols, s)
+    del fit
     weights.put(tensor_name(i, ATTN), new_o)
     del gram
 
@@ -243,10 +255,12 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
     seg = layout.segment(i, FFN)
     w_d = mlp.down_proj.weight
     groups = _segment_groups(seg, 1, w_d.device)
-    gram = _gram(channels)
+    fit = [c[:, s.skip:] for c in channels]
+    gram = _gram(fit)
     kept = admm_keep(w_d, gram, groups, counts[(i, FFN)], s)
     mask[seg.start + kept.cpu().numpy()] = True
-    new_d, b_d = _refit(w_d, gram, *_sums(channels), kept, s)
+    new_d, b_d = _refit(w_d, gram, *_sums(fit), kept, s)
+    del fit
     weights.put(tensor_name(i, MLP), new_d)
     biases.append({"o": b_o.double().cpu().numpy(), "down": b_d.double().cpu().numpy()})
     return [(h + _linear(c[..., kept], new_d, _plus(mlp.down_proj.bias, b_d)), kw)

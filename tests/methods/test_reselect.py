@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import RECONSTRUCTION_FILE, load_plan
 from grasp_deploy.core.projection import UnitLayout
@@ -18,6 +19,7 @@ from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
 from grasp_deploy.methods.grasp import GraspSettings
 from grasp_deploy.methods.reconstruct import ModelLayers, ReconstructSettings
+from grasp_deploy.methods import structprune
 from grasp_deploy.methods.structprune import (StructPruneSettings, choose_and_refit,
                                               segment_counts)
 from grasp_deploy.sources import models
@@ -67,6 +69,8 @@ def test_prune_reselect_keeps_the_counts_and_the_budget_and_changes_the_units(
     assert all(lp.ffn_scale is None and lp.down_bias is not None for lp in chosen.layers)
     saved = json.loads((tmp_path / "chosen" / "plan.json").read_text())
     assert "reselect" in saved["settings"]["reconstruct"]
+    # the attention-sink position is left out of pass 2's least squares, and the plan says so
+    assert saved["settings"]["reconstruct"]["skip"] == 1 == saved["reconstruction"]["skip"]
     # GRASPrune's 6 stage-A and 6 held-out stage-B blocks
     assert saved["reconstruction"]["blocks"] == 12
     assert (tmp_path / "chosen" / RECONSTRUCTION_FILE).is_file()
@@ -83,3 +87,28 @@ def test_prune_reselect_keeps_the_counts_and_the_budget_and_changes_the_units(
         masked = model(ids).logits
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, masked, atol=1e-4, rtol=1e-4)
+
+
+def test_pass_2_fits_only_the_positions_after_the_skipped_ones(tmp_path, monkeypatch):
+    source = models.resolve_source(str(save_tiny(tmp_path / "m", seed=6)))
+    model = models.load_model(source)
+    shape = ModelShape.from_config(model.config)
+    layout = UnitLayout.from_shape(shape, align=8)
+    counts = {(g.layer, g.kind): g.size // 2 for g in layout.segments}
+    blocks = torch.randint(2, 300, (4, 20), generator=torch.Generator().manual_seed(2))
+    seen: list[int] = []
+    gram = structprune._gram
+    monkeypatch.setattr(structprune, "_gram",
+                        lambda parts: seen.extend(p.shape[1] for p in parts) or gram(parts))
+    runs = {k: choose_and_refit(ModelLayers(model), shape, layout, counts, blocks,
+                                StructPruneSettings(batch_blocks=2, skip=k), progress=False)
+            for k in (0, 3)}
+    # two batches of blocks, o_proj and down_proj per layer: 20 positions, then 17
+    per_run = 2 * 2 * shape.num_layers
+    assert seen == [20] * per_run + [17] * per_run
+    assert runs[3].reconstruction["skip"] == 3
+    name = next(iter(runs[0].replaced.keys()))
+    assert not torch.allclose(runs[0].replaced[name], runs[3].replaced[name])
+    with pytest.raises(GraspError, match="--seq-len 20"):
+        choose_and_refit(ModelLayers(model), shape, layout, counts, blocks,
+                         StructPruneSettings(skip=20), progress=False)
