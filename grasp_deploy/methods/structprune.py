@@ -61,8 +61,6 @@ class StructPruneSettings:
         if not self.temperature > 0:  # inf is allowed (uniform), nan is not
             raise GraspError(f"--temperature {self.temperature} must be > 0 (or inf for a "
                              "uniform allocation)")
-        if self.skip < 0:
-            raise GraspError(f"skip {self.skip} must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
         t = self.temperature if math.isfinite(self.temperature) else "inf"  # JSON has no inf
@@ -101,9 +99,9 @@ def choose_and_refit(src: LayerSource, shape: ModelShape, layout: UnitLayout,
     counts from its allocation; ``--reselect`` from another method's plan."""
     from tqdm.auto import tqdm
 
-    if blocks.shape[1] <= s.skip:
+    if not 0 <= s.skip < blocks.shape[1]:
         raise GraspError(f"--seq-len {blocks.shape[1]}: pass 2 leaves the first {s.skip} "
-                         f"position(s) of every block out; give --seq-len > {s.skip}")
+                         f"position(s) of every block out; it needs 0 <= skip < --seq-len")
     mask = np.zeros(layout.num_units, dtype=bool)
     weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's
     biases: list[dict[str, np.ndarray]] = []
