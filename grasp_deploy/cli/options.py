@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
+from ..core.align import parse_align
 from ..core.errors import GraspError
 from ..jobs.prune import PruneConfig
 from ..loadtest.ab import BenchConfig
-from ..methods import METHODS
-from ..methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
-from ..methods.reconstruct import ReconstructSettings
-from ..methods.structprune import StructPruneSettings
+from .parts import build_parts, given_options
+
 
 def stack(*decorators):
     """Apply option decorators in the order they are listed (as --help shows them)."""
@@ -36,6 +35,11 @@ device_options = stack(
                       "bfloat16, float16 or float32."),
 )
 
+def _align(_ctx, _param, value: str) -> int | str:
+    return parse_align(value)
+
+
+# The run's own options; the method's and post-steps' come from their settings (``parts``).
 prune_options = stack(
     click.option("--prune-ratio", "-r", type=float, required=True,
                  help="Fraction of the prunable parameters (FFN + attention projections) to "
@@ -45,14 +49,6 @@ prune_options = stack(
                       "dense model's, in (0, 1] (e.g. -r 0.5 --kv-ratio 0.4: half the "
                       "parameters and 60% less KV cache). Every method honours it; by default "
                       "the KV heads kept follow from the parameter budget alone."),
-    click.option("--method", default="grasp", show_default=True, type=click.Choice(list(METHODS)),
-                 help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + "."),
-    click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, type=click.Choice(list(RECIPES)),
-                 help="GRASPrune settings: paper (4 epochs of 512 x 512, tau 1.5, lr 1e-2, "
-                      "score ranking, zero init, LM loss, index tie-break) or best (ours: "
-                      "the same with Taylor-informed initial scores and rank tie-break; "
-                      "measured in bench/results/quality.md). Options below override "
-                      "single settings."),
     click.option("--calib", default="wikitext2", show_default=True,
                  help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
                       "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."),
@@ -60,58 +56,7 @@ prune_options = stack(
                  help="Calibration blocks (stage A for grasp; all of them for baselines)."),
     click.option("--seq-len", "-l", default=512, show_default=True, type=int,
                  help="Tokens per calibration block."),
-    click.option("--epochs", "-e", default=None, type=int,
-                 help="Passes over the blocks in stage A  [default: recipe's, 4]"),
-    click.option("--scale-epochs", default=1, show_default=True, type=int,
-                 help="Passes of stage B (per-unit scales, on held-out blocks); 0 skips it."),
-    click.option("--scale-samples", default=None, type=int,
-                 help="Held-out blocks for stage B  [default: --num-samples]"),
-    click.option("--lr", default=None, type=float, help="AdamW learning rate  [default: 1e-2]"),
-    click.option("--tau", default=None, type=float,
-                 help="Temperature of the keep probability sigmoid(score / tau)  [default: 1.5]"),
-    click.option("--tie-break", default=None, type=click.Choice(["rank", "index"]),
-                 help="Order of equal scores in the projection: rank (a near-uniform first "
-                      "mask) or index (flat unit order, as a stable sort of the reference "
-                      "gives)  [default: paper index, best rank]"),
-    click.option("--projection", default=None, type=click.Choice(["score", "cost"]),
-                 help="Rank units by keep probability (score) or by probability per "
-                      "parameter (cost: greedy knapsack)  [default: recipe's]"),
-    click.option("--init", "init", default=None, type=click.Choice(["zero", "taylor"]),
-                 help="Initial gate scores: zero, or from first-order Taylor importance  "
-                      "[default: recipe's]"),
-    click.option("--loss", default=None, type=click.Choice(["ce", "kd", "ce+kd"]),
-                 help="Gate loss: LM cross-entropy, KL to the dense logits, or both  "
-                      "[default: recipe's]"),
-    click.option("--gisp-step", default=0.025, show_default=True, type=float,
-                 help="gisp: prune-ratio increment per iteration (the plans of every "
-                      "multiple of it are nested; trajectory.json records them)."),
-    click.option("--gisp-blocks", default=16, show_default=True, type=int,
-                 help="gisp: calibration blocks per iteration's gradient."),
-    click.option("--from-trajectory", type=click.Path(path_type=Path), default=None,
-                 help="gisp: take the nested plan for --prune-ratio from an earlier gisp "
-                      "run's PLAN_DIR (no recomputation: prune once, deploy many)."),
-    click.option("--temperature", default=StructPruneSettings.temperature, show_default=True,
-                 type=float,
-                 help="structprune: temperature of the layer-wise sparsity allocation, "
-                      "exp(-module log-energy / T); inf gives every module the same ratio "
-                      "(measured best: bench/results/structprune-temperature-r50.md), small T "
-                      "approaches one global threshold."),
-    click.option("--reconstruct", is_flag=True,
-                 help="After the method (any method): refit the kept columns of o_proj and "
-                      "down_proj layer by layer, by ridge least squares, so each pruned layer "
-                      "matches the dense layer on the pruned path's calibration states (all "
-                      "calibration blocks, grasp's stage-B ones too; absorbs the FFN stage-B "
-                      "scales; about three forward passes). structprune always ends so."),
-    click.option("--reselect", is_flag=True,
-                 help="With --reconstruct (implied): keep each layer's FFN width and KV-head "
-                      "count as the method chose them, but choose which channels and heads by "
-                      "ADMM on the layer's reconstruction objective on the pruned path "
-                      "(StructPrune's pass 2), then refit with a bias; both leave the first "
-                      "position of every block (an attention sink) out of their least squares "
-                      "(bench/results/quality.md: grasp-best+reselect)."),
-    click.option("--reconstruct-ridge", default=1e-3, show_default=True, type=float,
-                 help="--reconstruct: ridge as a fraction of the Gram matrix's mean diagonal."),
-    click.option("--align", default="auto", show_default=True,
+    click.option("--align", default="auto", show_default=True, callback=_align,
                  help="Keep every layer's FFN width a multiple of this: 'auto' follows the "
                       "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
                       "measured faster), or an integer (e.g. 64 for a CPU-pruned model served "
@@ -125,23 +70,18 @@ prune_options = stack(
 )
 
 
-def prune_config(model, out, force, quiet, prune_ratio, kv_ratio, method, recipe, calib, num_samples,
-                 seq_len, epochs, scale_epochs, scale_samples, lr, tau, tie_break, projection,
-                 init, loss, gisp_step, gisp_blocks, from_trajectory, temperature, reconstruct,
-                 reselect, reconstruct_ridge, align, tp, device, dtype, seed, checkpoint_every) -> PruneConfig:
-    settings = GraspSettings.from_recipe(recipe, epochs=epochs, scale_epochs=scale_epochs, lr=lr,
-                                         tau=tau, tie_break=tie_break, projection=projection,
-                                         init=init, loss=loss)
-    return PruneConfig(prune_ratio=prune_ratio, kv_ratio=kv_ratio, out=out, model=model, method=method,
-                       calib=calib, num_samples=num_samples, seq_len=seq_len, grasp=settings,
-                       scale_samples=scale_samples, align=align, tp=tp, device=device,
-                       dtype=dtype, seed=seed, force=force, checkpoint_every=checkpoint_every,
-                       progress=not quiet, recipe=recipe if method == "grasp" else None,
-                       gisp_step=gisp_step, gisp_blocks=gisp_blocks,
-                       from_trajectory=from_trajectory,
-                       structprune=StructPruneSettings(temperature=temperature),
-                       reconstruct=(ReconstructSettings(reconstruct_ridge, reselect=reselect)
-                                    if reconstruct or reselect else None))
+def prune_config(model, out, force, quiet, method, prune_ratio, kv_ratio, calib, num_samples,
+                 seq_len, align, tp, device, dtype, seed, checkpoint_every,
+                 **part_options) -> PruneConfig:
+    """The prune job's config from a command's options (the current click context tells
+    which of the parts' options were typed)."""
+    given = given_options(click.get_current_context(), part_options)
+    method_settings, post_steps = build_parts(method, given)
+    return PruneConfig(prune_ratio=prune_ratio, kv_ratio=kv_ratio, out=out, model=model,
+                       method=method, calib=calib, num_samples=num_samples, seq_len=seq_len,
+                       method_settings=method_settings, post_steps=post_steps, align=align,
+                       tp=tp, device=device, dtype=dtype, seed=seed, force=force,
+                       checkpoint_every=checkpoint_every, progress=not quiet)
 
 
 def _levels(_ctx, _param, text: str) -> tuple[int, ...]:

@@ -11,9 +11,10 @@ from ..core.errors import GraspError
 from . import show
 from .group import main, quiet_transformers
 from .options import no_verify_option, prune_config, prune_options
+from .parts import PartsCommand
 
 
-@main.command()
+@main.command(cls=PartsCommand)
 @click.argument("model", required=False)
 @prune_options
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
@@ -24,7 +25,9 @@ def prune(model, out, force, quiet, **options):
     """Learn which FFN channels and KV groups to keep; write a plan.
 
     The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
-    FFN width and KV-head count. Export turns it into a smaller dense checkpoint.
+    FFN width and KV-head count. Export turns it into a smaller dense checkpoint. After the
+    run's own options come --method and each method's own (named in their help), then the
+    post-steps any method's plan can go through (--reconstruct).
     """
     from ..jobs.prune import run_prune
 

@@ -12,6 +12,7 @@ from ..server.launcher import ServerConfig
 from ..sources.known import DEFAULT_MODEL
 from . import show
 from .group import main, quiet_transformers
+from .parts import PartsCommand
 from .options import (bench_config, bench_options, no_verify_option, prune_config,
                       prune_options)
 
@@ -86,7 +87,7 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
     sys.exit(0 if results["status"] == "complete" else 1)
 
 
-@main.command(name="prune-and-serve")
+@main.command(name="prune-and-serve", cls=PartsCommand)
 @click.argument("model", required=False)
 @prune_options
 @click.option("--work", type=click.Path(path_type=Path), default=None,

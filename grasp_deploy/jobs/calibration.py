@@ -4,14 +4,22 @@ itself (data-free), with the description the plan records."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..sources import text
 
-if TYPE_CHECKING:
-    from .prune import PruneConfig
+
+@dataclass(frozen=True)
+class Blocks:
+    """How many calibration blocks of what length a run wants."""
+
+    num_samples: int  # stage A (all of them for most methods)
+    held_out: int  # beside those: GRASPrune's stage B
+    seq_len: int
+    seed: int
+    progress: bool = True
 
 
 @dataclass
@@ -20,27 +28,34 @@ class Calibration:
     stage_b: torch.Tensor | None
     description: dict[str, Any]
 
+    def all_blocks(self) -> torch.Tensor:
+        """Every block the run has (stage A, then stage B)."""
+        assert self.stage_a is not None, "no calibration blocks"
+        if self.stage_b is not None and len(self.stage_b):
+            return torch.cat([self.stage_a, self.stage_b])
+        return self.stage_a
 
-def text_calibration(config: "PruneConfig", calib, tokenizer) -> Calibration:
+
+def text_calibration(want: Blocks, calib, tokenizer) -> Calibration:
     """Blocks cut from a text source (none yet for ``self``: those need the model)."""
     if calib is None or calib.is_model_sampled:
         return Calibration(None, None, {"source": None})
     ids = text.tokenize(tokenizer, text.load_text(calib))
-    blocks_a, blocks_b = text.cut_blocks(ids, config.seq_len,
-                                         (config.num_samples, config.stage_b_samples), config.seed)
-    description = {**text.describe(calib, tokens=int(ids.numel())), **_sizes(config)}
+    blocks_a, blocks_b = text.cut_blocks(ids, want.seq_len, (want.num_samples, want.held_out),
+                                         want.seed)
+    description = {**text.describe(calib, tokens=int(ids.numel())), **_sizes(want)}
     return Calibration(blocks_a, blocks_b, description)
 
 
-def sampled_calibration(config: "PruneConfig", calib, model, tokenizer) -> Calibration:
+def sampled_calibration(want: Blocks, calib, model, tokenizer) -> Calibration:
     """Data-free calibration: blocks sampled from the model itself."""
-    sampled = text.sample_from_model(model, tokenizer, config.num_samples + config.stage_b_samples,
-                                     config.seq_len, config.seed, progress=config.progress)
+    sampled = text.sample_from_model(model, tokenizer, want.num_samples + want.held_out,
+                                     want.seq_len, want.seed, progress=want.progress)
     description = {**text.describe(calib), "sampling": "temperature 1, top_p 0.95, from BOS",
-                   **_sizes(config)}
-    return Calibration(sampled[: config.num_samples], sampled[config.num_samples:], description)
+                   **_sizes(want)}
+    return Calibration(sampled[: want.num_samples], sampled[want.num_samples:], description)
 
 
-def _sizes(config: "PruneConfig") -> dict[str, Any]:
-    return dict(num_samples=config.num_samples, seq_len=config.seq_len,
-                scale_samples=config.stage_b_samples, seed=config.seed)
+def _sizes(want: Blocks) -> dict[str, Any]:
+    return dict(num_samples=want.num_samples, seq_len=want.seq_len,
+                scale_samples=want.held_out, seed=want.seed)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,6 +30,7 @@ from ..sources.known import DEFAULT_MODEL
 from . import bench, loading, serve
 from .export import ExportConfig, run_export
 from .prune import PruneConfig, PruneResult, run_prune
+from .prune_config import post_step_of
 
 INPUTS = "inputs.json"
 SAMPLE_PROMPT = "The capital of France is"
@@ -59,12 +60,11 @@ class PipelineHooks:
 
 def prune_inputs(config: PruneConfig) -> dict[str, Any]:
     """The fields that decide the plan (not where it goes or how it is displayed)."""
-    data = asdict(config)
-    for key in ("out", "force", "progress", "checkpoint_every"):
-        data.pop(key)
-    if data["reconstruct"] is None:  # work directories made before the option still match
-        data.pop("reconstruct")
+    data = {f.name: getattr(config, f.name) for f in fields(config)
+            if f.name not in ("out", "force", "progress", "checkpoint_every")}
     data["model"] = config.model or DEFAULT_MODEL
+    data["method_settings"] = asdict(config.settings)
+    data["post_steps"] = [{"step": post_step_of(s).name, **asdict(s)} for s in config.post_steps]
     return json.loads(json.dumps(data, default=str))
 
 

@@ -4,15 +4,11 @@ temperature, water-filled to the budget, then rounded to aligned blocks within i
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..core.projection import UnitLayout
 from ..core.shape import FFN, KV
-
-if TYPE_CHECKING:
-    from .structprune import StructPruneSettings
 
 
 def module_energies(layout: UnitLayout, energy: np.ndarray, ratio: float) -> np.ndarray:
@@ -25,18 +21,19 @@ def module_energies(layout: UnitLayout, energy: np.ndarray, ratio: float) -> np.
     return out
 
 
-def allocate(layout: UnitLayout, energy: np.ndarray, ratio: float,
-             s: StructPruneSettings) -> np.ndarray:
-    """Fraction of each segment to remove: c x exp(-eps_m / T), capped, summing (by cost) to
-    the ratio; c by bisection (water-filling)."""
+def allocate(layout: UnitLayout, energy: np.ndarray, ratio: float, temperature: float,
+             max_fraction: float, max_over: float) -> np.ndarray:
+    """Fraction of each segment to remove: c x exp(-eps_m / T), capped at
+    min(max_fraction, ratio + max_over), summing (by cost) to the ratio; c by bisection
+    (water-filling)."""
     eps = module_energies(layout, energy, ratio)
     cost = np.array([seg.size * seg.unit_cost for seg in layout.segments], dtype=np.float64)
     floor = np.array([seg.align / seg.size for seg in layout.segments])
-    cap = np.minimum(min(s.max_fraction, ratio + s.max_over), 1.0 - floor)
-    if math.isinf(s.temperature):
+    cap = np.minimum(min(max_fraction, ratio + max_over), 1.0 - floor)
+    if math.isinf(temperature):
         log_w = np.zeros_like(eps)
     else:
-        log_w = -(eps - eps.min()) / max(s.temperature, 1e-12)
+        log_w = -(eps - eps.min()) / max(temperature, 1e-12)
     target = ratio * cost.sum()
 
     def fractions(log_c: float) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,9 +25,8 @@ from ..core.masking import Multipliers, multiplied
 from ..core.projection import UnitLayout, project
 from ..core.shape import FFN, KV, ModelShape
 from .base import StageLog, StepFn
+from .grasp_settings import GraspSettings
 
-if TYPE_CHECKING:
-    from .grasp import GraspSettings
 
 STAGE_A, STAGE_B = "gates", "scales"
 
@@ -50,7 +49,7 @@ def _epoch_order(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor:
 
 def _optimise(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, stage: str,
               param: torch.nn.Parameter, flat_multipliers: Callable[[int], tuple[torch.Tensor, str]],
-              blocks: torch.Tensor, epochs: int, settings: "GraspSettings", seed: int,
+              blocks: torch.Tensor, epochs: int, settings: GraspSettings, seed: int,
               resume: dict[str, Any] | None, save: SaveFn | None, save_every: int,
               progress: bool) -> StageLog:
     """The loop both stages share: batches of blocks, LM loss, AdamW on ``param`` only."""
@@ -130,7 +129,7 @@ def initial_scores(importance: np.ndarray, layout: UnitLayout, tau: float) -> np
 
 
 def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
-                blocks: torch.Tensor, budget: int, settings: "GraspSettings", seed: int,
+                blocks: torch.Tensor, budget: int, settings: GraspSettings, seed: int,
                 resume: dict[str, Any] | None = None, save: SaveFn | None = None,
                 save_every: int = 0, on_step: StepFn | None = None,
                 progress: bool = True, init: np.ndarray | None = None,
@@ -161,7 +160,7 @@ def train_gates(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
 
 
 def train_scales(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
-                 mask: np.ndarray, blocks: torch.Tensor, settings: "GraspSettings", seed: int,
+                 mask: np.ndarray, blocks: torch.Tensor, settings: GraspSettings, seed: int,
                  resume: dict[str, Any] | None = None, save: SaveFn | None = None,
                  save_every: int = 0, progress: bool = True) -> tuple[np.ndarray, StageLog]:
     """Stage B. Returns (gamma per unit, flat; 1.0 where nothing was learned, log)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,26 +14,32 @@ from ..core.errors import GraspError
 from ..core.masking import Multipliers
 from ..core.projection import UnitLayout, project
 from ..core.shape import FFN, ModelShape
-from .base import MethodInput, MethodResult
+from .base import MethodInput, MethodResult, MethodSettings, flag
+from .gisp_file import (TRAJECTORY_FILE, GispStep, load_trajectory, trajectory_calibration,
+                        trajectory_record)
 from .importance import mean_gradients, taylor_importance
 
 
 @dataclass(frozen=True)
-class GispSettings:
-    step: float = 0.025  # prune-ratio increment per iteration
-    blocks: int = 16  # calibration blocks per iteration's gradient
-    trajectory: tuple["GispStep", ...] | None = None  # an earlier run's: no recomputation
+class GispSettings(MethodSettings):
+    step: float = flag(0.025, "Prune-ratio increment per iteration (the plans of every "
+                              "multiple of it are nested; trajectory.json records them).",
+                       name="--gisp-step")
+    blocks: int = flag(16, "Calibration blocks per iteration's gradient.", name="--gisp-blocks")
+    from_trajectory: Path | None = flag(
+        None, "Take the nested plan for --prune-ratio from an earlier gisp run's PLAN_DIR (no "
+              "recomputation and no calibration: prune once, deploy many).")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.step < 1.0 or self.blocks < 1:
             raise GraspError(f"--gisp-step {self.step} must be in (0, 1) and --gisp-blocks "
                              f"{self.blocks} positive")
 
+    def record(self, num_samples: int) -> dict[str, Any]:
+        return {"gisp_step": self.step, "gisp_blocks": self.blocks}
 
-@dataclass(frozen=True)
-class GispStep:
-    target: float  # prune ratio reached after this step
-    removed: tuple[int, ...]  # flat unit ids removed in this step, least important first
+    def without_calibration(self) -> str | None:
+        return None if self.from_trajectory is None else "--from-trajectory"
 
 
 def gisp_trajectory(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
@@ -113,10 +120,14 @@ def _mask_multipliers(layout: UnitLayout, alive: np.ndarray, num_layers: int) ->
 
 
 def prune(inp: MethodInput) -> MethodResult:
-    """Resumable: the steps made so far go to the store after each step."""
+    """Resumable: the steps made so far go to the store after each step. With
+    ``from_trajectory``, the steps of that earlier run (for the same model and KV budget)."""
     settings: GispSettings = inp.settings
-    if settings.trajectory is not None:
-        steps = list(settings.trajectory)
+    calibration = None
+    if settings.from_trajectory is not None:
+        earlier = Path(settings.from_trajectory)
+        steps = load_trajectory(earlier, inp.fingerprint, inp.kv_ratio)
+        calibration = trajectory_calibration(earlier)
     else:
         saved = [GispStep(float(t), tuple(int(u) for u in removed))
                  for t, removed in inp.store.load().get("gisp_steps", [])]
@@ -125,4 +136,6 @@ def prune(inp: MethodInput) -> MethodResult:
             settings.blocks, inp.progress, done=saved,
             save=lambda s: inp.store.save(gisp_steps=[[x.target, list(x.removed)] for x in s]),
             kv_budget=inp.kv_budget)
-    return MethodResult(mask_at(inp.layout, steps, inp.prune_ratio), trajectory=steps)
+    record = trajectory_record(settings.step, inp.fingerprint, inp.kv_ratio, steps)
+    return MethodResult(mask_at(inp.layout, steps, inp.prune_ratio),
+                        files={TRAJECTORY_FILE: record}, calibration=calibration)

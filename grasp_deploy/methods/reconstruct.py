@@ -18,34 +18,46 @@ inputs kept from the previous one, so the cost is about three forward passes of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from dataclasses import replace
-
+from ..core.checks import check_number
 from ..core.masking import Multipliers, decoder_layers, multiplied
 from ..core.plan import Plan
-from ..core.shape import ModelShape
-
-ATTN, MLP = "self_attn.o_proj.weight", "mlp.down_proj.weight"
+from ..core.shape import FFN, KV, ModelShape
+from .base import PostInput, PostStep, flag
+from .layerwise import (ATTN, DEFAULT_RIDGE, DEFAULT_SINK_SKIP, MLP, RIDGE, SINK_SKIP,
+                        ModelLayers, call_layer, device_of, initial_states, input_of, shared,
+                        tensor_name)
+from .ridge import Gram
+from .structprune import StructPruneSettings, choose_and_refit
 
 
 @dataclass(frozen=True)
 class ReconstructSettings:
-    ridge: float = 1e-3  # lambda = ridge x mean diagonal of the Gram matrix
+    ridge: float = shared(DEFAULT_RIDGE, RIDGE)  # lambda = ridge x mean diagonal of the Gram matrix
     batch_blocks: int = 4  # calibration blocks per forward (memory vs speed)
-    # --reselect: keep the method's per-layer counts, choose the units anew by StructPrune's
-    # pass 2 (ADMM on the reconstruction objective, then the refit with a bias)
-    reselect: bool = False
-    # With --reselect: positions at the start of every calibration block that pass 2 leaves
-    # out of its least squares. Position 0 is an attention sink on the default model; leaving
-    # it out took grasp-best+reselect from 29.00 to 28.36 at 0.2 (calibrated on one half of
-    # wiki.valid, scored on the other) and from 68.83 to 66.91 at 0.4 (full test),
-    # bench/results/sink-screen/.
-    reselect_skip: int = 1
+    reselect: bool = flag(
+        False, "Keep each layer's FFN width and KV-head count as the method chose them, but "
+               "choose which channels and heads by ADMM on the layer's reconstruction "
+               "objective on the pruned path (StructPrune's pass 2), then refit with a bias "
+               "(implies --reconstruct; bench/results/quality.md: grasp-best+reselect).",
+        enables=True)
+    # With --reselect: positions at the start of every calibration block left out of pass 2
+    skip: int = shared(DEFAULT_SINK_SKIP, SINK_SKIP)
+
+    def __post_init__(self) -> None:
+        check_number("--reconstruct-ridge", self.ridge, low=0, low_open=True)
+        check_number("--sink-skip", self.skip, low=0, integer=True)
+
+    def unused(self) -> dict[str, str]:
+        if self.reselect:
+            return {}
+        return {"skip": "applies with --reselect or --method structprune, not with "
+                        "--reconstruct alone"}
 
     def to_json(self) -> dict[str, Any]:
         record = {"ridge": self.ridge, "target": "dense layer on the pruned path's inputs"}
@@ -53,7 +65,31 @@ class ReconstructSettings:
             return {**record, "ffn_scales": "absorbed into down_proj"}
         return {**record, "ffn_scales": "dropped: the units are chosen anew, then refitted",
                 "reselect": "per-layer counts kept, units chosen by ADMM (structprune pass 2)",
-                "skip": self.reselect_skip}
+                "skip": self.skip}
+
+
+def run(settings: ReconstructSettings, plan: Plan, inp: PostInput) -> Plan:
+    """The post-step: ``plan`` with o_proj/down_proj refitted on every calibration block the
+    run has (GRASPrune's stage-B blocks too: more blocks refit better,
+    bench/results/reconstruct-smollm2-r50). With ``reselect``, the plan's per-layer counts
+    with the units chosen anew by StructPrune's pass 2 before the same kind of refit."""
+    if not settings.reselect:
+        return reconstruct_plan(plan, inp.model, inp.blocks, settings, progress=inp.progress)
+    counts = {(i, kind): len(keep) for i, lp in enumerate(plan.layers)
+              for kind, keep in ((FFN, lp.ffn_keep), (KV, lp.kv_keep))}
+    pass2 = StructPruneSettings(ridge=settings.ridge, skip=settings.skip)
+    chosen = choose_and_refit(ModelLayers(inp.model), inp.shape, inp.layout, counts, inp.blocks,
+                              pass2, inp.progress)
+    return inp.make_plan(chosen)
+
+
+STEP = PostStep(
+    "reconstruct", "--reconstruct",
+    "After the method (any method): refit the kept columns of o_proj and down_proj layer by "
+    "layer, by ridge least squares, so each pruned layer matches the dense layer on the "
+    "pruned path's calibration states (all calibration blocks, grasp's stage-B ones too; "
+    "absorbs the FFN stage-B scales; about three forward passes).",
+    ReconstructSettings, run, refits=True)
 
 
 def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,
@@ -70,114 +106,6 @@ def reconstruct_plan(plan: Plan, model: nn.Module, blocks: torch.Tensor,
                                               "seq_len": int(blocks.shape[1])})
 
 
-class ModelLayers:
-    """A loaded model as a ``LayerSource``: its decoder layers one at a time, with the hidden
-    states entering layer 0 and every layer's keyword arguments as its own forward makes them."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._layers = decoder_layers(model)
-        self.num_layers = len(self._layers)
-        self._kwargs: dict[int, list[dict]] = {}
-
-    def layer(self, i: int) -> nn.Module:
-        return self._layers[i]
-
-    def embed(self, blocks: torch.Tensor) -> torch.Tensor:
-        [(x, kwargs)] = _layer_inputs(self.model, blocks, len(blocks))
-        self._kwargs[id(x)] = [kwargs[i] for i in range(self.num_layers)]
-        return x
-
-    def layer_kwargs(self, hidden: torch.Tensor) -> list[dict]:
-        return self._kwargs.pop(id(hidden))
-
-
-class _Stop(Exception):
-    """Raised in a hook to end a forward once the inputs it needs are captured."""
-
-
-def tensor_name(layer: int, which: str) -> str:
-    return f"model.layers.{layer}.{which}"
-
-
-def _layer_inputs(model: nn.Module, blocks: torch.Tensor, batch: int) -> list[tuple[torch.Tensor, dict]]:
-    """Per batch of blocks: the hidden states entering layer 0, and the keyword arguments each
-    layer receives (RoPE, the attention mask of its kind), captured from the model's own
-    forward so that every family's details (sliding windows, per-layer mask types) hold."""
-    layers = decoder_layers(model)
-    out = []
-    for x in batches_of(blocks, batch):
-        state: dict[str, Any] = {"kwargs": {}}
-
-        def grab(i):
-            def hook(_mod, args, kw):
-                if i == 0:
-                    state["x"] = (args[0] if args else kw["hidden_states"]).detach()
-                state["kwargs"][i] = {k: v for k, v in kw.items() if k != "hidden_states"}
-                if i == len(layers) - 1:
-                    raise _Stop
-            return hook
-
-        handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True)
-                   for i, layer in enumerate(layers)]
-        try:
-            model(input_ids=x.to(_device(model)), use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        out.append((state["x"], state["kwargs"]))
-    return out
-
-
-def batches_of(blocks: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
-    for start in range(0, blocks.shape[0], batch):
-        yield blocks[start:start + batch]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def call_layer(layer: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    out = layer(x, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-class Gram:
-    """Accumulates H^T H and H^T Y in float64 over batches, then solves the ridge problem."""
-
-    def __init__(self) -> None:
-        self.hh: torch.Tensor | None = None
-        self.hy: torch.Tensor | None = None
-
-    def add(self, h: torch.Tensor, y: torch.Tensor) -> None:
-        h = h.reshape(-1, h.shape[-1]).double()
-        y = y.reshape(-1, y.shape[-1]).double()
-        hh, hy = h.T @ h, h.T @ y
-        self.hh = hh if self.hh is None else self.hh + hh
-        self.hy = hy if self.hy is None else self.hy + hy
-
-    def solve(self, ridge: float) -> torch.Tensor:
-        """W (out, in) minimising ||H W^T - Y||^2 + lambda ||W||^2."""
-        assert self.hh is not None and self.hy is not None
-        lam = ridge * float(self.hh.diagonal().mean().clamp_min(1e-12))
-        eye = torch.eye(self.hh.shape[0], dtype=self.hh.dtype, device=self.hh.device)
-        return torch.linalg.solve(self.hh + lam * eye, self.hy).T.float()
-
-
-def input_of(module: nn.Module, run) -> torch.Tensor:
-    """What ``module`` receives (after the masks' pre-hooks) while ``run()`` executes."""
-    box: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: box.append(args[0].detach()))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return box[0]
-
-
 @torch.no_grad()
 def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep: list[list[int]],
                 q_cols: list[torch.Tensor], blocks: torch.Tensor,
@@ -192,13 +120,13 @@ def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep
     from tqdm.auto import tqdm
 
     layers = decoder_layers(model)
-    batches = _layer_inputs(model, blocks, settings.batch_blocks)
+    batches = initial_states(ModelLayers(model), blocks, settings.batch_blocks)
     out: dict[str, torch.Tensor] = {}
     bar = tqdm(total=len(layers), desc="reconstruct", unit="layer", disable=not progress)
     with multiplied(model, shape, mult):
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
-            cols = q_cols[i].to(_device(model))
+            cols = q_cols[i].to(device_of(model))
             # 1. o_proj: pruned attention inputs vs the dense attention's output
             gram = Gram()
             for x, kwargs in batches:

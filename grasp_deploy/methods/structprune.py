@@ -29,38 +29,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.projection import Segment, UnitLayout
-from ..core.spill import SpilledTensors
 from ..core.shape import FFN, KV, ModelShape
+from ..core.spill import SpilledTensors
 from .allocation import allocate, kept_counts
-from .base import LayerSource, MethodInput, MethodResult
-from .reconstruct import ATTN, MLP, batches_of, call_layer, input_of, tensor_name
+from .base import LayerSource, MethodInput, MethodResult, MethodSettings, flag
+from .layerwise import (ATTN, DEFAULT_RIDGE, DEFAULT_SINK_SKIP, MLP, RIDGE, SINK_SKIP, State,
+                        call_layer, initial_states, input_of, shared, tensor_name)
+from .ridge import solve_ridge
 
 
 @dataclass(frozen=True)
-class StructPruneSettings:
-    # allocation softmax temperature (log-energy units). inf (uniform) measured best on the
-    # default model: 0.5 quick plan 81.55 vs 171.70 at T=4, 234.44 at T=1 (first 16 windows)
-    temperature: float = math.inf
+class StructPruneSettings(MethodSettings):
+    temperature: float = flag(
+        math.inf, "Temperature of the layer-wise sparsity allocation, exp(-module log-energy / "
+                  "T); inf gives every module the same ratio (measured best: "
+                  "bench/results/structprune-temperature-r50.md), small T approaches one "
+                  "global threshold.")
     iterations: int = 20  # ADMM iterations per module
     ramp: int = 15  # iterations over which the sparsity ramps (cubically) to its target
     rho: float = 1.0  # ADMM penalty, on columns normalised by sqrt(diag G)
-    ridge: float = 1e-3  # refit ridge as a fraction of the Gram matrix's mean diagonal
+    ridge: float = shared(DEFAULT_RIDGE, RIDGE)  # refit ridge, a fraction of mean diag G
     intercept: bool = True  # the refit also fits a bias per output (FLAP's compensation, fitted)
     batch_blocks: int = 4  # calibration blocks per layer forward
     max_fraction: float = 0.9  # no module loses more than this ...
     max_over: float = 0.3  # ... or more than the ratio plus this
     # positions at the start of every calibration block left out of pass 2's least squares
-    # (ADMM and refit). Position 0 is an attention sink on the default model, activations
-    # far above the rest's, so it outweighs the other 255 positions of a block in the Gram
-    # matrices (bench/results/sink-screen/).
-    skip: int = 0
+    skip: int = shared(DEFAULT_SINK_SKIP, SINK_SKIP)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if not self.temperature > 0:  # inf is allowed (uniform), nan is not
             raise GraspError(f"--temperature {self.temperature} must be > 0 (or inf for a "
                              "uniform allocation)")
+        check_number("--reconstruct-ridge", self.ridge, low=0, low_open=True)
+        check_number("--sink-skip", self.skip, low=0, integer=True)
+
+    def record(self, num_samples: int) -> dict[str, Any]:
+        return {"structprune": self.to_json()}
 
     def to_json(self) -> dict[str, Any]:
         t = self.temperature if math.isfinite(self.temperature) else "inf"  # JSON has no inf
@@ -74,9 +81,10 @@ def prune(inp: MethodInput) -> MethodResult:
 
     s = inp.settings or StructPruneSettings()
     src, layout = inp.layers, inp.layout
-    assert src is not None and inp.blocks is not None, "structprune streams layers on blocks"
+    if src is None or inp.blocks is None:
+        raise ValueError("structprune streams layers (MethodInput.layers) over calibration blocks")
     energy = np.zeros(layout.num_units)
-    states = _initial_states(src, inp.blocks, s.batch_blocks)
+    states = initial_states(src, inp.blocks, s.batch_blocks)
     for i in tqdm(range(src.num_layers), desc="structprune scores", unit="layer",
                   disable=not inp.progress):
         layer = src.layer(i)
@@ -86,7 +94,8 @@ def prune(inp: MethodInput) -> MethodResult:
             energy[seg.start:seg.stop] = seg_energy
         states = [(call_layer(layer, x, kw[i]), kw) for x, kw in states]
         del layer, acts
-    fractions = allocate(layout, energy, inp.prune_ratio, s)
+    fractions = allocate(layout, energy, inp.prune_ratio, s.temperature, s.max_fraction,
+                         s.max_over)
     counts = kept_counts(layout, fractions, inp.budget, inp.kv_budget)
     return choose_and_refit(src, inp.shape, layout, counts, inp.blocks, s, inp.progress)
 
@@ -105,7 +114,7 @@ def choose_and_refit(src: LayerSource, shape: ModelShape, layout: UnitLayout,
     mask = np.zeros(layout.num_units, dtype=bool)
     weights = SpilledTensors()  # refitted matrices on disk: memory stays one layer's
     biases: list[dict[str, np.ndarray]] = []
-    states = _initial_states(src, blocks, s.batch_blocks)
+    states = initial_states(src, blocks, s.batch_blocks)
     for i in tqdm(range(src.num_layers), desc="choose + refit", unit="layer",
                   disable=not progress):
         layer = src.layer(i)
@@ -121,15 +130,6 @@ def choose_and_refit(src: LayerSource, shape: ModelShape, layout: UnitLayout,
 def segment_counts(layout: UnitLayout, mask: np.ndarray) -> dict[tuple[int, str], int]:
     """Kept units per (layer, kind) segment of ``mask``."""
     return {(g.layer, g.kind): int(mask[g.start:g.stop].sum()) for g in layout.segments}
-
-
-def _initial_states(src: LayerSource, blocks: torch.Tensor, batch: int) -> list[tuple]:
-    """Per batch of blocks: the hidden states entering layer 0 and every layer's kwargs."""
-    out = []
-    for ids in batches_of(blocks, batch):
-        x = src.embed(ids)
-        out.append((x, src.layer_kwargs(x)))
-    return out
 
 
 def _activations(layer, x: torch.Tensor, kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,21 +198,12 @@ def admm_keep(weight: torch.Tensor, gram: torch.Tensor, groups: torch.Tensor, ke
 
 def _refit(weight: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor, n: int,
            cols: torch.Tensor, s: StructPruneSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge least squares of the kept columns (and, with ``intercept``, a bias: the removed
-    columns' mean contribution and more) against the dense output A W^T; (weight, bias)."""
-    k, w = len(cols), weight.double()
-    size = k + int(s.intercept)
-    hh = torch.zeros(size, size, dtype=torch.float64, device=gram.device)
-    hy = torch.zeros(size, w.shape[0], dtype=torch.float64, device=gram.device)
-    hh[:k, :k], hy[:k] = gram[cols][:, cols], gram[cols] @ w.T
-    if s.intercept:
-        hh[:k, k] = hh[k, :k] = sums[cols]
-        hh[k, k], hy[k] = float(n), sums @ w.T
-    lam = s.ridge * float(hh[:k, :k].diagonal().mean().clamp_min(1e-12))
-    hh[:k, :k] += lam * torch.eye(k, dtype=torch.float64, device=gram.device)
-    sol = torch.linalg.solve(hh, hy)
-    bias = sol[k] if s.intercept else torch.zeros(w.shape[0], dtype=torch.float64)
-    return sol[:k].T.float(), bias.float()
+    """The kept columns ``cols`` refitted by ridge least squares (with a bias when
+    ``s.intercept``) to the dense output A W^T; (weight, bias)."""
+    w = weight.double()
+    intercept = (sums[cols], sums @ w.T, n) if s.intercept else None
+    new_w, bias = solve_ridge(gram[cols][:, cols], gram[cols] @ w.T, s.ridge, intercept)
+    return new_w, bias if bias is not None else torch.zeros(w.shape[0])
 
 
 def _sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, int]:

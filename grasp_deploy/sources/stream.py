@@ -86,13 +86,15 @@ class LayerStream:
         module.load_state_dict(state, assign=True, strict=True)
         return module.to(self.device).eval().requires_grad_(False)
 
-    def embed(self, blocks: torch.Tensor) -> torch.Tensor:
-        """The hidden states entering layer 0 for token ids ``blocks`` (n, seq_len)."""
+    def embed(self, blocks: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """For token ids ``blocks`` (n, seq_len): the hidden states entering layer 0 and the
+        keyword arguments each layer receives for them."""
         weight = self.tensors([EMBED])[EMBED].to(self.device, self.dtype)
-        return nn.functional.embedding(blocks.to(self.device), weight)
+        hidden = nn.functional.embedding(blocks.to(self.device), weight)
+        return hidden, self._layer_kwargs(hidden)
 
     @torch.no_grad()
-    def layer_kwargs(self, hidden: torch.Tensor) -> list[dict[str, Any]]:
+    def _layer_kwargs(self, hidden: torch.Tensor) -> list[dict[str, Any]]:
         """The keyword arguments each layer receives for a batch shaped like ``hidden`` (RoPE,
         the attention mask of its kind), from the model's own forward on the skeleton."""
         inner = getattr(self.skeleton, "model", self.skeleton)

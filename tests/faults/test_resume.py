@@ -8,7 +8,10 @@ import pytest
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.jobs import resume
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
-from grasp_deploy.methods.grasp import GraspSettings
+from grasp_deploy.methods import GispSettings, GraspSettings
+
+SETTINGS = {"grasp": GraspSettings(epochs=2, init="taylor", scale_samples=4),
+            "gisp": GispSettings(step=0.1, blocks=2)}
 
 
 class Interrupted(Exception):
@@ -18,8 +21,8 @@ class Interrupted(Exception):
 def _config(method, tiny_dir, text_file, out, **extra):
     return PruneConfig(prune_ratio=0.3, out=out, model=str(tiny_dir), method=method,
                        calib=f"file:{text_file}", num_samples=8, seq_len=32, dtype="float32",
-                       grasp=GraspSettings(epochs=2, init="taylor"), scale_samples=4,
-                       checkpoint_every=2, progress=False, gisp_step=0.1, gisp_blocks=2, **extra)
+                       method_settings=SETTINGS.get(method), checkpoint_every=2,
+                       progress=False, **extra)
 
 
 @pytest.mark.parametrize("method", ["taylor", "gisp", "grasp"])

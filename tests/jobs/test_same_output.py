@@ -39,7 +39,7 @@ COMMANDS = {
     "grasp-paper": ["-r", "0.3", "--recipe", "paper", "-e", "1", "--scale-epochs", "0", "--lr", "0.05"],
     "grasp-reconstruct": ["-r", "0.3", *GRASP, "--reconstruct"],
     "grasp-reselect-kv": ["-r", "0.4", *GRASP, "--reselect", "--kv-ratio", "0.7"],
-    "structprune": ["-r", "0.4", "--method", "structprune"],
+    "structprune": ["-r", "0.4", "--method", "structprune", "--sink-skip", "0"],
     "gisp": ["-r", "0.2", "--method", "gisp", "--gisp-step", "0.1", "--gisp-blocks", "2"],
     "magnitude": ["-r", "0.3", "--method", "magnitude", "--align", "8"],
     "wanda-sp": ["-r", "0.3", "--method", "wanda-sp"],

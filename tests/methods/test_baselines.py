@@ -20,7 +20,9 @@ from grasp_deploy.methods.importance import collect_activations, mean_gradients,
 from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout
-from grasp_deploy.jobs.prune import TRAJECTORY_FILE, PruneConfig, run_prune
+from grasp_deploy.methods import GispSettings
+from grasp_deploy.jobs.prune import PruneConfig, run_prune
+from grasp_deploy.methods.gisp_file import TRAJECTORY_FILE
 from conftest import tiny_config, tiny_model
 
 BASELINES = ("magnitude", "wanda-sp", "flap", "taylor", "gisp")
@@ -51,7 +53,8 @@ def test_budget_met_and_plan_valid(method, tiny_dir, text_file, tmp_path):
     out = tmp_path / "plan"
     result = run_prune(PruneConfig(prune_ratio=0.4, out=out, model=str(tiny_dir), method=method,
                                    calib=f"file:{text_file}", num_samples=6, seq_len=32,
-                                   gisp_step=0.1, gisp_blocks=3, progress=False))
+                                   method_settings=GispSettings(0.1, 3) if method == "gisp" else None,
+                                   progress=False))
     plan = load_plan(out)  # round-trips through JSON and validates ids and lengths
     layout = UnitLayout.from_shape(plan.source.shape)
     assert plan.budget.prunable_kept <= int((1 - 0.4) * layout.total_cost())

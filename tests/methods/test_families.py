@@ -12,7 +12,7 @@ from grasp_deploy.core.projection import keep_budget
 from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
 from grasp_deploy.methods import METHODS
-from grasp_deploy.methods.grasp import GraspSettings
+from grasp_deploy.methods import GispSettings, GraspSettings
 
 FAMILY_MODELS = {
     "llama3": dict(rope_parameters=LLAMA3_ROPE, head_dim=32, tie_word_embeddings=True),
@@ -49,8 +49,9 @@ def test_every_method_meets_its_budget_on_every_family(name, method, family_dirs
                                                        tmp_path):
     config = PruneConfig(prune_ratio=0.3, out=tmp_path / "plan", model=str(family_dirs[name]),
                          method=method, calib=f"file:{text_file}", num_samples=4, seq_len=32,
-                         dtype="float32", grasp=GraspSettings(epochs=1), scale_samples=2,
-                         progress=False, gisp_step=0.1, gisp_blocks=2)
+                         dtype="float32", progress=False,
+                         method_settings={"grasp": GraspSettings(epochs=1, scale_samples=2),
+                                          "gisp": GispSettings(0.1, 2)}.get(method))
     plan = run_prune(config).plan
     assert plan.budget.prunable_kept <= keep_budget(0.3, plan.budget.prunable_dense)
     assert plan.source.shape.model_type == ("llama" if name == "llama3" else name)

@@ -12,6 +12,7 @@ from grasp_deploy.cli import main
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout, keep_budget
 from grasp_deploy.jobs.export import ExportConfig, run_export
+from grasp_deploy.methods import GispSettings
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
 from conftest import save_tiny
 
@@ -28,7 +29,8 @@ def wide_kv(tmp_path_factory):
 def _prune(model, text_file, out, method, kv_ratio=None, on_step=None, ratio=0.3):
     return run_prune(PruneConfig(
         prune_ratio=ratio, kv_ratio=kv_ratio, out=out, model=str(model), method=method,
-        calib=f"file:{text_file}", num_samples=4, seq_len=32, gisp_step=0.1, gisp_blocks=2,
+        calib=f"file:{text_file}", num_samples=4, seq_len=32,
+        method_settings=GispSettings(0.1, 2) if method == "gisp" else None,
         progress=False), on_step=on_step)
 
 
@@ -82,8 +84,11 @@ def test_gisp_trajectory_remembers_its_kv_budget(wide_kv, text_file, tmp_path):
     _prune(wide_kv, text_file, tmp_path / "run", "gisp", kv_ratio=0.5)
     with pytest.raises(Exception, match="was made with --kv-ratio 0.5"):
         run_prune(PruneConfig(prune_ratio=0.2, out=tmp_path / "nested", model=str(wide_kv),
-                              method="gisp", from_trajectory=tmp_path / "run", progress=False))
+                              method="gisp", progress=False,
+                              method_settings=GispSettings(from_trajectory=tmp_path / "run")))
     nested = run_prune(PruneConfig(prune_ratio=0.2, kv_ratio=0.5, out=tmp_path / "nested",
                                    model=str(wide_kv), method="gisp",
-                                   from_trajectory=tmp_path / "run", progress=False)).plan
+                                   progress=False,
+                                   method_settings=GispSettings(from_trajectory=tmp_path / "run"))
+                        ).plan
     assert nested.budget.kv_heads_kept <= 8

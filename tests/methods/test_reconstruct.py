@@ -13,8 +13,8 @@ from grasp_deploy.core.masking import decoder_layers, multiplied
 from grasp_deploy.core.plan import RECONSTRUCTION_FILE, load_plan
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
-from grasp_deploy.methods.reconstruct import (ReconstructSettings, _layer_inputs,
-                                              reconstruct_plan)
+from grasp_deploy.methods.layerwise import ModelLayers
+from grasp_deploy.methods.reconstruct import ReconstructSettings, reconstruct_plan
 from grasp_deploy.sources import models
 from conftest import random_plan, save_tiny
 
@@ -48,7 +48,7 @@ def _layer_errors(model, original, rebuilt, blocks):
     and the MLP outputs against the dense layer's on the same inputs, with the layer's original
     weights and with the refitted ones (the MLP sees the refitted attention's output, as in
     the reconstruction itself)."""
-    [(x, kwargs)] = _layer_inputs(model, blocks, len(blocks))
+    x, kwargs = ModelLayers(model).embed(blocks)
     orig, new, live = original.multipliers(), rebuilt.multipliers(), rebuilt.multipliers()
     errors = []
     with torch.no_grad(), multiplied(model, rebuilt.source.shape, live):
@@ -133,9 +133,9 @@ def test_prune_reconstruct_for_any_method(tiny_dir, text_file, tmp_path, method)
                   calib=f"file:{text_file}", num_samples=6, seq_len=24, progress=False)
     if method == "grasp":
         from grasp_deploy.methods.grasp import GraspSettings
-        common["grasp"] = GraspSettings.from_recipe("best", epochs=1)
+        common["method_settings"] = GraspSettings.from_recipe("best", epochs=1)
     plain = run_prune(PruneConfig(out=tmp_path / "plain", **common)).plan
-    rebuilt = run_prune(PruneConfig(out=tmp_path / "rebuilt", reconstruct=ReconstructSettings(),
+    rebuilt = run_prune(PruneConfig(out=tmp_path / "rebuilt", post_steps=(ReconstructSettings(),),
                                     **common)).plan
     saved = json.loads((tmp_path / "rebuilt" / "plan.json").read_text())
     assert saved["reconstruction"]["ffn_scales"] == "absorbed into down_proj"

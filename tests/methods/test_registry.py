@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.methods import METHODS, get_method
-from grasp_deploy.methods.grasp import DEFAULT_RECIPE, RECIPES, GraspSettings
+from grasp_deploy.methods.grasp_settings import DEFAULT_RECIPE, RECIPES, GraspSettings
 
 
 def test_every_documented_method_is_registered():

@@ -18,7 +18,8 @@ from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
 from grasp_deploy.methods.grasp import GraspSettings
-from grasp_deploy.methods.reconstruct import ModelLayers, ReconstructSettings
+from grasp_deploy.methods.layerwise import ModelLayers
+from grasp_deploy.methods.reconstruct import ReconstructSettings
 from grasp_deploy.methods import structprune
 from grasp_deploy.methods.structprune import (StructPruneSettings, choose_and_refit,
                                               segment_counts)
@@ -57,10 +58,10 @@ def test_prune_reselect_keeps_the_counts_and_the_budget_and_changes_the_units(
         tiny_dir, text_file, tmp_path):
     common = dict(prune_ratio=0.4, model=str(tiny_dir), method="grasp", calib=f"file:{text_file}",
                   num_samples=6, seq_len=24, progress=False, align=1,
-                  grasp=GraspSettings.from_recipe("best", epochs=1))
+                  method_settings=GraspSettings.from_recipe("best", epochs=1))
     plain = run_prune(PruneConfig(out=tmp_path / "plain", **common)).plan
     chosen = run_prune(PruneConfig(out=tmp_path / "chosen", **common,
-                                   reconstruct=ReconstructSettings(reselect=True))).plan
+                                   post_steps=(ReconstructSettings(reselect=True),))).plan
     assert chosen.widths() == plain.widths()
     assert chosen.budget.prunable_kept == plain.budget.prunable_kept
     # the bias per layer the refit adds is counted, as for structprune

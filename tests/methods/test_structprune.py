@@ -42,8 +42,7 @@ def test_streamed_layers_reproduce_the_loaded_model(source):
     assert stream.fingerprint() == models.fingerprint(model)
     assert stream.parameter_count() == models.count_parameters(model)
     ids = torch.randint(2, 300, (2, 20), generator=torch.Generator().manual_seed(0))
-    x = stream.embed(ids)
-    kwargs = stream.layer_kwargs(x)
+    x, kwargs = stream.embed(ids)
     for i in range(stream.num_layers):
         out = stream.layer(i)(x, **kwargs[i])
         x = out[0] if isinstance(out, tuple) else out
@@ -69,11 +68,11 @@ def test_allocation_limits_and_budget():
                              for seg in layout.segments])
     cost = np.array([seg.size * seg.unit_cost for seg in layout.segments])
     for t in (float("inf"), 4.0, 1.0, 0.05):
-        f = allocate(layout, energy, 0.4, StructPruneSettings(temperature=t))
+        f = allocate(layout, energy, 0.4, t, 0.9, 0.3)
         assert float((f * cost).sum()) == pytest.approx(0.4 * cost.sum(), rel=1e-6)
         if t == float("inf"):
             np.testing.assert_allclose(f, 0.4)
-    cold = allocate(layout, energy, 0.4, StructPruneSettings(temperature=0.05))
+    cold = allocate(layout, energy, 0.4, 0.05, 0.9, 0.3)
     ffn = [m for m, seg in enumerate(layout.segments) if seg.kind == FFN]
     assert cold[ffn[0]] == pytest.approx(0.7)  # layer 0 has the lowest energies: at its cap
     assert cold[ffn[-1]] < 0.01  # layer 3 the highest: nearly untouched
@@ -144,21 +143,28 @@ def _refuse(*_a, **_k):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(calib="self"), "--calib self"),
-    (dict(structprune=StructPruneSettings(temperature=0.0)), "--temperature 0.0"),
-    (dict(structprune=StructPruneSettings(temperature=float("nan"))), "--temperature nan"),
+    (lambda: dict(calib="self"), "--calib self"),
+    (lambda: dict(method_settings=StructPruneSettings(temperature=0.0)), "--temperature 0.0"),
+    (lambda: dict(method_settings=StructPruneSettings(temperature=float("nan"))),
+     "--temperature nan"),
+    (lambda: dict(method_settings=StructPruneSettings(ridge=-1.0)), "--reconstruct-ridge -1"),
+    (lambda: dict(method_settings=StructPruneSettings(skip=-1)), "--sink-skip -1"),
 ])
 def test_bad_structprune_settings_are_refused(tmp_path, kwargs, message):
     with pytest.raises(GraspError, match=message):
-        PruneConfig(prune_ratio=0.3, out=tmp_path / "p", method="structprune", **kwargs)
+        PruneConfig(prune_ratio=0.3, out=tmp_path / "p", method="structprune", **kwargs())
 
 
-def test_reconstruct_flag_sets_structprune_ridge(tmp_path):
+@pytest.mark.parametrize("reselect, named", [(False, "--reconstruct"), (True, "--reselect")])
+def test_a_refitting_post_step_after_structprune_is_refused_by_the_flag_given(
+        tmp_path, reselect, named):
+    """structprune ends with its own refit: --reconstruct was silently turned into its ridge
+    and --reselect silently dropped; both are now one error naming the flag given."""
     from grasp_deploy.methods.reconstruct import ReconstructSettings
 
-    cfg = PruneConfig(prune_ratio=0.3, out=tmp_path / "p", method="structprune",
-                      reconstruct=ReconstructSettings(ridge=0.02))
-    assert cfg.reconstruct is None and cfg.structprune.ridge == 0.02
+    with pytest.raises(GraspError, match=f"^{named} does not combine with --method structprune"):
+        PruneConfig(prune_ratio=0.3, out=tmp_path / "p", method="structprune",
+                    post_steps=(ReconstructSettings(reselect=reselect),))
 
 
 

@@ -4,11 +4,18 @@ from it (``--from-trajectory``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import GraspError
-from ..methods.gisp import GispStep
+
+
+@dataclass(frozen=True)
+class GispStep:
+    target: float  # prune ratio reached after this step
+    removed: tuple[int, ...]  # flat unit ids removed in this step, least important first
+
 
 TRAJECTORY_FILE = "trajectory.json"  # GISP: the nested removal order, one entry per step
 
