@@ -1,8 +1,8 @@
 """Output directories that are safe to write: checked before work, built beside the target,
 swapped into place atomically, never replacing anything this tool did not write.
 
-* ``--force`` replaces only a directory of the kind being written (its marker file present:
-  ``plan.json``, ``grasp_manifest.json``, ``results.json`` or ``inputs.json``) or an empty one;
+* ``--force`` replaces only a directory of the kind being written (a ``DirKind``: its marker
+  file present, such as ``plan.json`` for a plan) or an empty one;
   never the current directory or one of its ancestors, never through a symlink.
 * The new directory is written as ``.NAME.tmp-PID-XXXX`` beside the target, fsynced, and
   exchanged with the old one in one rename (``renameat2(RENAME_EXCHANGE)``; where that is
@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,13 +30,19 @@ from .errors import GraspError
 
 log = logging.getLogger("grasp_deploy")
 
-# What each kind of output directory holds once this tool has written it.
-MARKERS = {"plan": "plan.json", "checkpoint": "grasp_manifest.json", "bench": "results.json",
-           "work": "inputs.json", "resume": "state.json"}
 _RENAME_EXCHANGE = 2
 
 
-def check_target(out: Path, force: bool, flag: str = "--out", kind: str = "plan") -> None:
+@dataclass(frozen=True)
+class DirKind:
+    """A kind of output directory, and the file it holds once this tool has written it (each
+    is defined where its format is: ``core.plan.PLAN_DIR``, ``jobs.export.CHECKPOINT_DIR``, ...)."""
+
+    name: str
+    marker: str
+
+
+def check_target(out: Path, force: bool, kind: DirKind, flag: str = "--out") -> None:
     """Fail before any work if ``out`` cannot be (re)written, or is not ours to replace."""
     out = Path(out)
     if out.is_symlink():
@@ -47,17 +54,16 @@ def check_target(out: Path, force: bool, flag: str = "--out", kind: str = "plan"
     _check_writable(out, flag)
 
 
-def _check_replaceable(out: Path, flag: str, kind: str) -> None:
+def _check_replaceable(out: Path, flag: str, kind: DirKind) -> None:
     if not out.is_dir():
         raise GraspError(f"{flag} {out} exists and is not a directory; choose another path")
     here, target = Path.cwd().resolve(), out.resolve()
     if target == here or target in here.parents:
         raise GraspError(f"{flag} {out} is the current directory or contains it; --force never "
                          "replaces that, choose a new directory")
-    marker = MARKERS[kind]
-    if any(out.iterdir()) and not (out / marker).is_file():
-        raise GraspError(f"{flag} {out} is not a {kind} directory written by grasp-deploy (no "
-                         f"{marker}); --force replaces only those, choose another path")
+    if any(out.iterdir()) and not (out / kind.marker).is_file():
+        raise GraspError(f"{flag} {out} is not a {kind.name} directory written by grasp-deploy "
+                         f"(no {kind.marker}); --force replaces only those, choose another path")
 
 
 def _check_writable(out: Path, flag: str) -> None:
@@ -163,11 +169,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(out: Path, force: bool, kind: str = "plan", flag: str = "--out") -> Iterator[Path]:
+def atomic_dir(out: Path, force: bool, kind: DirKind, flag: str = "--out") -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``out``, on error it is removed
     and ``out`` is left as it was."""
     out = Path(out)
-    check_target(out, force, flag, kind)
+    check_target(out, force, kind, flag)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import GraspError
+from .fsutil import DirKind
 from .masking import Multipliers
 from .projection import UnitLayout
 from .shape import FFN, KV, ModelShape
@@ -25,6 +26,7 @@ from .spill import serialized, sha256_of
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
 RECONSTRUCTION_FILE = "reconstruction.safetensors"  # refitted o_proj/down_proj, beside plan.json
+PLAN_DIR = DirKind("plan", PLAN_FILE)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.fsutil import check_target
+from ..checkpoint import format as fmt
+from ..core.fsutil import DirKind, check_target
 from ..loadtest.ab import BenchConfig, run_ab
+from ..loadtest.report import RESULTS_FILE
 from ..loadtest.soak import run_soak
 from .serve import servable
+
+BENCH_DIR = DirKind("bench", RESULTS_FILE)
 
 
 def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
@@ -25,7 +29,7 @@ def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
 
 def _width_labels(checkpoint: Path, dense_config: Any) -> dict[str, Any]:
     """The FFN widths of both models (for the report and its hints when pruned is not faster)."""
-    manifest = checkpoint / "grasp_manifest.json"
+    manifest = checkpoint / fmt.MANIFEST
     if not manifest.is_file():
         return {}
     widths = [w["intermediate_size"] for w in json.loads(manifest.read_text())["layers"]]
@@ -37,7 +41,7 @@ def _width_labels(checkpoint: Path, dense_config: Any) -> dict[str, Any]:
 
 def run_bench(config: BenchConfig, force: bool = False, say: Callable[[str], None] = print,
               verify: bool = True) -> dict[str, Any]:
-    check_target(Path(config.out), force, kind="bench")
+    check_target(Path(config.out), force, BENCH_DIR)
     if config.duration is not None:
         return run_soak(resolve(config, verify), say=say)
     return run_ab(resolve(config, verify), say=say)

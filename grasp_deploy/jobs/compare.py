@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import format as fmt
 from ..core.errors import GraspError
-from ..loadtest.report import configuration, summary_rows
+from ..loadtest.report import RESULTS_FILE, configuration, summary_rows
 from ..sources import models
 from . import loading
 from .evaluate import EvalConfig, run_eval
@@ -40,16 +41,16 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise GraspError(f"--max-new-tokens {self.max_new_tokens} must be at least 1")
-        if self.bench is not None and not (Path(self.bench) / "results.json").is_file():
+        if self.bench is not None and not (Path(self.bench) / RESULTS_FILE).is_file():
             raise GraspError(f"--bench {self.bench} has no results.json: pass the RESULTS_DIR "
                              "that grasp-deploy bench (or prune-and-serve --bench) wrote")
 
 
 def run_compare(config: CompareConfig, progress: bool = False) -> dict[str, Any]:
-    manifest_path = Path(config.pruned) / "grasp_manifest.json"
+    manifest_path = Path(config.pruned) / fmt.MANIFEST
     if not manifest_path.is_file():
         raise GraspError(f"{config.pruned} is not a grasp-deploy checkpoint (no "
-                         "grasp_manifest.json); pass the CKPT_DIR that export wrote")
+                         f"{fmt.MANIFEST}); pass the CKPT_DIR that export wrote")
     manifest = json.loads(manifest_path.read_text())
     dense = config.dense or manifest["source"]["model"]
     rows: list[dict[str, Any]] = []
@@ -64,7 +65,7 @@ def run_compare(config: CompareConfig, progress: bool = False) -> dict[str, Any]
     row("KV cache bytes / token", kv["dense"], kv["pruned"], "{:,.0f}", "lower")
     bench_label = None
     if config.bench is not None:
-        results = json.loads((Path(config.bench) / "results.json").read_text())
+        results = json.loads((Path(config.bench) / RESULTS_FILE).read_text())
         bench_label = configuration(results)
         kv_d = results["models"]["dense"].get("kv", {}).get("kv_cache_tokens", math.nan)
         kv_p = results["models"]["pruned"].get("kv", {}).get("kv_cache_tokens", math.nan)

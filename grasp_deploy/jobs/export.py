@@ -11,12 +11,15 @@ import torch
 from ..checkpoint.write import seal, write_checkpoint
 from ..core.dtypes import dtype_from_config
 from ..core.errors import GraspError
-from ..core.fsutil import atomic_dir, check_target
+from ..checkpoint import format as fmt
+from ..core.fsutil import DirKind, atomic_dir, check_target
 from ..core.plan import load_plan
 from ..core.slicing import materialize
 from ..sources import models
 from ..sources.device import resolve_dtype
 from . import loading
+
+CHECKPOINT_DIR = DirKind("checkpoint", fmt.MANIFEST)
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
                "B": 1}
@@ -63,7 +66,7 @@ def parse_size(text: str) -> int:
 
 
 def run_export(config: ExportConfig) -> ExportResult:
-    check_target(Path(config.out), config.force, kind="checkpoint")
+    check_target(Path(config.out), config.force, CHECKPOINT_DIR)
     plan = load_plan(config.plan_dir)
     source = models.resolve_source(config.model or plan.source.name)
     source_config = loading.load_config(source)
@@ -81,7 +84,7 @@ def run_export(config: ExportConfig) -> ExportResult:
     if bad is not None:
         raise GraspError(f"{bad} has non-finite values after slicing (plan {config.plan_dir}); "
                          "re-run grasp-deploy prune")
-    with atomic_dir(Path(config.out), config.force, kind="checkpoint") as tmp:
+    with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
         manifest = write_checkpoint(tmp, plan, source_config, tensors, dtype, max_shard,
                                     models.count_parameters(model))
         tokenizer.save_pretrained(tmp)

@@ -17,7 +17,7 @@ from ..core.align import resolve_align
 from ..core.dtypes import dtype_name
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, write_json
-from ..core.plan import Plan, SourceModel, budget_report, layers_from_mask
+from ..core.plan import PLAN_DIR, Plan, SourceModel, budget_report, layers_from_mask
 from ..core.projection import UnitLayout, check_budget, keep_budget, kv_keep_budget
 from ..core.versions import package_versions
 from ..methods import MethodInput, MethodResult, PostInput, StageLog, get_method
@@ -46,7 +46,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     times: dict[str, float] = {}
     t_all = time.perf_counter()
     out = Path(config.out)
-    check_target(out, config.force, flag="--out")
+    check_target(out, config.force, PLAN_DIR)
     calib = text.parse_source(config.calib) if config.uses_calibration else None
     source = models.resolve_source(config.model)
     device = resolve_device(config.device)
@@ -154,7 +154,7 @@ def _make_plan(config: PruneConfig, settings: dict[str, Any], result: MethodResu
 
 def _write(out: Path, config: PruneConfig, plan: Plan, result: MethodResult,
            run: dict[str, Any]) -> None:
-    with atomic_dir(out, config.force) as tmp:
+    with atomic_dir(out, config.force, PLAN_DIR) as tmp:
         plan.save(tmp)
         for name, content in result.files.items():  # the method's own records
             write_json(tmp / name, content)

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ..core.errors import GraspError
-from ..core.fsutil import atomic_dir
+from ..core.fsutil import DirKind, atomic_dir
 
 log = logging.getLogger("grasp_deploy")
 STATE, TENSORS = "state.json", "tensors.safetensors"
+RESUME_DIR = DirKind("resume", STATE)
 
 
 def run_key(ident: dict[str, Any]) -> str:
@@ -107,7 +108,7 @@ class ResumeStore:
         tensors: dict[str, torch.Tensor] = {}
         state = encode(self._state, tensors)
         try:
-            with atomic_dir(self.path, force=True, kind="resume", flag="resume state") as tmp:
+            with atomic_dir(self.path, True, RESUME_DIR, flag="resume state") as tmp:
                 (tmp / STATE).write_text(json.dumps(state))
                 save_file(tensors, str(tmp / TENSORS))
         except GraspError as err:  # the run goes on; only resuming it would be lost

@@ -12,6 +12,8 @@ from typing import Any
 from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
 
+RESULTS_FILE = "results.json"
+
 # (field, label, better) for the summary table; ratios are pruned / dense.
 HEADLINE = (("output_throughput", "output tok/s", "higher"),
             ("median_tpot_ms", "p50 TPOT ms", "lower"),
@@ -198,7 +200,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     results.setdefault("machine", machine())
     results.setdefault("versions", package_versions())
     results["plots"] = plots(results, out, summary_rows(results)) if results["levels"] else []
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(results))
 
 

@@ -56,3 +56,22 @@ def test_remote_code_names_match_the_format(family):
     assert config_class.model_type == kind.model_type
     assert hasattr(model_module, kind.auto_map["AutoModelForCausalLM"].split(".")[1])
     assert kind.auto_map["AutoModelForCausalLM"].endswith(kind.architecture)
+
+
+def test_only_the_format_module_spells_the_checkpoint_file_names():
+    """One place knows the checkpoint format: elsewhere a path to our own files (the manifest,
+    the model card) is built from ``checkpoint.format``'s constants, never from a literal.
+    (The weight and index names are transformers' own, read from any model directory.)"""
+    import ast
+    from pathlib import Path
+
+    names = {fmt.MANIFEST, fmt.CARD}
+    root = Path(fmt.__file__).resolve().parents[1]
+    found = []
+    for path in sorted([*root.rglob("*.py"), *(root.parent / "serving").rglob("*.py")]):
+        if path.name == "format.py" and path.parent.name == "checkpoint":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.value!r}")
+    assert not found, "use checkpoint.format's constants:\n" + "\n".join(found)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from conftest import listing, save_tiny
 from grasp_deploy.cli import main
 from grasp_deploy.core import fsutil
+from grasp_deploy.core.plan import PLAN_DIR
 from grasp_deploy.core.errors import GraspError
 
 CLI = [sys.executable, "-m", "grasp_deploy.cli"]
@@ -104,7 +105,7 @@ def test_replacement_is_all_or_nothing(tmp_path, monkeypatch, exchange):
     _fill(out, "old")
     if not exchange:
         monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)
-    with fsutil.atomic_dir(out, force=True) as tmp:
+    with fsutil.atomic_dir(out, True, PLAN_DIR) as tmp:
         (tmp / "plan.json").write_text("new")
     assert (out / "plan.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
@@ -123,7 +124,7 @@ def test_a_failed_swap_keeps_the_old_copy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(GraspError, match="nothing was changed"):
-        with fsutil.atomic_dir(out, force=True) as tmp:
+        with fsutil.atomic_dir(out, True, PLAN_DIR) as tmp:
             (tmp / "plan.json").write_text("new")
     assert (out / "plan.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]

@@ -113,3 +113,10 @@ def test_pass_2_fits_only_the_positions_after_the_skipped_ones(tmp_path, monkeyp
     with pytest.raises(GraspError, match="--seq-len 20"):
         choose_and_refit(ModelLayers(model), shape, layout, counts, blocks,
                          StructPruneSettings(skip=20), progress=False)
+
+
+def test_the_sink_skip_has_one_default_for_structprune_and_reselect():
+    """It had two (structprune 0, --reselect 1); one option sets both, with one default."""
+    from grasp_deploy.methods.layerwise import DEFAULT_SINK_SKIP
+
+    assert StructPruneSettings().skip == ReconstructSettings().skip == DEFAULT_SINK_SKIP == 1
