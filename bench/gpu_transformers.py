@@ -99,8 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from grasp_deploy.checkpoint.hf.configuration_grasp_llama import GraspLlamaConfig
-    from grasp_deploy.checkpoint.hf.modeling_grasp_llama import GraspLlamaForCausalLM
+    from grasp_deploy.checkpoint.hf.configuration_grasp import GraspLlamaConfig
+    from grasp_deploy.checkpoint.hf.modeling_grasp import GraspLlamaForCausalLM
 
     device, dtype = torch.device(args.device), torch.bfloat16
     torch.manual_seed(0)

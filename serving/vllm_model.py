@@ -11,14 +11,12 @@ are vLLM's.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
-from vllm.model_executor.models import qwen3
 from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3Model
 from vllm.model_executor.models.utils import extract_layer_index
 
@@ -28,6 +26,7 @@ from grasp_deploy.checkpoint.format import (
     kv_heads_per_layer,
     layer_config,
 )
+from grasp_deploy.checkpoint.hf.modeling_grasp import with_names
 
 from .tp import check_tp
 
@@ -67,9 +66,11 @@ def _check_tp(vllm_config: VllmConfig) -> None:
 
 
 class GraspLlamaForCausalLM(LlamaForCausalLM):
+    decoder_layer: type = GraspLlamaDecoderLayer  # what each family's subclass builds
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         _check_tp(vllm_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspLlamaDecoderLayer)
+        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=self.decoder_layer)
 
 
 class GraspMistralForCausalLM(GraspLlamaForCausalLM):
@@ -77,7 +78,7 @@ class GraspMistralForCausalLM(GraspLlamaForCausalLM):
     through vLLM's cache config, as for vLLM's own Mistral."""
 
 
-# -- Qwen2 / Qwen2.5 ---------------------------------------------------------------------------------
+# -- Qwen2 / Qwen2.5 ---------------------------------------------------------------------------
 class GraspQwen2DecoderLayer(GraspLlamaDecoderLayer):
     """Qwen2 is Llama with biases on q/k/v (none on o_proj): vLLM's Llama layer takes them as
     ``qkv_bias`` and honours the explicit ``head_dim``, which vLLM's own Qwen2 attention
@@ -86,48 +87,30 @@ class GraspQwen2DecoderLayer(GraspLlamaDecoderLayer):
     overrides = {"qkv_bias": True}
 
 
-class GraspQwen2ForCausalLM(LlamaForCausalLM):
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        _check_tp(vllm_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GraspQwen2DecoderLayer)
+class GraspQwen2ForCausalLM(GraspLlamaForCausalLM):
+    decoder_layer = GraspQwen2DecoderLayer
 
 
-# -- Qwen3 -----------------------------------------------------------------------------------------
-def _qwen_layer(base: type) -> type:
-    """``base`` (vLLM's Qwen2/Qwen3 decoder layer) built from its own layer's config."""
-    class Layer(base):
-        def __init__(self, config: Any, cache_config: Any = None, quant_config: Any = None,
-                     prefix: str = "") -> None:
-            super().__init__(layer_config(config, extract_layer_index(prefix)), cache_config,
-                             quant_config, prefix)
-            _add_compensation_biases(self, config, quant_config)
+# -- Qwen3 -------------------------------------------------------------------------------------
+class GraspQwen3DecoderLayer(Qwen3DecoderLayer):
+    """vLLM's Qwen3 decoder layer built from its own layer's config."""
 
-    Layer.__name__ = Layer.__qualname__ = f"Grasp{base.__name__}"
-    return Layer
-
-
-GraspQwen3DecoderLayer = _qwen_layer(Qwen3DecoderLayer)
+    def __init__(self, config: Any, cache_config: Any = None, quant_config: Any = None,
+                 prefix: str = "") -> None:
+        super().__init__(layer_config(config, extract_layer_index(prefix)), cache_config,
+                         quant_config, prefix)
+        _add_compensation_biases(self, config, quant_config)
 
 
 class GraspQwen3Model(Qwen3Model):
     decoder_layer_type = GraspQwen3DecoderLayer
 
 
-@contextmanager
-def _model_class(module: Any, name: str, replacement: type) -> Iterator[None]:
-    """vLLM's Qwen3ForCausalLM builds its ``Qwen3Model`` by name and offers no hook for it; for
-    the duration of construction only, that name means our model (vLLM builds a model in one
-    thread). Everything else is vLLM's own constructor."""
-    original = getattr(module, name)
-    setattr(module, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
 class GraspQwen3ForCausalLM(Qwen3ForCausalLM):
+    # vLLM's constructor, run with its name ``Qwen3Model`` bound to ours: vLLM builds the model
+    # by that name and offers no hook for it.
+    _build = with_names(Qwen3ForCausalLM.__init__, Qwen3Model=GraspQwen3Model)
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         _check_tp(vllm_config)
-        with _model_class(qwen3, "Qwen3Model", GraspQwen3Model):
-            super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._build(vllm_config=vllm_config, prefix=prefix)

@@ -96,6 +96,22 @@ def save_tiny(directory: Path, seed: int = 0, family: str = "llama", **overrides
     return directory
 
 
+def save_tiny_portable(directory: Path, seed: int = 0, **overrides) -> Path:
+    """``save_tiny`` with weights from NumPy's generator: the same bytes on every CPU (torch's
+    ``normal_`` differs between its AVX2 and AVX-512 code), for outputs pinned across machines."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    save_tiny(directory, seed=seed, **overrides)
+    path = directory / "model.safetensors"
+    rng = np.random.default_rng(seed)
+    weights = {name: torch.from_numpy(rng.normal(0.0, 0.08 if t.ndim == 2 else 0.05, t.shape)
+                                      .astype(np.float32)) + (1.0 if "norm" in name else 0.0)
+               for name, t in sorted(load_file(path).items())}
+    save_file(weights, path, metadata={"format": "pt"})
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A saved tiny GQA model (3 layers, 4 query / 2 KV heads, FFN 96) with a tokenizer."""

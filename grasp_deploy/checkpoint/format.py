@@ -2,15 +2,17 @@
 
 CKPT/
   config.json                   source fields + per_layer_config + auto_map
-  configuration_grasp_<f>.py    \\ the transformers classes (f: llama, mistral, qwen2, qwen3),
-  modeling_grasp_<f>.py         /  so that stock transformers loads it (trust_remote_code=True)
+  configuration_grasp.py        \\ the transformers classes of every family (one pair), so that
+  modeling_grasp.py             /  stock transformers loads it (trust_remote_code=True)
   model.safetensors             (or model-0000i-of-0000n.safetensors + index)
   tokenizer files, generation_config.json, chat template
   grasp_manifest.json           provenance, counts, widths, sha256 per weight file
   README.md                     model card
 
-The ``hf/configuration_grasp_*.py`` files must stay self-contained, so each carries its own
-copy of ``layer_config``; a test checks that they agree with this one.
+The ``hf/configuration_grasp.py`` file must stay self-contained, so it carries its own copy
+of ``layer_config``; a test checks that they agree. Checkpoints written before one pair served
+every family ship ``configuration_grasp_<f>.py`` and ``modeling_grasp_<f>.py`` (f: llama,
+mistral, qwen2, qwen3) and name them in their ``auto_map``; they load as they are.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ class Kind:
                 "AutoModelForCausalLM": f"{modeling}.{self.architecture}"}
 
 
+REMOTE_CODE = ("configuration_grasp.py", "modeling_grasp.py")  # every family's classes
+
+
 def _kind(stem: str, name: str) -> Kind:
-    return Kind(f"Grasp{name}ForCausalLM", f"grasp_{stem}",
-                (f"configuration_grasp_{stem}.py", f"modeling_grasp_{stem}.py"))
+    return Kind(f"Grasp{name}ForCausalLM", f"grasp_{stem}", REMOTE_CODE)
 
 
 LLAMA, MISTRAL = _kind("llama", "Llama"), _kind("mistral", "Mistral")

@@ -228,7 +228,7 @@ def ckpt_copy(made, tmp_path):
 
 
 @pytest.mark.parametrize("tamper,expect", [
-    ("code", "modeling_grasp_llama.py was modified"),
+    ("code", "modeling_grasp.py was modified"),
     ("added", "is not listed in grasp_manifest.json"),
     ("weights", "model.safetensors was modified or corrupted"),
     ("no-manifest", "has no grasp_manifest.json"),
@@ -236,7 +236,7 @@ def ckpt_copy(made, tmp_path):
 ])
 def test_tampered_checkpoints_are_refused_before_loading(ckpt_copy, text_file, tamper, expect):
     if tamper == "code":
-        with open(ckpt_copy / "modeling_grasp_llama.py", "a") as f:
+        with open(ckpt_copy / "modeling_grasp.py", "a") as f:
             f.write("\nimport os; os.system('touch /tmp/grasp-pwned-code')\n")
     elif tamper == "added":
         (ckpt_copy / "custom_generate.py").write_text("raise SystemExit")

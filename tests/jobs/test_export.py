@@ -94,10 +94,13 @@ def test_counts_and_shapes_follow_the_plan(exported):
     assert config["per_layer_config"]["0"] == plan.widths()[0]
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     assert ("lm_head.weight" in shapes) != config["tie_word_embeddings"]
-    stem = _architecture(src).removeprefix("Grasp").removesuffix("ForCausalLM").lower()
-    for name in (f"configuration_grasp_{stem}.py", f"modeling_grasp_{stem}.py", "tokenizer.json",
+    config_class = _architecture(src).replace("ForCausalLM", "Config")
+    assert config["auto_map"] == {"AutoConfig": f"configuration_grasp.{config_class}",
+                                  "AutoModelForCausalLM": f"modeling_grasp.{_architecture(src)}"}
+    for name in ("configuration_grasp.py", "modeling_grasp.py", "tokenizer.json",
                  "generation_config.json", "README.md"):
         assert (ckpt / name).is_file(), name
+    assert not list(ckpt.glob("*_grasp_*.py"))  # one pair for every family
 
 
 def test_replaying_a_plan_gives_identical_tensors(exported):

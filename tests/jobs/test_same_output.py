@@ -20,13 +20,12 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from conftest import save_tiny
+from conftest import save_tiny_portable
 from grasp_deploy.cli import main
 
 DIGESTS = Path(__file__).with_name("same_output.json")
@@ -119,19 +118,6 @@ def _same(now: object, recorded: object) -> bool:
     return now == recorded
 
 
-def _model(directory: Path) -> Path:
-    """A tiny saved Llama whose weights come from NumPy's generator, so that they are the
-    same bytes on every CPU (torch's ``normal_`` differs between its AVX2 and AVX-512 code)."""
-    save_tiny(directory, seed=5)
-    path = directory / "model.safetensors"
-    rng = np.random.default_rng(5)
-    weights = {name: torch.from_numpy(rng.normal(0.0, 0.08 if t.ndim == 2 else 0.05, t.shape)
-                                      .astype(np.float32)) + (1.0 if "norm" in name else 0.0)
-               for name, t in sorted(load_file(path).items())}
-    save_file(weights, path, metadata={"format": "pt"})
-    return directory
-
-
 def _run(args: list[str]) -> None:
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -140,7 +126,7 @@ def _run(args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory, text_file) -> dict[str, dict[str, object]]:
     root = tmp_path_factory.mktemp("same")
-    model = _model(root / "model")
+    model = save_tiny_portable(root / "model", seed=5)
     calib = ["--calib", f"file:{text_file}"]
     runs = {name: (args, None) for name, args in COMMANDS.items()}
     runs.update({name: (args, earlier) for name, (earlier, args) in FOLLOW_UPS.items()})

@@ -1,4 +1,4 @@
-"""Config of a pruned Qwen3 model: a Qwen3Config whose layers differ in width.
+"""Configs of pruned models: each family's transformers config whose layers differ in width.
 
 This file is copied into every exported checkpoint and must import nothing but transformers.
 
@@ -10,15 +10,17 @@ from the KV heads: layer i has ``num_key_value_heads(i) * query_heads_per_kv_hea
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-from transformers import Qwen3Config
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 
-class GraspQwen3Config(Qwen3Config):
-    model_type = "grasp_qwen3"
+class GraspConfigMixin:
+    """What a pruned model's config adds to its family's: the query heads per KV head, the
+    compensation biases a method may add, and each layer's own config."""
 
     def __init__(self, query_heads_per_kv_head: int | None = None, o_proj_bias: bool = False,
-                 down_proj_bias: bool = False, **kwargs):
+                 down_proj_bias: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if query_heads_per_kv_head is None:
             query_heads_per_kv_head = self.num_attention_heads // self.num_key_value_heads
@@ -27,9 +29,28 @@ class GraspQwen3Config(Qwen3Config):
         self.o_proj_bias = bool(o_proj_bias)
         self.down_proj_bias = bool(down_proj_bias)
 
-    def layer_config(self, index: int) -> Qwen3Config:
-        """A plain Qwen3Config with layer ``index``'s own FFN width and head counts."""
+    def layer_config(self, index: int) -> Any:
+        """A plain config of the family with layer ``index``'s own FFN width and head counts."""
         base = self.per_layer_config[index] if self.is_heterogeneous else self
         layer = copy.deepcopy(base)
         layer.num_attention_heads = layer.num_key_value_heads * self.query_heads_per_kv_head
         return layer
+
+
+class GraspLlamaConfig(GraspConfigMixin, LlamaConfig):
+    model_type = "grasp_llama"
+
+
+class GraspMistralConfig(GraspConfigMixin, MistralConfig):
+    model_type = "grasp_mistral"
+
+
+class GraspQwen2Config(GraspConfigMixin, Qwen2Config):
+    model_type = "grasp_qwen2"
+
+
+class GraspQwen3Config(GraspConfigMixin, Qwen3Config):
+    model_type = "grasp_qwen3"
+
+
+__all__ = ["GraspLlamaConfig", "GraspMistralConfig", "GraspQwen2Config", "GraspQwen3Config"]
