@@ -14,18 +14,13 @@ is installed, else ``torch.nn.functional.linear``; bf16 and fp32; M = 1, 8, 32 t
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from grasp_deploy.core.versions import machine, package_versions
+from bench import harness
 
 ALIGNMENTS = (1, 8, 16, 32, 64, 128)
 
@@ -94,13 +89,11 @@ def report(results: list[dict], meta: dict) -> str:
     for r in results:
         cells = " | ".join(f"x{r['speed_vs_align_1'][a]:.3f}" for a in ALIGNMENTS)
         lines.append(f"| {r['dtype']} | {r['tokens']} | {cells} |")
-    lines += ["", f"Command: `{meta['command']}`", "",
-              f"Machine: {meta['machine']}; versions: {meta['versions']}."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, "align-cpu")
     parser.add_argument("--hidden", type=int, default=576, help="model width d (default model)")
     parser.add_argument("--low", type=int, default=288)
     parser.add_argument("--high", type=int, default=1536)
@@ -108,20 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/align-cpu"))
     args = parser.parse_args(argv)
     gen = torch.Generator().manual_seed(0)
     targets = torch.randint(args.low, args.high + 1, (args.targets,), generator=gen).tolist()
     results = [measure(args.hidden, targets, m, dtype, args.reps, args.rounds)
                for dtype in (torch.bfloat16, torch.float32) for m in args.tokens]
     meta = {"hidden": args.hidden, "low": args.low, "high": args.high, "targets": args.targets,
-            "reps": args.reps, "rounds": args.rounds, "machine": machine(), "versions": package_versions(),
-            "command": "python -m bench.align " + shlex.join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "align.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    text = report(results, meta)
-    (args.out / "align.md").write_text(text)
-    print(text)
+            "reps": args.reps, "rounds": args.rounds}
+    print(harness.write(args.out, "align", {"meta": meta, "results": results},
+                        report(results, meta), args.note).read_text())
 
 
 if __name__ == "__main__":

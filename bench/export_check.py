@@ -9,28 +9,24 @@ Runs the real CLI: ``grasp-deploy export``, ``inspect --json`` and ``eval --json
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
-from bench.quick_quality import ROOT, WIKI, run
-
-from grasp_deploy.core.versions import machine, package_versions
+from bench import harness
+from bench.harness import ROOT, WIKI, run
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, ".")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--plan", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=None, help="checkpoint dir (default runs/<name>)")
+    ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint dir (default runs/<name>)")
     ap.add_argument("--data", default=f"file:{WIKI / 'wiki.test.raw'}")
     ap.add_argument("--max-windows", type=int, default=8)
     ap.add_argument("--name", default="export-smollm2-r30")
     args = ap.parse_args()
-    ckpt = args.out or ROOT / "runs" / args.name
-    cli = [str(Path(sys.executable).with_name("grasp-deploy"))]
+    ckpt = args.ckpt or ROOT / "runs" / args.name
+    cli = harness.grasp_deploy()
     export_s, _ = run(cli + ["export", args.model, str(args.plan), "--out", str(ckpt), "--force"])
     _, out = run(cli + ["inspect", str(ckpt), "--json"])
     report = json.loads(out)
@@ -49,11 +45,8 @@ def main() -> None:
         "kv_cache_bytes_per_token": {"dtype_bytes": report["kv_dtype_bytes"],
                                      "dense": report["dense_kv_cache_bytes_per_token"],
                                      "pruned": report["kv_cache_bytes_per_token"]},
-        "export_seconds": export_s, "machine": machine(), "versions": package_versions(),
-        "command": shlex.join(["python", "-m", "bench.export_check"] + sys.argv[1:]),
+        "export_seconds": export_s,
     }
-    out_dir = ROOT / "bench" / "results"
-    (out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     p, kv = result["parameters"], result["kv_cache_bytes_per_token"]
     md = [f"# {args.name}: plan as masks vs exported checkpoint", "",
           f"Perplexity on the first {masked['windows']} windows x {masked['seq_len']} of "
@@ -65,11 +58,8 @@ def main() -> None:
           f"| parameters | {p['dense']:,} | {p['pruned']:,} | {p['pruned'] / p['dense']:.3f} |",
           f"| KV cache bytes / token ({kv['dtype_bytes']} B per value) | {kv['dense']:,} | "
           f"{kv['pruned']:,} | {kv['pruned'] / kv['dense']:.3f} |", "",
-          f"Export took {export_s:.1f} s. Machine: {result['machine'].get('Model name', '?')}, "
-          f"{result['machine'].get('CPU(s)', '?')} CPUs.", "",
-          f"Command: `{result['command']}`", ""]
-    (out_dir / f"{args.name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+          f"Export took {export_s:.1f} s."]
+    print(harness.write(args.out, args.name, result, "\n".join(md), args.note).read_text())
 
 
 if __name__ == "__main__":

@@ -10,25 +10,19 @@ checkpoint's layers (30 x qkv, o, gate_up, down; bf16) and runs them with M draw
     python -m bench.gemm_cache --spread 400 --passes 1000 --out bench/results/gemm-cache
     python -m bench.gemm_cache --spread 6 --passes 1000 --out bench/results/gemm-cache
 
-With 400 distinct M the RSS climbs while the caches fill and then creeps on slowly as they churn
-(bench/results/gemm-cache: 776 -> 1,221 MiB over 300 passes, +104 MiB over the next 500); with
-6 it is flat from the start.
+bench/results/gemm-cache/ has both: with many distinct M the RSS climbs while the caches fill,
+then creeps as they churn; with few it is flat from the start.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from grasp_deploy.core.versions import machine, package_versions
+from bench import harness
 
 FEW = (1, 8, 16, 32, 64, 128)
 
@@ -72,18 +66,17 @@ def run(spread: int, passes: int, every: int) -> list[tuple[float, int, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, "gemm-cache")
     parser.add_argument("--spread", type=int, default=400, help="distinct token counts M")
     parser.add_argument("--passes", type=int, default=1000)
     parser.add_argument("--every", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/gemm-cache"))
     args = parser.parse_args(argv)
     samples = run(args.spread, args.passes, args.every)
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {"spread": args.spread, "samples": samples, "machine": machine(),
-              "versions": package_versions(),
-              "command": "python -m bench.gemm_cache " + shlex.join(sys.argv[1:] if argv is None else argv)}
-    (args.out / f"spread-{args.spread}.json").write_text(json.dumps(record, indent=1) + "\n")
+    rows = [f"| {t:.0f} | {n} | {rss:.0f} |" for t, n, rss in samples]
+    body = "\n".join([f"# Process RSS with {args.spread} distinct token counts", "",
+                      "| seconds | passes | RSS MiB |", "|---:|---:|---:|", *rows])
+    harness.write(args.out, f"spread-{args.spread}", {"spread": args.spread, "samples": samples},
+                  body, args.note)
 
 
 if __name__ == "__main__":

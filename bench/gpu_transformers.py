@@ -5,7 +5,7 @@ projected onto the budget, so layers get uneven widths; ``--align 128`` keeps FF
 kernel-friendly), materialised with the exporter into GraspLlamaForCausalLM. Measures prefill
 tokens/s (batch 1 x --prefill-len) and decode tokens/s (greedy, KV cache, --decode-batch x
 --decode-len new tokens), dense and pruned in the same run, plus KV bytes per token. Writes
-``bench/results/gpu-<name>.json``.
+``bench/results/gpu-<name>.json`` and ``.md``.
 
     python -m bench.gpu_transformers --shape 7b --device cuda --name llama2-7b-r50
     python -m bench.gpu_transformers --shape tiny --device cpu --name smoke   # a quick check
@@ -13,28 +13,21 @@ tokens/s (batch 1 x --prefill-len) and decode tokens/s (greedy, KV cache, --deco
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import harness
 from grasp_deploy.checkpoint.write import pruned_config
 from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
 from grasp_deploy.core.projection import UnitLayout, project
 from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.core.slicing import materialize
-from grasp_deploy.core.versions import package_versions
 from grasp_deploy.sources.models import count_parameters, fingerprint
-
-ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -84,7 +77,7 @@ def measure(model, device, args) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, ".")
     ap.add_argument("--shape", choices=list(SHAPES), default="7b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--ratio", type=float, default=0.5)
@@ -95,7 +88,6 @@ def main() -> None:
     ap.add_argument("--decode-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--name", default="llama2-7b-r50")
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -117,10 +109,10 @@ def main() -> None:
                 budget=budget_report(layout, mask, args.ratio, count_parameters(dense)),
                 layers=layers_from_mask(layout, mask), calibration={"source": None}, seed=0)
     pconf = GraspLlamaConfig(**pruned_config(config, plan, dtype))
-    with torch.device("meta"):
-        pruned = GraspLlamaForCausalLM(pconf)
+    with torch.device(device):  # (built on meta, its RoPE buffers would stay there)
+        pruned = GraspLlamaForCausalLM(pconf).to(dtype)
     state = materialize(dense, plan, dtype)
-    pruned.load_state_dict(state, strict=False, assign=True)
+    pruned.load_state_dict(state, strict=False)
     pruned.tie_weights()
     pruned.to(device).eval()
     rows = {}
@@ -130,18 +122,20 @@ def main() -> None:
     heads = [len(l.kv_keep) for l in plan.layers]
     result = {
         "name": args.name, "shape": args.shape, "ratio": args.ratio, "align": args.align,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "dtype": "bfloat16", "settings": vars(args) | {"out_dir": str(args.out_dir)}, "rows": rows,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else harness.stamp()["machine"].get("Model name", "CPU"),
+        "dtype": "bfloat16", "settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
         "ratios": {k: rows["pruned"][k] / rows["dense"][k]
                    for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "parameters")},
         "kv_bytes_per_token": {"dense": shape.kv_bytes_per_token(dtype_bytes=2),
                                "pruned": shape.kv_bytes_per_token(heads, 2)},
-        "versions": package_versions(),
-        "command": shlex.join(["python", "-m", "bench.gpu_transformers"] + sys.argv[1:]),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"gpu-{args.name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# {args.name}: dense vs pruned with transformers on {result['device']}", "",
+             "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "parameters"):
+        lines.append(f"| {key} | {rows['dense'][key]:,.1f} | {rows['pruned'][key]:,.1f} | "
+                     f"x{result['ratios'][key]:.3f} |")
+    path = harness.write(args.out, f"gpu-{args.name}", result, "\n".join(lines), args.note)
     print(json.dumps(result["ratios"]), "->", path)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import harness
+from bench.harness import ROOT
 SHAPES = {  # same width at every depth; vocab small so that the layers dominate
     "wide-tiny": dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12,
                       num_key_value_heads=4, head_dim=64, vocab_size=4096),
@@ -99,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
                           method=args.method, calib=f"file:{ROOT / 'README.md'}",
                           num_samples=args.num_samples, seq_len=args.seq_len, device=args.device,
                           dtype=args.dtype, progress=False, force=True,
-                          grasp=_grasp_settings(args.epochs)))
+                          method_settings=_settings(args.method, args.epochs)))
     cuda = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
     Path(args.result).write_text(json.dumps({
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -107,14 +107,14 @@ def child(args: argparse.Namespace) -> None:
         "seconds": time.perf_counter() - t0}))
 
 
-def _grasp_settings(epochs: int):
-    from grasp_deploy.methods.grasp import DEFAULT_RECIPE, GraspSettings
+def _settings(method: str, epochs: int):
+    from grasp_deploy.methods import GraspSettings
 
-    return GraspSettings.from_recipe(DEFAULT_RECIPE, epochs=epochs)
+    return GraspSettings(epochs=epochs) if method == "grasp" else None
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__, None)
     ap.add_argument("--shape", default="wide-tiny", choices=list(SHAPES))
     ap.add_argument("--layers", default="4,8,16,32")
     ap.add_argument("--methods", default="structprune,grasp")
@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--out", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--model", "--method", "--plan", "--result"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -140,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                 cmd = [sys.executable, "-m", "bench.memory_scaling", "--child", "--model", str(model),
                        "--method", method, "--plan", str(Path(tmp) / "plan"), "--result", str(result),
                        "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
-                       "--epochs", str(args.epochs), "--device", args.device, "--dtype", args.dtype]
+                       "--epochs", str(args.epochs), "--device", args.device, "--dtype", args.dtype,
+                       "--out", str(args.out)]
                 result.unlink(missing_ok=True)
                 done = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
                 row = {"layers": layers, "method": method}
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             _rmtree(model)
-    _report(args, rows, argv)
+    _report(args, rows)
 
 
 def _rmtree(path: Path) -> None:
@@ -161,34 +161,29 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _report(args, rows: list[dict], argv) -> None:
-    from grasp_deploy.core.versions import machine, package_versions
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m bench.memory_scaling " + shlex.join(argv if argv is not None else sys.argv[1:])
-    meta = {"command": command, "shape": {"name": args.shape, **SHAPES[args.shape]},
+def _report(args, rows: list[dict]) -> None:
+    meta = {"shape": {"name": args.shape, **SHAPES[args.shape]},
             "calibration": f"{args.num_samples} x {args.seq_len} tokens of README.md",
-            "device": args.device, "dtype": args.dtype, "machine": machine(),
-            "versions": package_versions()}
-    (args.out / "memory.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+            "device": args.device, "dtype": args.dtype}
     methods = sorted({r["method"] for r in rows}, reverse=True)
     depths = sorted({r["layers"] for r in rows})
     cell = {(r["method"], r["layers"]): r for r in rows if "error" not in r}
     key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
-    lines = [f"# Peak memory of prune vs depth ({args.shape}, {args.device}, dtype {args.dtype})", "",
-             f"`{command}`", "", f"Machine: {meta['machine']}. Calibration: {meta['calibration']}.", "",
+    lines = [f"# Peak memory of prune vs depth ({args.shape}, {args.device}, dtype {args.dtype})",
+             "", f"Calibration: {meta['calibration']}.", "",
              "| layers | " + " | ".join(f"{m} {key} | {m} s" for m in methods) + " |",
              "|---:|" + "---:|---:|" * len(methods)]
     for d in depths:
         lines.append(f"| {d} | " + " | ".join(
-            f"{cell[(m, d)][key]:.0f} | {cell[(m, d)]['seconds']:.1f}" if (m, d) in cell else "- | -"
-            for m in methods) + " |")
+            f"{cell[(m, d)][key]:.0f} | {cell[(m, d)]['seconds']:.1f}" if (m, d) in cell
+            else "- | -" for m in methods) + " |")
     for m in methods:
         vals = [cell[(m, d)][key] for d in depths if (m, d) in cell]
         if len(vals) > 1:
             lines.append(f"\n{m}: max/min over depths = {max(vals) / min(vals):.3f}")
-    lines += [f"\n{r['method']} at {r['layers']} layers failed: {r['error']}" for r in rows if "error" in r]
-    (args.out / "memory.md").write_text("\n".join(lines) + "\n")
+    lines += [f"\n{r['method']} at {r['layers']} layers failed: {r['error']}"
+              for r in rows if "error" in r]
+    harness.write(args.out, "memory", {**meta, "rows": rows}, "\n".join(lines), args.note)
     _plot(args.out / "memory.png", rows, methods, key)
 
 

@@ -28,19 +28,17 @@ both models, show it).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from grasp_deploy.core.versions import machine, package_versions
+from bench import harness
+from grasp_deploy.checkpoint import format as fmt
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import BenchConfig, make_prompts, run_locust
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
@@ -246,9 +244,7 @@ def markdown(res: dict) -> str:
     lines += ["", "Parameter-count bound (whole model, dense / pruned): "
               f"x{res['model_params']['dense'] / res['model_params']['pruned']:.3f}. The Amdahl "
               "bounds scale the dense step's shrinking parts by the decoder's kept-parameter "
-              f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest.",
-              "", f"Command: `{res['command']}`", "",
-              f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}.", ""]
+              f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest."]
     return "\n".join(lines)
 
 
@@ -258,11 +254,11 @@ def rerender(out: Path) -> None:
     res["amdahl"] = {str(l): amdahl(res["dense"][str(l)], res["pruned"][str(l)],
                                     res["decoder_param_ratio"]) for l in res["levels"]}
     (out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "profile.md").write_text(markdown(res))
+    (out / "profile.md").write_text(markdown(res) + "\n\n" + harness.machine_line(res) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__, None)
     ap.add_argument("--pruned", required=True)
     ap.add_argument("--dense", default="smollm2-135m")
     ap.add_argument("--concurrency", default="1,32")
@@ -272,20 +268,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2,
                     help="server starts per model, alternating dense and pruned (ABAB)")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = resolve(BenchConfig(pruned=args.pruned, dense=args.dense, out=args.out))
     (args.out / "prompts.json").write_text(json.dumps(
         make_prompts(4 * max(levels) + args.requests, args.input_len, cfg.vocab_size, 0)))
-    manifest = json.loads((Path(cfg.pruned) / "grasp_manifest.json").read_text())
+    manifest = json.loads((Path(cfg.pruned) / fmt.MANIFEST).read_text())
     budget = manifest["budget"]
-    res = {"pruned_path": args.pruned, "dense_path": args.dense, "levels": levels,
+    res = {**harness.stamp(argv), "pruned_path": args.pruned, "dense_path": args.dense,
+           "levels": levels,
            "decoder_param_ratio": budget["prunable_kept"] / budget["prunable_dense"],
-           "model_params": {"dense": budget["model_dense"], "pruned": budget["model_pruned"]},
-           "command": shlex.join(["python", "-m", "bench.profile_step", *(argv or sys.argv[1:])]),
-           "machine": machine(), "versions": package_versions()}
+           "model_params": {"dense": budget["model_dense"], "pruned": budget["model_pruned"]}}
     for rep in range(args.repeats):  # dense, pruned, dense, pruned, ...
         profile_model("dense", cfg.dense, levels, args, args.out, rep)
         profile_model("pruned", cfg.pruned, levels, args, args.out, rep)
@@ -294,9 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     res["pruned"] = summarize_all(args.out, "pruned", levels)
     res["amdahl"] = {str(l): amdahl(res["dense"][str(l)], res["pruned"][str(l)],
                                     res["decoder_param_ratio"]) for l in levels}
-    (args.out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "profile.md").write_text(markdown(res))
-    print(markdown(res))
+    print(harness.write(args.out, "profile", res, markdown(res), args.note).read_text())
 
 
 if __name__ == "__main__":

@@ -12,29 +12,24 @@ on the same windows. Times are wall seconds on this machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench import harness
+from bench.harness import WIKI
 from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import load_plan
-from grasp_deploy.core.versions import machine, package_versions
 from grasp_deploy.jobs.evaluate import perplexity
 from grasp_deploy.methods.reconstruct import ReconstructSettings, reconstruct_plan
 from grasp_deploy.sources import models, text
 
-ROOT = Path(__file__).resolve().parents[1]
-WIKI = ROOT.parent / "shared" / "data" / "wikitext-2"
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__, None)
     ap.add_argument("--plan", type=Path, required=True)
     ap.add_argument("--calib", default=f"file:{WIKI / 'wiki.valid.tokens'}")
     ap.add_argument("--seq-len", type=int, default=256)
@@ -43,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=f"file:{WIKI / 'wiki.test.raw'}")
     ap.add_argument("--eval-seq-len", type=int, default=2048)
     ap.add_argument("--max-windows", type=int, default=16)
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     plan = load_plan(args.plan)
@@ -64,17 +58,19 @@ def main(argv: list[str] | None = None) -> None:
     for n, ridge in ((int(a), float(b)) for a, b in (x.split(":") for x in args.settings.split(","))):
         blocks, _ = text.cut_blocks(calib_ids, args.seq_len, (n, 0), plan.seed)
         t0 = time.perf_counter()
-        rebuilt = reconstruct_plan(plan, model, blocks, ReconstructSettings(ridge), progress=False)
+        rebuilt = reconstruct_plan(plan, model, blocks, ReconstructSettings(ridge),
+                                   progress=False)
         seconds = time.perf_counter() - t0
         rows.append({"setting": f"reconstruct, {n} x {args.seq_len} blocks, ridge {ridge:g}",
                      "blocks": n, "ridge": ridge, "seconds": seconds, "perplexity": ppl(rebuilt)})
         print(rows[-1], flush=True)
+    result = {"plan": str(args.plan), "rows": rows, "windows": args.max_windows}
+    print(harness.write(args.out, "sweep", result, _markdown(args, plan, rows),
+                        args.note).read_text())
+
+
+def _markdown(args, plan, rows: list[dict]) -> str:
     base = rows[1]["perplexity"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"plan": str(args.plan), "rows": rows, "windows": args.max_windows,
-              "command": shlex.join(["python", "-m", "bench.reconstruct_sweep", *(argv or sys.argv[1:])]),
-              "machine": machine(), "versions": package_versions()}
-    (args.out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Layer-wise reconstruction: settings vs perplexity", "",
              f"Plan `{args.plan}` ({plan.method}, ratio {plan.budget.prune_ratio}); perplexity on "
              f"the first {args.max_windows} windows of {args.eval_seq_len} tokens of "
@@ -85,11 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         rel = f"{100 * (r['perplexity'] / base - 1):+.1f}%" if r["setting"] != "dense" else ""
         lines.append(f"| {r['setting']} | {r['perplexity']:.2f} | {rel} | "
                      f"{r.get('seconds', float('nan')):.0f} |".replace("| nan |", "| |"))
-    lines += ["", f"Command: `{result['command']}`", "",
-              f"Machine: {result['machine'].get('Model name', '?')}; versions: "
-              f"{', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", ""]
-    (args.out / "sweep.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _dense_ppl(model, ids, args) -> float:

@@ -14,25 +14,23 @@ not change. Export and evaluate the result like any plan:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from bench import harness
 from grasp_deploy.core.fsutil import atomic_dir
-from grasp_deploy.core.plan import load_plan
-from grasp_deploy.core.versions import machine, package_versions
+from grasp_deploy.core.plan import PLAN_DIR, load_plan
 from grasp_deploy.methods.reconstruct import ReconstructSettings, reconstruct_plan
 from grasp_deploy.sources import models, text
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__, None)  # --out: the refitted PLAN_DIR (new)
     ap.add_argument("--plan", type=Path, required=True, help="an existing PLAN_DIR")
-    ap.add_argument("--out", type=Path, required=True, help="the refitted PLAN_DIR (new)")
-    ap.add_argument("--ridge", type=float, default=ReconstructSettings.ridge)
+    ap.add_argument("--ridge", type=float, default=ReconstructSettings().ridge)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                     help="the model's dtype during the refit (the prune job's, by default)")
     args = ap.parse_args(argv)
@@ -57,12 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     refitted = reconstruct_plan(plan, model, blocks, ReconstructSettings(args.ridge))
     seconds = time.perf_counter() - t0
-    with atomic_dir(args.out, False) as tmp:
+    with atomic_dir(args.out, False, PLAN_DIR) as tmp:
         refitted.save(tmp)
         (tmp / "refit.json").write_text(json.dumps({
             "from_plan": str(args.plan), "blocks": int(blocks.shape[0]),
             "seq_len": int(blocks.shape[1]), "ridge": args.ridge, "dtype": args.dtype,
-            "seconds": seconds, "machine": machine(), "versions": package_versions()},
+            "seconds": seconds, **harness.stamp(argv)},
             indent=1) + "\n")
     print(f"refitted {args.plan} on {blocks.shape[0]} x {blocks.shape[1]} blocks in "
           f"{seconds:.0f} s -> {args.out}")

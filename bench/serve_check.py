@@ -9,16 +9,11 @@ with transformers on the same checkpoint. Writes ``bench/results/<name>.json`` /
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from bench.quick_quality import ROOT
+from bench import harness
 from grasp_deploy.checkpoint.read import read_checkpoint
-from grasp_deploy.core.versions import machine, package_versions
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
 from grasp_deploy.sources import models
 
@@ -39,21 +34,11 @@ def greedy_hf(path: str, prompts: list[list[int]], steps: int) -> list[list[int]
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pruned", required=True)
-    ap.add_argument("--dense", default="smollm2-135m")
-    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
-    ap.add_argument("--max-model-len", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--name", default="serve-smollm2-r30")
-    args = ap.parse_args()
+def serve_both(args, prompts: list[list[int]]) -> dict[str, dict]:
+    """Each server in turn: its KV capacity, its greedy tokens for ``prompts`` and a chat turn."""
     from openai import OpenAI
-    from transformers import AutoTokenizer
 
     dense_path = models.ensure_available(models.resolve_source(args.dense))
-    tok = AutoTokenizer.from_pretrained(args.pruned)
-    prompts = [tok(p)["input_ids"] for p in PROMPTS]
     rows = {}
     for label, path in (("dense", dense_path), ("pruned", args.pruned)):
         cfg = ServerConfig(model=path, served_name=label, port=free_port(), dtype="float32",
@@ -70,10 +55,27 @@ def main() -> None:
                                                                          "return_token_ids": True})
                 greedy.append(list(r.choices[0].token_ids))
             chat = client.chat.completions.create(
-                model=label, messages=[{"role": "user", "content": "What is the capital of France?"}],
-                max_tokens=24, temperature=0)
+                model=label, max_tokens=24, temperature=0,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
             rows[label] = {"path": path, "kv": server.kv_capacity(), "startup_seconds": startup,
                            "vllm_greedy": greedy, "chat": chat.choices[0].message.content}
+    return rows
+
+
+def main() -> None:
+    ap = harness.parser(__doc__, ".")
+    ap.add_argument("--pruned", required=True)
+    ap.add_argument("--dense", default="smollm2-135m")
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--name", default="serve-smollm2-r30")
+    args = ap.parse_args()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.pruned)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    rows = serve_both(args, prompts)
     rows["pruned"]["hf_greedy"] = greedy_hf(args.pruned, prompts, args.steps)
     rows["pruned"]["greedy_match"] = [a == b for a, b in zip(rows["pruned"]["vllm_greedy"],
                                                             rows["pruned"]["hf_greedy"])]
@@ -81,25 +83,20 @@ def main() -> None:
     dense_heads = info.manifest["dense_layer"]["num_key_value_heads"] * len(info.shape.layers)
     pruned_heads = sum(l.num_key_value_heads for l in info.shape.layers)
     measured = rows["pruned"]["kv"]["kv_cache_tokens"] / rows["dense"]["kv"]["kv_cache_tokens"]
+    k = {"dense": rows["dense"]["kv"]["kv_cache_tokens"],
+         "pruned": rows["pruned"]["kv"]["kv_cache_tokens"],
+         "measured_ratio": measured, "predicted_ratio": dense_heads / pruned_heads}
     result = {"name": args.name, "kv_cache_gb": args.kv_cache_gb, "dtype": "float32",
-              "kv_tokens": {"dense": rows["dense"]["kv"]["kv_cache_tokens"],
-                            "pruned": rows["pruned"]["kv"]["kv_cache_tokens"],
-                            "measured_ratio": measured, "predicted_ratio": dense_heads / pruned_heads},
-              "rows": rows, "prompts": PROMPTS, "machine": machine(), "versions": package_versions(),
-              "command": shlex.join(["python", "-m", "bench.serve_check"] + sys.argv[1:])}
-    out = ROOT / "bench" / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    k = result["kv_tokens"]
-    md = [f"# {args.name}: dense vs pruned through vLLM (CPU, float32, {args.kv_cache_gb} GiB KV)", "",
-          "| | dense | pruned | pruned/dense | predicted (KV heads) |", "|---|---:|---:|---:|---:|",
+              "kv_tokens": k, "rows": rows, "prompts": PROMPTS}
+    md = [f"# {args.name}: dense vs pruned through vLLM (CPU, float32, {args.kv_cache_gb} GiB "
+          "KV)", "", "| | dense | pruned | pruned/dense | predicted (KV heads) |",
+          "|---|---:|---:|---:|---:|",
           f"| KV cache tokens | {int(k['dense']):,} | {int(k['pruned']):,} | {measured:.3f} | "
           f"{k['predicted_ratio']:.3f} |", "",
-          f"Greedy tokens, vLLM vs transformers on the pruned checkpoint ({args.steps} tokens each): "
-          f"{sum(rows['pruned']['greedy_match'])}/{len(PROMPTS)} prompts identical.", "",
-          f"Chat completion (pruned): {rows['pruned']['chat']!r}", "",
-          f"Command: `{result['command']}`", ""]
-    (out / f"{args.name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+          f"Greedy tokens, vLLM vs transformers on the pruned checkpoint ({args.steps} tokens "
+          f"each): {sum(rows['pruned']['greedy_match'])}/{len(PROMPTS)} prompts identical.", "",
+          f"Chat completion (pruned): {rows['pruned']['chat']!r}"]
+    print(harness.write(args.out, args.name, result, "\n".join(md), args.note).read_text())
 
 
 if __name__ == "__main__":

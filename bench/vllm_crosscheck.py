@@ -11,16 +11,13 @@ compare output throughput, median TTFT and median TPOT. Writes ``bench/results/<
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.quick_quality import ROOT
-from grasp_deploy.core.versions import machine, package_versions
+from bench import harness
 from grasp_deploy.loadtest.ab import (BenchConfig, make_prompts, read_records, run_locust,
                                       summarize_level)
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
@@ -47,19 +44,8 @@ def vllm_bench(url: str, name: str, tokenizer: str, concurrency: int, n: int, in
     return json.loads((out_dir / f"{name}.json").read_text()), args
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pruned", required=True)
-    ap.add_argument("--dense", default="smollm2-135m")
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--input-len", type=int, default=128)
-    ap.add_argument("--output-len", type=int, default=64)
-    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
-    ap.add_argument("--name", default="vllm-crosscheck-smollm2-r30")
-    args = ap.parse_args()
-    dense = models.ensure_available(models.resolve_source(args.dense))
-    work = Path(tempfile.mkdtemp(prefix="crosscheck-"))
+def measure(args, dense: str, work: Path) -> tuple[dict, list[str]]:
+    """Per model: ours, then vLLM's benchmark, on one server."""
     cfg = BenchConfig(pruned=args.pruned, dense=dense, out=work, concurrency=(args.concurrency,),
                       requests=args.requests, input_len=args.input_len, output_len=args.output_len)
     prompts = work / "prompts.json"
@@ -70,34 +56,45 @@ def main() -> None:
                                   kv_cache_gb=args.kv_cache_gb, max_model_len=2048,
                                   enforce_eager=True)
         with VllmServer(server_cfg, say=print) as server:
-            run_locust(server.url, label, prompts, work / "warm.jsonl", 1, 4, args.output_len, None, 600)
+            run_locust(server.url, label, prompts, work / "warm.jsonl", 1, 4, args.output_len,
+                       None, 600)
             recs = work / f"{label}.jsonl"
             run_locust(server.url, label, prompts, recs, args.concurrency, args.requests,
                        args.output_len, None, 3600)
             ours = summarize_level([{**r, "repeat": 0} for r in read_records(recs)], cfg)
-            theirs, vllm_cmd = vllm_bench(server.url, label, path, args.concurrency, args.requests,
-                                          args.input_len, args.output_len, work)
+            theirs, vllm_cmd = vllm_bench(server.url, label, path, args.concurrency,
+                                          args.requests, args.input_len, args.output_len, work)
         rows[label] = {"ours": {k: ours[k] for k in KEYS}, "vllm": {k: theirs.get(k) for k in KEYS},
                        "diff": {k: (ours[k] - theirs[k]) / theirs[k] for k in KEYS if theirs.get(k)}}
-    result = {"name": args.name, "settings": vars(args), "rows": rows, "machine": machine(),
-              "versions": package_versions(),
-              "command": shlex.join(["python", "-m", "bench.vllm_crosscheck"] + sys.argv[1:]),
-              "vllm_bench_args": vllm_cmd}
-    out = ROOT / "bench" / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return rows, vllm_cmd
+
+
+def main() -> None:
+    ap = harness.parser(__doc__, ".")
+    ap.add_argument("--pruned", required=True)
+    ap.add_argument("--dense", default="smollm2-135m")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
+    ap.add_argument("--name", default="vllm-crosscheck-smollm2-r30")
+    args = ap.parse_args()
+    dense = models.ensure_available(models.resolve_source(args.dense))
+    rows, vllm_cmd = measure(args, dense, Path(tempfile.mkdtemp(prefix="crosscheck-")))
+    result = {"name": args.name, "settings": {k: str(v) for k, v in vars(args).items()},
+              "rows": rows, "vllm_bench_args": vllm_cmd}
     md = [f"# {args.name}: our locust timing vs vLLM's benchmark, same servers", "",
           f"Closed loop, concurrency {args.concurrency}, {args.requests} requests, input "
-          f"{args.input_len} / output {args.output_len} tokens (ignore_eos), {args.kv_cache_gb} GiB KV, "
-          "float32, --enforce-eager. Ours first, then vLLM's `vllm.benchmarks.serve` (random dataset), "
-          "each after a warm-up, on the same server.", "",
+          f"{args.input_len} / output {args.output_len} tokens (ignore_eos), {args.kv_cache_gb} "
+          "GiB KV, float32, --enforce-eager. Ours first, then vLLM's `vllm.benchmarks.serve` "
+          "(random dataset), each after a warm-up, on the same server.", "",
           "| model | metric | ours | vLLM bench | difference |", "|---|---|---:|---:|---:|"]
     for label, row in rows.items():
         for k in KEYS:
-            v = row["vllm"][k]
-            md.append(f"| {label} | {k} | {row['ours'][k]:.2f} | {v:.2f} | {row['diff'].get(k, float('nan')):+.1%} |")
-    md += ["", f"Command: `{result['command']}`", ""]
-    (out / f"{args.name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+            md.append(f"| {label} | {k} | {row['ours'][k]:.2f} | {row['vllm'][k]:.2f} | "
+                      f"{row['diff'].get(k, float('nan')):+.1%} |")
+    print(harness.write(args.out, args.name, result, "\n".join(md), args.note).read_text())
 
 
 if __name__ == "__main__":

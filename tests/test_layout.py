@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = [ROOT / "grasp_deploy", ROOT / "serving"]
+CODE = [ROOT / "grasp_deploy", ROOT / "serving", ROOT / "bench"]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
 
 

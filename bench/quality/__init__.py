@@ -1,0 +1,1 @@
+"""``python -m bench.quality``: see ``__main__``."""
