@@ -76,6 +76,20 @@ def measure(model, device, args) -> dict[str, float]:
             "prefill_seconds": prefill, "decode_seconds": total}
 
 
+def build_pruned(config, dense, plan: Plan, device: torch.device, dtype: torch.dtype):
+    """The exporter's tensors in GraspLlamaForCausalLM, on ``device`` (built on meta, its RoPE
+    buffers would stay there)."""
+    from grasp_deploy.checkpoint.hf.configuration_grasp import GraspLlamaConfig
+    from grasp_deploy.checkpoint.hf.modeling_grasp import GraspLlamaForCausalLM
+
+    with torch.device(device):
+        pruned = GraspLlamaForCausalLM(GraspLlamaConfig(**pruned_config(config, plan, dtype)))
+    pruned = pruned.to(dtype)
+    pruned.load_state_dict(materialize(dense, plan, dtype), strict=False)
+    pruned.tie_weights()
+    return pruned.eval()
+
+
 def main() -> None:
     ap = harness.parser(__doc__, ".")
     ap.add_argument("--shape", choices=list(SHAPES), default="7b")
@@ -91,9 +105,6 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from grasp_deploy.checkpoint.hf.configuration_grasp import GraspLlamaConfig
-    from grasp_deploy.checkpoint.hf.modeling_grasp import GraspLlamaForCausalLM
-
     device, dtype = torch.device(args.device), torch.bfloat16
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[args.shape], head_dim=SHAPES[args.shape]["hidden_size"]
@@ -108,13 +119,7 @@ def main() -> None:
                 source=SourceModel(f"random {args.shape}", fingerprint(dense), shape),
                 budget=budget_report(layout, mask, args.ratio, count_parameters(dense)),
                 layers=layers_from_mask(layout, mask), calibration={"source": None}, seed=0)
-    pconf = GraspLlamaConfig(**pruned_config(config, plan, dtype))
-    with torch.device(device):  # (built on meta, its RoPE buffers would stay there)
-        pruned = GraspLlamaForCausalLM(pconf).to(dtype)
-    state = materialize(dense, plan, dtype)
-    pruned.load_state_dict(state, strict=False)
-    pruned.tie_weights()
-    pruned.to(device).eval()
+    pruned = build_pruned(config, dense, plan, device, dtype)
     rows = {}
     for label, model in (("dense", dense), ("pruned", pruned)):
         rows[label] = {"parameters": count_parameters(model), **measure(model, device, args)}
