@@ -9,7 +9,7 @@ SHARED  ?= ../shared
 WIKI    := $(SHARED)/data/wikitext-2
 DEMO    ?= demo-out
 
-.PHONY: install test test-fast demo lock clean
+.PHONY: install check test test-fast demo lock clean
 
 install: $(VENV)/.installed
 
@@ -22,35 +22,27 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
-# The architecture contracts (pyproject.toml [tool.importlinter]) first, then every test,
-# the slow and vLLM ones included.
-test: install
-	$(VENV)/bin/lint-imports
+# Lint, types, the architecture contracts (pyproject.toml) and the docs site first, then every
+# test, the slow and vLLM ones included.
+test: install check
 	$(PY) -m pytest -q
 
-# What needs no vLLM and no real model: under 3 minutes.
-test-fast: install
-	$(VENV)/bin/lint-imports
+# What needs no vLLM and no real model: a few minutes.
+test-fast: install check
 	$(PY) -m pytest -q -m "not slow and not vllm"
 
-# The main job on the default model, at its best honest setting: prune 25% with GRASPrune
-# (best recipe, quick size: 32 blocks of 256 tokens, 1 epoch, about 3.5 minutes here)
-# calibrated on the shared WikiText validation text, refit o_proj/down_proj layer by layer
-# (--reconstruct), export, A/B-benchmark against the dense model through vLLM compiled with
-# dtype auto (dense, pruned, dense, pruned at concurrency 1 and 8), serve it, print the
-# endpoint and a sample completion, stop; then one side-by-side summary (parameters, KV,
-# tokens/s, TPOT, perplexity on 4 shared test windows, the same two prompts completed
-# greedily by each model).
-# Compiled, not eager: eager hides the smaller matrices behind per-op overhead (the eager demo's
-# pruned model was slower than dense: x0.991 and x0.933); compiled, the 30% plan was x1.242 and
-# x1.165 faster, at about a minute more per server start (17.2 minutes in all on a fresh clone).
-# 25%, not 30%: at 30% the quick recipe's perplexity on the demo windows was x2.79 the dense
-# model's (68.36 vs 24.53); at 25% x2.24 (54.97). 40 requests per level, not 16: at 16 the 25%
-# plan read x0.993 at concurrency 1, but over 64 requests x 2 the same checkpoint measured
-# x1.114 (c=1) and x1.302 (c=8): 16 requests were too few to resolve a 10% difference.
-# Server starts cost less since vLLM's AOT compile cache is bypassed (server/launcher.py).
-# Without ../shared the calibration falls back to text sampled from the model itself
-# (data-free, slower and worse) and perplexity to the dataset hub.
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+
+# The main job on the default model: prune 25% with GRASPrune (best recipe, quick size)
+# calibrated on the shared WikiText text, --reconstruct, export, A/B against the dense model
+# through vLLM compiled with dtype auto (ABAB at concurrency 1 and 8, 40 requests per level:
+# bench/results/ab-smollm2-r25-demo/ shows why fewer cannot resolve the difference), serve it
+# with a sample completion, stop; then `compare`, one side-by-side summary (docs/usage.md).
+# Without ../shared the calibration falls back to text sampled from the model itself.
 ifneq ($(wildcard $(WIKI)/wiki.valid.tokens),)
 DEMO_CALIB = file:$(WIKI)/wiki.valid.tokens
 DEMO_CALIB_NOTE = calibration: the shared WikiText validation text

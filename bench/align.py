@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +38,9 @@ def linear_for(weight: torch.Tensor) -> tuple[str, Callable[[torch.Tensor], torc
     return "torch linear", lambda x: torch.nn.functional.linear(x, weight)
 
 
-def ffn_time(width: int, hidden: int, tokens: int, dtype: torch.dtype, reps: int) -> tuple[str, float]:
+def ffn_time(
+    width: int, hidden: int, tokens: int, dtype: torch.dtype, reps: int
+) -> tuple[str, float]:
     """Median seconds of gate_up + down for one FFN of ``width`` channels."""
     gen = torch.Generator().manual_seed(width)
     gate_up = torch.randn(2 * width, hidden, generator=gen).to(dtype) * 0.02
@@ -70,8 +72,10 @@ def measure(hidden: int, targets: list[int], tokens: int, dtype: torch.dtype, re
         for w in (widths if r % 2 == 0 else widths[::-1]):
             kernel, seconds = ffn_time(w, hidden, tokens, dtype, reps)
             cache[w] = min(cache.get(w, seconds), seconds)
-    per_channel = {a: statistics.mean(cache[max(a, t // a * a)] / max(a, t // a * a) for t in targets)
-                   for a in ALIGNMENTS}
+    per_channel = {
+        a: statistics.mean(cache[max(a, t // a * a)] / max(a, t // a * a) for t in targets)
+        for a in ALIGNMENTS
+    }
     return {"kernel": kernel, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
             "time_per_channel_ns": {a: v * 1e9 for a, v in per_channel.items()},
             "speed_vs_align_1": {a: per_channel[1] / v for a, v in per_channel.items()}}

@@ -48,17 +48,28 @@ def main() -> None:
         "export_seconds": export_s,
     }
     p, kv = result["parameters"], result["kv_cache_bytes_per_token"]
-    md = [f"# {args.name}: plan as masks vs exported checkpoint", "",
-          f"Perplexity on the first {masked['windows']} windows x {masked['seq_len']} of "
-          f"{Path(args.data).name} ({masked['dtype']}):", "",
-          "| | masked (`eval MODEL --plan`) | exported (`eval CKPT`) | relative difference |",
-          "|---|---:|---:|---:|",
-          f"| perplexity | {masked['perplexity']:.4f} | {exported['perplexity']:.4f} | {rel:.2e} |", "",
-          "| | dense | pruned | ratio |", "|---|---:|---:|---:|",
-          f"| parameters | {p['dense']:,} | {p['pruned']:,} | {p['pruned'] / p['dense']:.3f} |",
-          f"| KV cache bytes / token ({kv['dtype_bytes']} B per value) | {kv['dense']:,} | "
-          f"{kv['pruned']:,} | {kv['pruned'] / kv['dense']:.3f} |", "",
-          f"Export took {export_s:.1f} s."]
+    md = [
+        f"# {args.name}: plan as masks vs exported checkpoint",
+        "",
+        (
+            f"Perplexity on the first {masked['windows']} windows x {masked['seq_len']} of "
+            f"{Path(args.data).name} ({masked['dtype']}):"
+        ),
+        "",
+        "| | masked (`eval MODEL --plan`) | exported (`eval CKPT`) | relative difference |",
+        "|---|---:|---:|---:|",
+        f"| perplexity | {masked['perplexity']:.4f} | {exported['perplexity']:.4f} | {rel:.2e} |",
+        "",
+        "| | dense | pruned | ratio |",
+        "|---|---:|---:|---:|",
+        f"| parameters | {p['dense']:,} | {p['pruned']:,} | {p['pruned'] / p['dense']:.3f} |",
+        (
+            f"| KV cache bytes / token ({kv['dtype_bytes']} B per value) | {kv['dense']:,} | "
+            f"{kv['pruned']:,} | {kv['pruned'] / kv['dense']:.3f} |"
+        ),
+        "",
+        f"Export took {export_s:.1f} s.",
+    ]
     print(harness.write(args.out, args.name, result, "\n".join(md), args.note).read_text())
 
 

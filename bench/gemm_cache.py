@@ -61,7 +61,9 @@ def run(spread: int, passes: int, every: int) -> list[tuple[float, int, float]]:
             ops.onednn_mm(handler, torch.randn(m, k).to(torch.bfloat16), None)
         if it % every == 0:
             samples.append((time.perf_counter() - t0, it, rss_mib()))
-            print(f"{samples[-1][0]:5.0f} s  {it:5d} passes  RSS {samples[-1][2]:.0f} MiB", flush=True)
+            print(
+                f"{samples[-1][0]:5.0f} s  {it:5d} passes  RSS {samples[-1][2]:.0f} MiB", flush=True
+            )
     return samples
 
 

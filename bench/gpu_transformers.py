@@ -124,7 +124,7 @@ def main() -> None:
     for label, model in (("dense", dense), ("pruned", pruned)):
         rows[label] = {"parameters": count_parameters(model), **measure(model, device, args)}
         print(label, rows[label], flush=True)
-    heads = [len(l.kv_keep) for l in plan.layers]
+    heads = [len(layer.kv_keep) for layer in plan.layers]
     result = {
         "name": args.name, "shape": args.shape, "ratio": args.ratio, "align": args.align,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"

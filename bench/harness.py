@@ -32,7 +32,9 @@ def parser(doc: str | None, out: str | Path | None) -> argparse.ArgumentParser:
     """A parser with the script's docstring as its help and the common flags: ``--out`` (where
     the results go; default ``out`` under bench/results) and ``--note`` (a line for the
     record, such as what else ran on the machine)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     default = None if out is None else RESULTS / out
     p.add_argument("--out", type=Path, default=default, required=out is None,
                    help="results directory" + ("" if out is None else f" (default: {default})"))

@@ -27,6 +27,7 @@ import torch
 
 from bench import harness
 from bench.harness import ROOT
+
 SHAPES = {  # same width at every depth; vocab small so that the layers dominate
     "wide-tiny": dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12,
                       num_key_value_heads=4, head_dim=64, vocab_size=4096),
@@ -48,27 +49,43 @@ def build_model(directory: Path, shape: str, layers: int, dtype: torch.dtype) ->
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
     d, f, v = fields["hidden_size"], fields["intermediate_size"], fields["vocab_size"]
-    q, kv = fields["num_attention_heads"] * fields["head_dim"], fields["num_key_value_heads"] * fields["head_dim"]
+    q, kv = (
+        fields["num_attention_heads"] * fields["head_dim"],
+        fields["num_key_value_heads"] * fields["head_dim"],
+    )
     gen = torch.Generator().manual_seed(layers)
 
     def rand(*size: int) -> torch.Tensor:
         return (torch.randn(*size, generator=gen) * 0.02).to(dtype)
 
-    save_file({"model.embed_tokens.weight": rand(v, d), "model.norm.weight": torch.ones(d, dtype=dtype),
-               "lm_head.weight": rand(v, d)}, str(directory / "model-outer.safetensors"))
+    save_file(
+        {
+            "model.embed_tokens.weight": rand(v, d),
+            "model.norm.weight": torch.ones(d, dtype=dtype),
+            "lm_head.weight": rand(v, d),
+        },
+        str(directory / "model-outer.safetensors"),
+    )
     weight_map = dict.fromkeys(("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"),
                                "model-outer.safetensors")
     for i in range(layers):
         p, name = f"model.layers.{i}.", f"model-layer{i:03d}.safetensors"
-        tensors = {p + "self_attn.q_proj.weight": rand(q, d), p + "self_attn.k_proj.weight": rand(kv, d),
-                   p + "self_attn.v_proj.weight": rand(kv, d), p + "self_attn.o_proj.weight": rand(d, q),
-                   p + "mlp.gate_proj.weight": rand(f, d), p + "mlp.up_proj.weight": rand(f, d),
-                   p + "mlp.down_proj.weight": rand(d, f),
-                   p + "input_layernorm.weight": torch.ones(d, dtype=dtype),
-                   p + "post_attention_layernorm.weight": torch.ones(d, dtype=dtype)}
+        tensors = {
+            p + "self_attn.q_proj.weight": rand(q, d),
+            p + "self_attn.k_proj.weight": rand(kv, d),
+            p + "self_attn.v_proj.weight": rand(kv, d),
+            p + "self_attn.o_proj.weight": rand(d, q),
+            p + "mlp.gate_proj.weight": rand(f, d),
+            p + "mlp.up_proj.weight": rand(f, d),
+            p + "mlp.down_proj.weight": rand(d, f),
+            p + "input_layernorm.weight": torch.ones(d, dtype=dtype),
+            p + "post_attention_layernorm.weight": torch.ones(d, dtype=dtype),
+        }
         save_file(tensors, str(directory / name))
         weight_map.update(dict.fromkeys(tensors, name))
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     _tokenizer(v).save_pretrained(directory)
     return directory
 
@@ -135,24 +152,28 @@ def main(argv: list[str] | None = None) -> None:
             model = build_model(Path(tmp) / f"L{layers}", args.shape, layers,
                                 torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
             for method in args.methods.split(","):
-                result = Path(tmp) / "result.json"
-                cmd = [sys.executable, "-m", "bench.memory_scaling", "--child", "--model", str(model),
-                       "--method", method, "--plan", str(Path(tmp) / "plan"), "--result", str(result),
-                       "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
-                       "--epochs", str(args.epochs), "--device", args.device, "--dtype", args.dtype,
-                       "--out", str(args.out)]
-                result.unlink(missing_ok=True)
-                done = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-                row = {"layers": layers, "method": method}
-                if done.returncode == 0:
-                    row.update(json.loads(result.read_text()))
-                else:  # e.g. out of memory: that is a result too
-                    row["error"] = done.stderr.strip().splitlines()[-1][:300] if done.stderr else "?"
-                    print(done.stderr[-3000:], file=sys.stderr)
+                row = {"layers": layers, "method": method, **_in_child(args, model, method,
+                                                                        Path(tmp))}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             _rmtree(model)
     _report(args, rows)
+
+
+def _in_child(args, model: Path, method: str, tmp: Path) -> dict:
+    """One prune in a fresh process (its peak memory is its own); an error is a result too."""
+    result = tmp / "result.json"
+    cmd = [sys.executable, "-m", "bench.memory_scaling", "--child", "--model", str(model),
+           "--method", method, "--plan", str(tmp / "plan"), "--result", str(result),
+           "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
+           "--epochs", str(args.epochs), "--device", args.device, "--dtype", args.dtype,
+           "--out", str(args.out)]
+    result.unlink(missing_ok=True)
+    done = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    if done.returncode == 0:
+        return json.loads(result.read_text())
+    print(done.stderr[-3000:], file=sys.stderr)  # e.g. out of memory
+    return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr else "?"}
 
 
 def _rmtree(path: Path) -> None:

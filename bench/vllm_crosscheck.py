@@ -18,8 +18,13 @@ import tempfile
 from pathlib import Path
 
 from bench import harness
-from grasp_deploy.loadtest.ab import (BenchConfig, make_prompts, read_records, run_locust,
-                                      summarize_level)
+from grasp_deploy.loadtest.ab import (
+    BenchConfig,
+    make_prompts,
+    read_records,
+    run_locust,
+    summarize_level,
+)
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
 from grasp_deploy.sources import models
 
@@ -32,11 +37,38 @@ KEYS = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "request_throug
 
 def vllm_bench(url: str, name: str, tokenizer: str, concurrency: int, n: int, input_len: int,
                output_len: int, out_dir: Path) -> tuple[dict, list[str]]:
-    args = ["--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", name,
-            "--tokenizer", tokenizer, "--dataset-name", "random", "--random-input-len", str(input_len),
-            "--random-output-len", str(output_len), "--random-range-ratio", "0", "--num-prompts",
-            str(n), "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0",
-            "--save-result", "--result-dir", str(out_dir), "--result-filename", f"{name}.json"]
+    args = [
+        "--backend",
+        "vllm",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        name,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(input_len),
+        "--random-output-len",
+        str(output_len),
+        "--random-range-ratio",
+        "0",
+        "--num-prompts",
+        str(n),
+        "--max-concurrency",
+        str(concurrency),
+        "--ignore-eos",
+        "--seed",
+        "0",
+        "--save-result",
+        "--result-dir",
+        str(out_dir),
+        "--result-filename",
+        f"{name}.json",
+    ]
     done = subprocess.run([sys.executable, "-c", VLLM_BENCH, *args], capture_output=True, text=True,
                           timeout=3600)
     if done.returncode != 0:
@@ -64,8 +96,11 @@ def measure(args, dense: str, work: Path) -> tuple[dict, list[str]]:
             ours = summarize_level([{**r, "repeat": 0} for r in read_records(recs)], cfg)
             theirs, vllm_cmd = vllm_bench(server.url, label, path, args.concurrency,
                                           args.requests, args.input_len, args.output_len, work)
-        rows[label] = {"ours": {k: ours[k] for k in KEYS}, "vllm": {k: theirs.get(k) for k in KEYS},
-                       "diff": {k: (ours[k] - theirs[k]) / theirs[k] for k in KEYS if theirs.get(k)}}
+        rows[label] = {
+            "ours": {k: ours[k] for k in KEYS},
+            "vllm": {k: theirs.get(k) for k in KEYS},
+            "diff": {k: (ours[k] - theirs[k]) / theirs[k] for k in KEYS if theirs.get(k)},
+        }
     return rows, vllm_cmd
 
 

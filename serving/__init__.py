@@ -15,6 +15,7 @@ process itself is started by ``grasp_deploy.server``.
 
 from __future__ import annotations
 
+
 def register() -> None:
     """Make vLLM and transformers know grasp checkpoints (every family's architecture and
     config class). Safe to call any number of times."""

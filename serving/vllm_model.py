@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
@@ -43,7 +42,7 @@ class GraspLlamaDecoderLayer(LlamaDecoderLayer):
         _add_compensation_biases(self, config, self.get_quant_config(vllm_config))
 
 
-def _add_compensation_biases(layer: nn.Module, config: Any, quant_config: Any) -> None:
+def _add_compensation_biases(layer: Any, config: Any, quant_config: Any) -> None:
     """Biases some pruning methods add (FLAP): the same projection, with a bias."""
     if getattr(config, BIAS_FIELDS["o_proj"], False):
         layer.self_attn.o_proj = _with_bias(layer.self_attn.o_proj, quant_config)

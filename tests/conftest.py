@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WIKI = SHARED / "data" / "wikitext-2"
@@ -34,8 +42,12 @@ SERVING_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads
 
 
 # family -> (config class, model class): tiny random models of every supported family.
-FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
-            "qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
@@ -148,14 +160,21 @@ def serving_plan(model):
     shape = ModelShape.from_config(model.config)
     rng = np.random.default_rng(0)
     layers = []
-    for i, (n_ffn, kv) in enumerate(zip(FFN_KEEP, KV_KEEP)):
+    for i, (n_ffn, kv) in enumerate(zip(FFN_KEEP, KV_KEEP, strict=True)):
         ffn = tuple(sorted(rng.choice(192, n_ffn, replace=False).tolist()))
         # Compensation biases (as FLAP adds) on some layers, so serving covers them too.
         o_bias = tuple(float(x) for x in 0.1 * rng.standard_normal(128)) if i in (1, 2) else None
         down_bias = tuple(float(x) for x in 0.1 * rng.standard_normal(128)) if i == 2 else None
-        layers.append(LayerPlan(ffn, kv, tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(n_ffn)),
-                                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv))),
-                                o_bias, down_bias))
+        layers.append(
+            LayerPlan(
+                ffn,
+                kv,
+                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(n_ffn)),
+                tuple(float(x) for x in 1 + 0.3 * rng.standard_normal(len(kv))),
+                o_bias,
+                down_bias,
+            )
+        )
     layout = UnitLayout.from_shape(shape)
     mask = np.zeros(layout.num_units, dtype=bool)
     for i, lp in enumerate(layers):
@@ -199,10 +218,15 @@ def random_plan(model, name, ratio=0.45, seed=0, scales=True):
     rng = np.random.default_rng(seed)
     mask = project(rng.random(layout.num_units), layout, int((1 - ratio) * layout.total_cost()))
     gamma = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
-    return Plan(method="grasp", settings={}, source=SourceModel(name, models.fingerprint(model), shape),
-                budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
-                layers=layers_from_mask(layout, mask, gamma if scales else None),
-                calibration={"source": None}, seed=seed)
+    return Plan(
+        method="grasp",
+        settings={},
+        source=SourceModel(name, models.fingerprint(model), shape),
+        budget=budget_report(layout, mask, ratio, models.count_parameters(model)),
+        layers=layers_from_mask(layout, mask, gamma if scales else None),
+        calibration={"source": None},
+        seed=seed,
+    )
 
 
 def vllm_parity(client, served: str, ckpt: Path, prompts: list[list[int]], steps: int) -> float:
@@ -220,7 +244,7 @@ def vllm_parity(client, served: str, ckpt: Path, prompts: list[list[int]], steps
             extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}).choices[0]
         got = [int(t.split(":")[1]) for t in choice.logprobs.tokens]
         seq = list(ids)
-        for step, top in enumerate(choice.logprobs.top_logprobs):
+        for top in choice.logprobs.top_logprobs:
             with torch.no_grad():
                 lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, -1].double(), -1)
             seq.append(int(lp.argmax()))

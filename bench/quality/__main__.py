@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import harness
 from bench.harness import WIKI, run
-from bench.quality.columns import (ABLATION, CALIB, CELLS, METHODS, RATIOS, WORK, cell_name)
+from bench.quality.columns import ABLATION, CALIB, CELLS, METHODS, RATIOS, WORK, cell_name
 from bench.quality.report import report
 
 
@@ -72,14 +72,33 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
 
 def export(model: str, plan: Path) -> tuple[Path, float]:
     ckpt = plan.parent / "ckpt"
-    seconds, _ = run([*harness.grasp_deploy(), "export", model, str(plan), "--out", str(ckpt), "--dtype", "float32",
-                      "--force"])
+    seconds, _ = run(
+        [
+            *harness.grasp_deploy(),
+            "export",
+            model,
+            str(plan),
+            "--out",
+            str(ckpt),
+            "--dtype",
+            "float32",
+            "--force",
+        ]
+    )
     return ckpt, seconds
 
 
 def evaluate(model: str, max_windows: int | None) -> dict:
-    cmd = [*harness.grasp_deploy(), "eval", model, "--data", f"file:{WIKI / 'wiki.test.raw'}", "--json",
-           "--dtype", "float32"]
+    cmd = [
+        *harness.grasp_deploy(),
+        "eval",
+        model,
+        "--data",
+        f"file:{WIKI / 'wiki.test.raw'}",
+        "--json",
+        "--dtype",
+        "float32",
+    ]
     if max_windows:
         cmd += ["--max-windows", str(max_windows)]
     _, out = run(cmd)
@@ -89,8 +108,8 @@ def evaluate(model: str, max_windows: int | None) -> dict:
 def plan_figures(plan_dir: Path) -> dict:
     plan = json.loads((plan_dir / "plan.json").read_text())
     shape, b = plan["source"]["shape"], plan["budget"]
-    kv = [len(l["kv_keep"]) for l in plan["layers"]]
-    dense_kv = [l["num_key_value_heads"] for l in shape["layers"]]
+    kv = [len(layer["kv_keep"]) for layer in plan["layers"]]
+    dense_kv = [layer["num_key_value_heads"] for layer in shape["layers"]]
     per_head = 2 * shape["head_dim"] * 2  # keys + values, bf16 bytes
     return {"params": b["model_pruned"], "params_dense": b["model_dense"],
             "removed_prunable": b["achieved_ratio"], "removed_model": b["model_reduction"],
@@ -126,7 +145,9 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
         record.update(plan_figures(plan))
         run_info = json.loads((plan / "run.json").read_text())
         # A plan cut from GISP's trajectory costs nothing more: its time is the one run's.
-        trajectory_run = run_info if gisp_root is None else json.loads((gisp_root / "run.json").read_text())
+        trajectory_run = (
+            run_info if gisp_root is None else json.loads((gisp_root / "run.json").read_text())
+        )
         # the method and, with --reconstruct, the refit after it (its own entry in run.json)
         record["prune_seconds"] = (trajectory_run["seconds"]["prune"]
                                    + run_info["seconds"].get("reconstruct", 0.0))
@@ -138,7 +159,9 @@ def run_cell(kind: str, column: str, args: list[str] | None, ratio: float | None
         ckpt, record["export_wall_seconds"] = export(opts.model, plan)
         target = str(ckpt)
     t0 = time.perf_counter()
-    record["eval"] = evaluate(target, opts.max_windows if kind == "table" else opts.ablation_windows)
+    record["eval"] = evaluate(
+        target, opts.max_windows if kind == "table" else opts.ablation_windows
+    )
     record["eval_wall_seconds"] = time.perf_counter() - t0
     if plan is not None:
         shutil.rmtree(ckpt)

@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 
 from bench import harness
-from bench.quality.columns import (ABLATION, CALIB, CELLS, METHODS, OURS, RATIOS, ZERO_SHOT, cell_name)
+from bench.quality.columns import (
+    ABLATION,
+    CALIB,
+    CELLS,
+    METHODS,
+    OURS,
+    RATIOS,
+    ZERO_SHOT,
+    cell_name,
+)
 
 
 def report(opts) -> None:
@@ -179,8 +188,9 @@ def plot(out: dict, columns: list[str], path: Path) -> None:
     ax.set_ylabel("WikiText-2 perplexity (log)")
     ax.set_title(f"{out['model']}: quality vs budget")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over, the data
+    ax.legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )  # beside, not over, the data
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

@@ -11,7 +11,10 @@ from .format import GROUP_SIZE_FIELD
 def _kv_asked(budget: dict[str, Any]) -> str:
     if budget.get("kv_ratio") is None:
         return ""
-    return f" (and KV cache at most {budget['kv_ratio']:.2%} of dense, kept {budget['kv_achieved']:.2%})"
+    return (
+        f" (and KV cache at most {budget['kv_ratio']:.2%} of dense, kept"
+        f" {budget['kv_achieved']:.2%})"
+    )
 
 
 def weights_note(manifest: dict[str, Any]) -> str:
@@ -35,13 +38,18 @@ def weights_note(manifest: dict[str, Any]) -> str:
 
 def model_card(manifest: dict[str, Any]) -> str:
     p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
-    ffn = [l["intermediate_size"] for l in manifest["layers"]]
-    heads = [l["num_key_value_heads"] for l in manifest["layers"]]
+    ffn = [layer["intermediate_size"] for layer in manifest["layers"]]
+    heads = [layer["num_key_value_heads"] for layer in manifest["layers"]]
     dense = manifest["dense_layer"]
     calib = manifest["calibration"]
-    calib_text = ("no calibration data" if not calib.get("source") else
-                  f"{calib.get('num_samples')} x {calib.get('seq_len')} tokens of {calib['source']}")
-    return f"""# {Path(manifest['source']['model']).name}, pruned with grasp-deploy ({manifest['method']})
+    calib_text = (
+        "no calibration data"
+        if not calib.get("source")
+        else f"{calib.get('num_samples')} x {calib.get('seq_len')} tokens of {calib['source']}"
+    )
+    name, method = Path(manifest["source"]["model"]).name, manifest["method"]
+    kv_ratio = kv["pruned"] / kv["dense"]
+    return f"""# {name}, pruned with grasp-deploy ({method})
 
 Structured pruning of `{manifest['source']['model']}` ({manifest['source']['fingerprint']}):
 {b['achieved_ratio']:.2%} of the prunable parameters (FFN channels and KV head groups) removed,
@@ -50,7 +58,7 @@ asked {b['prune_ratio']:.2%}{_kv_asked(b)}; calibration: {calib_text}; seed {man
 | | dense | pruned | ratio |
 |---|---:|---:|---:|
 | parameters | {p['dense']:,} | {p['pruned']:,} | {p['pruned'] / p['dense']:.3f} |
-| KV cache bytes / token ({kv['dtype']}) | {kv['dense']:,} | {kv['pruned']:,} | {kv['pruned'] / kv['dense']:.3f} |
+| KV cache bytes / token ({kv['dtype']}) | {kv['dense']:,} | {kv['pruned']:,} | {kv_ratio:.3f} |
 | FFN width per layer | {dense['intermediate_size']} | {min(ffn)}..{max(ffn)} | |
 | KV heads per layer | {dense['num_key_value_heads']} | {min(heads)}..{max(heads)} | |
 

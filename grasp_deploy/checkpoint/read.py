@@ -27,7 +27,9 @@ class CheckpointInfo:
 def shape_of(config: Any) -> ModelShape:
     """The shape of a pruned checkpoint's config (per-layer widths) or of a dense config."""
     if fmt.is_pruned_config(config):
-        return ModelShape.from_config(config, group_size=getattr(config, fmt.GROUP_SIZE_FIELD, 0) or 0)
+        return ModelShape.from_config(
+            config, group_size=getattr(config, fmt.GROUP_SIZE_FIELD, 0) or 0
+        )
     return ModelShape.from_config(config)
 
 
@@ -66,7 +68,9 @@ def weight_files(directory: Path) -> list[str]:
         return [fmt.SINGLE_FILE] if (directory / fmt.SINGLE_FILE).is_file() else []
     weight_map = _json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise GraspError(f"{index} has no weight_map of tensor -> file names; re-export the checkpoint")
+        raise GraspError(
+            f"{index} has no weight_map of tensor -> file names; re-export the checkpoint"
+        )
     for name in weight_map.values():
         if Path(name).name != name or name in ("", ".", ".."):
             raise GraspError(f"{index} points at {name!r}, outside the checkpoint directory; "
@@ -78,8 +82,8 @@ def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """Projection weight shapes each layer must have, from the config alone."""
     d, h, g = shape.hidden_size, shape.head_dim, shape.group_size
     want: dict[str, tuple[int, ...]] = {}
-    for i, l in enumerate(shape.layers):
-        kv, ffn, pre = l.num_key_value_heads, l.intermediate_size, f"model.layers.{i}."
+    for i, layer in enumerate(shape.layers):
+        kv, ffn, pre = layer.num_key_value_heads, layer.intermediate_size, f"model.layers.{i}."
         want.update({
             pre + "self_attn.q_proj.weight": (kv * g * h, d),
             pre + "self_attn.k_proj.weight": (kv * h, d),
@@ -167,13 +171,20 @@ def inspect_checkpoint(directory: Path, verify: bool = True) -> dict[str, Any]:
     checked = verify_checkpoint(info, hashes=verify and needs_verification(info))
     name = str(info.config.get("dtype"))
     dtype = DTYPES[name].itemsize if name in DTYPES else 2
-    heads = [l.num_key_value_heads for l in info.shape.layers]
+    heads = [layer.num_key_value_heads for layer in info.shape.layers]
     report: dict[str, Any] = {
-        "directory": str(info.directory), "architecture": (info.config.get("architectures") or ["?"])[0],
-        "layers": [{"intermediate_size": l.intermediate_size, "num_key_value_heads": l.num_key_value_heads,
-                    "num_attention_heads": l.num_key_value_heads * info.shape.group_size}
-                   for l in info.shape.layers],
-        "parameters": checked["parameters"], "weight_files": checked["files"],
+        "directory": str(info.directory),
+        "architecture": (info.config.get("architectures") or ["?"])[0],
+        "layers": [
+            {
+                "intermediate_size": layer.intermediate_size,
+                "num_key_value_heads": layer.num_key_value_heads,
+                "num_attention_heads": layer.num_key_value_heads * info.shape.group_size,
+            }
+            for layer in info.shape.layers
+        ],
+        "parameters": checked["parameters"],
+        "weight_files": checked["files"],
         "kv_cache_bytes_per_token": info.shape.kv_bytes_per_token(heads, dtype),
         "kv_dtype_bytes": dtype,
         "verified_sha256": checked["verified"],

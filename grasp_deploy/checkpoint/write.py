@@ -54,7 +54,9 @@ def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, 
     return shards
 
 
-def write_weights(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> list[str]:
+def write_weights(
+    tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int
+) -> list[str]:
     """Write safetensors (sharded with an index above ``max_shard_bytes``); return file names."""
     from safetensors.torch import save_file
 
@@ -74,8 +76,15 @@ def write_weights(tensors: dict[str, torch.Tensor], directory: Path, max_shard_b
     return names
 
 
-def write_checkpoint(directory: Path, plan: Plan, source_config: Any, tensors: dict[str, torch.Tensor],
-                     dtype: torch.dtype, max_shard_bytes: int, dense_params: int) -> dict[str, Any]:
+def write_checkpoint(
+    directory: Path,
+    plan: Plan,
+    source_config: Any,
+    tensors: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    max_shard_bytes: int,
+    dense_params: int,
+) -> dict[str, Any]:
     """Weights, config, remote code and model card; returns the manifest, which ``seal``
     writes once every other file (tokenizer, generation config, ONNX) is in place."""
     files = write_weights(tensors, directory, max_shard_bytes)

@@ -15,22 +15,43 @@ from .options import device_options, no_verify_option
 
 @main.command(name="eval")
 @click.argument("model", required=False)
-@click.option("--plan", type=click.Path(path_type=Path), default=None,
-              help="PLAN_DIR: evaluate MODEL with the plan applied as masks and scales.")
-@click.option("--data", default="wikitext2", show_default=True,
-              help="wikitext2[:SPLIT] (test split by default) or file:PATH.")
+@click.option(
+    "--plan",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PLAN_DIR: evaluate MODEL with the plan applied as masks and scales.",
+)
+@click.option(
+    "--data",
+    default="wikitext2",
+    show_default=True,
+    help="wikitext2[:SPLIT] (test split by default) or file:PATH.",
+)
 @click.option("--seq-len", default=2048, show_default=True, type=int, help="Tokens per window.")
-@click.option("--max-windows", default=None, type=int,
-              help="Score only the first N windows (quick checks).")
+@click.option(
+    "--max-windows", default=None, type=int, help="Score only the first N windows (quick checks)."
+)
 @click.option("--batch-size", default=1, show_default=True, type=int)
-@click.option("--tasks", default=None, metavar="TASK[,TASK...]",
-              help="Zero-shot accuracy on these lm-eval tasks (e.g. hellaswag,arc_easy,piqa) "
-                   "instead of perplexity. Needs pip install 'grasp-deploy[zeroshot]' and the "
-                   "Hugging Face dataset hub.")
-@click.option("--limit", default=None, type=int, help="With --tasks: the first N examples per task.")
+@click.option(
+    "--tasks",
+    default=None,
+    metavar="TASK[,TASK...]",
+    help=(
+        "Zero-shot accuracy on these lm-eval tasks (e.g. hellaswag,arc_easy,piqa) "
+        "instead of perplexity. Needs pip install 'grasp-deploy[zeroshot]' and the "
+        "Hugging Face dataset hub."
+    ),
+)
+@click.option(
+    "--limit", default=None, type=int, help="With --tasks: the first N examples per task."
+)
 @click.option("--num-fewshot", default=0, show_default=True, type=int, help="With --tasks.")
-@click.option("--include-path", type=click.Path(path_type=Path), default=None,
-              help="With --tasks: a folder of your own lm-eval task YAML files (local data).")
+@click.option(
+    "--include-path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --tasks: a folder of your own lm-eval task YAML files (local data).",
+)
 @device_options
 @no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -41,32 +41,80 @@ def _align(_ctx, _param, value: str) -> int | str:
 
 # The run's own options; the method's and post-steps' come from their settings (``parts``).
 prune_options = stack(
-    click.option("--prune-ratio", "-r", type=float, required=True,
-                 help="Fraction of the prunable parameters (FFN + attention projections) to "
-                      "remove, in (0, 1)."),
-    click.option("--kv-ratio", type=float, default=None,
-                 help="A second budget: KV-cache bytes per token at most this fraction of the "
-                      "dense model's, in (0, 1] (e.g. -r 0.5 --kv-ratio 0.4: half the "
-                      "parameters and 60% less KV cache). Every method honours it; by default "
-                      "the KV heads kept follow from the parameter budget alone."),
-    click.option("--calib", default="wikitext2", show_default=True,
-                 help="Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
-                      "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."),
-    click.option("--num-samples", "-n", default=512, show_default=True, type=int,
-                 help="Calibration blocks (stage A for grasp; all of them for baselines)."),
-    click.option("--seq-len", "-l", default=512, show_default=True, type=int,
-                 help="Tokens per calibration block."),
-    click.option("--align", default="auto", show_default=True, callback=_align,
-                 help="Keep every layer's FFN width a multiple of this: 'auto' follows the "
-                      "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
-                      "measured faster), or an integer (e.g. 64 for a CPU-pruned model served "
-                      "on a GPU)."),
-    click.option("--tp", default=1, show_default=True, type=int,
-                 help="Keep every layer's KV-head count a multiple of this tensor-parallel degree."),
+    click.option(
+        "--prune-ratio",
+        "-r",
+        type=float,
+        required=True,
+        help=(
+            "Fraction of the prunable parameters (FFN + attention projections) to "
+            "remove, in (0, 1)."
+        ),
+    ),
+    click.option(
+        "--kv-ratio",
+        type=float,
+        default=None,
+        help=(
+            "A second budget: KV-cache bytes per token at most this fraction of the "
+            "dense model's, in (0, 1] (e.g. -r 0.5 --kv-ratio 0.4: half the "
+            "parameters and 60% less KV cache). Every method honours it; by default "
+            "the KV heads kept follow from the parameter budget alone."
+        ),
+    ),
+    click.option(
+        "--calib",
+        default="wikitext2",
+        show_default=True,
+        help=(
+            "Calibration text: wikitext2[:SPLIT] (hub), file:PATH "
+            "(.txt/.jsonl/.parquet), or self (sampled from the model: data-free)."
+        ),
+    ),
+    click.option(
+        "--num-samples",
+        "-n",
+        default=512,
+        show_default=True,
+        type=int,
+        help="Calibration blocks (stage A for grasp; all of them for baselines).",
+    ),
+    click.option(
+        "--seq-len",
+        "-l",
+        default=512,
+        show_default=True,
+        type=int,
+        help="Tokens per calibration block.",
+    ),
+    click.option(
+        "--align",
+        default="auto",
+        show_default=True,
+        callback=_align,
+        help=(
+            "Keep every layer's FFN width a multiple of this: 'auto' follows the "
+            "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
+            "measured faster), or an integer (e.g. 64 for a CPU-pruned model served "
+            "on a GPU)."
+        ),
+    ),
+    click.option(
+        "--tp",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Keep every layer's KV-head count a multiple of this tensor-parallel degree.",
+    ),
     device_options,
     click.option("--seed", default=0, show_default=True, type=int),
-    click.option("--checkpoint-every", default=50, show_default=True, type=int,
-                 help="Save the gate state every N steps; re-running the same command resumes."),
+    click.option(
+        "--checkpoint-every",
+        default=50,
+        show_default=True,
+        type=int,
+        help="Save the gate state every N steps; re-running the same command resumes.",
+    ),
 )
 
 
@@ -88,7 +136,8 @@ def _levels(_ctx, _param, text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise GraspError(f"--concurrency {text!r} must be integers separated by commas, e.g. 1,4,16")
+        raise GraspError(f"--concurrency {text!r} must be integers separated by commas, "
+                         "e.g. 1,4,16") from None
 
 
 def _slo(_ctx, _param, items: tuple[str, ...]) -> dict[str, float]:
@@ -100,34 +149,81 @@ def _slo(_ctx, _param, items: tuple[str, ...]) -> dict[str, float]:
         try:
             slo[key] = float(value)
         except ValueError:
-            raise GraspError(f"--slo {item!r}: {value!r} is not a number of milliseconds")
+            raise GraspError(f"--slo {item!r}: {value!r} is not a number of "
+                             "milliseconds") from None
     return slo
 
 
 bench_options = stack(
-    click.option("--concurrency", default="1,4,16,64", show_default=True, callback=_levels,
-                 help="Closed-loop concurrency levels (comma-separated)."),
-    click.option("--requests", default=64, show_default=True, type=int,
-                 help="Requests per level, per model, per repeat."),
-    click.option("--input-len", default=128, show_default=True, type=int,
-                 help="Prompt tokens (seeded random ids, identical for both models)."),
-    click.option("--output-len", default=64, show_default=True, type=int,
-                 help="Output tokens per request (max_tokens with ignore_eos)."),
-    click.option("--repeats", default=1, show_default=True, type=int,
-                 help="Alternate dense/pruned this many times (ABAB)."),
-    click.option("--request-rate", default=None, type=float,
-                 help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool)."),
-    click.option("--warmup", default=4, show_default=True, type=int,
-                 help="Discarded requests after each server start."),
-    click.option("--kv-cache-gb", default=1.0, show_default=True, type=float,
-                 help="KV-cache memory given to both servers."),
-    click.option("--max-model-len", default=None, type=int,
-                 help="vLLM --max-model-len for the servers."),
-    click.option("--vllm-dtype", default="auto", show_default=True,
-                 help="vLLM --dtype for the servers."),
+    click.option(
+        "--concurrency",
+        default="1,4,16,64",
+        show_default=True,
+        callback=_levels,
+        help="Closed-loop concurrency levels (comma-separated).",
+    ),
+    click.option(
+        "--requests",
+        default=64,
+        show_default=True,
+        type=int,
+        help="Requests per level, per model, per repeat.",
+    ),
+    click.option(
+        "--input-len",
+        default=128,
+        show_default=True,
+        type=int,
+        help="Prompt tokens (seeded random ids, identical for both models).",
+    ),
+    click.option(
+        "--output-len",
+        default=64,
+        show_default=True,
+        type=int,
+        help="Output tokens per request (max_tokens with ignore_eos).",
+    ),
+    click.option(
+        "--repeats",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Alternate dense/pruned this many times (ABAB).",
+    ),
+    click.option(
+        "--request-rate",
+        default=None,
+        type=float,
+        help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool).",
+    ),
+    click.option(
+        "--warmup",
+        default=4,
+        show_default=True,
+        type=int,
+        help="Discarded requests after each server start.",
+    ),
+    click.option(
+        "--kv-cache-gb",
+        default=1.0,
+        show_default=True,
+        type=float,
+        help="KV-cache memory given to both servers.",
+    ),
+    click.option(
+        "--max-model-len", default=None, type=int, help="vLLM --max-model-len for the servers."
+    ),
+    click.option(
+        "--vllm-dtype", default="auto", show_default=True, help="vLLM --dtype for the servers."
+    ),
     click.option("--enforce-eager", is_flag=True, help="No torch.compile / CUDA graphs."),
-    click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS", callback=_slo,
-                 help="Goodput targets, e.g. --slo ttft:1000 --slo tpot:100."),
+    click.option(
+        "--slo",
+        multiple=True,
+        metavar="ttft:MS|tpot:MS",
+        callback=_slo,
+        help="Goodput targets, e.g. --slo ttft:1000 --slo tpot:100.",
+    ),
 )
 
 

@@ -12,9 +12,8 @@ from ..server.launcher import ServerConfig
 from ..sources.known import DEFAULT_MODEL
 from . import show
 from .group import main, quiet_transformers
+from .options import bench_config, bench_options, no_verify_option, prune_config, prune_options
 from .parts import PartsCommand
-from .options import (bench_config, bench_options, no_verify_option, prune_config,
-                      prune_options)
 
 
 def _say(message: str) -> None:
@@ -25,16 +24,30 @@ def _say(message: str) -> None:
 @click.argument("model", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--api-key", default=None, envvar="GRASP_API_KEY",
-              help="Require this bearer token from clients (better: set GRASP_API_KEY, which no "
-                   "other local user can read in ps). Never printed in full.")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="GRASP_API_KEY",
+    help=(
+        "Require this bearer token from clients (better: set GRASP_API_KEY, which no "
+        "other local user can read in ps). Never printed in full."
+    ),
+)
 @click.option("--max-model-len", default=None, type=int, help="Context length to serve.")
-@click.option("--kv-cache-gb", default=None, type=float,
-              help="KV-cache memory in GiB (CPU RAM or GPU memory; vLLM's "
-                   "--kv-cache-memory-bytes). Same value for dense and pruned = fair A/B.")
+@click.option(
+    "--kv-cache-gb",
+    default=None,
+    type=float,
+    help=(
+        "KV-cache memory in GiB (CPU RAM or GPU memory; vLLM's "
+        "--kv-cache-memory-bytes). Same value for dense and pruned = fair A/B."
+    ),
+)
 @click.option("--dtype", default="auto", show_default=True, help="vLLM --dtype.")
 @click.option("--served-model-name", default=None, help="[default: the directory name]")
-@click.option("--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start).")
+@click.option(
+    "--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start)."
+)
 @click.option("--startup-timeout", default=900.0, show_default=True, type=float, help="Seconds.")
 @no_verify_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
@@ -90,18 +103,33 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
 @main.command(name="prune-and-serve", cls=PartsCommand)
 @click.argument("model", required=False)
 @prune_options
-@click.option("--work", type=click.Path(path_type=Path), default=None,
-              help="Directory for plan/, ckpt/ and bench/  [default: runs/<model>-<method>-r<R>-<key>]")
-@click.option("--bench", "do_bench", is_flag=True,
-              help="Run the A/B load test against the dense model before serving.")
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for plan/, ckpt/ and bench/  [default: runs/<model>-<method>-r<R>-<key>]",
+)
+@click.option(
+    "--bench",
+    "do_bench",
+    is_flag=True,
+    help="Run the A/B load test against the dense model before serving.",
+)
 @bench_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--api-key", default=None, envvar="GRASP_API_KEY",
-              help="Require this bearer token from clients (or set GRASP_API_KEY).")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="GRASP_API_KEY",
+    help="Require this bearer token from clients (or set GRASP_API_KEY).",
+)
 @click.option("--startup-timeout", default=900.0, show_default=True, type=float)
-@click.option("--once", is_flag=True,
-              help="Start the server, print the endpoint and one sample completion, then stop.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Start the server, print the endpoint and one sample completion, then stop.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once, quiet,
                     concurrency, requests, input_len, output_len, repeats, request_rate, warmup,

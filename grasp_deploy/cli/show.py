@@ -18,19 +18,23 @@ def kv_budget_text(budget: dict[str, Any]) -> str:
 
 def prune_summary(result) -> None:
     plan, b = result.plan, result.plan.budget
-    kv = [len(l.kv_keep) for l in plan.layers]
-    ffn = [len(l.ffn_keep) for l in plan.layers]
+    kv = [len(layer.kv_keep) for layer in plan.layers]
+    ffn = [len(layer.ffn_keep) for layer in plan.layers]
     dense = plan.source.shape.layers[0]
     lines = [
         f"plan written to {result.plan_dir}/plan.json",
         f"  method          {plan.method} on {plan.source.name}",
-        f"  prunable params {b.prunable_dense:,} -> {b.prunable_kept:,}  "
-        f"(removed {b.achieved_ratio:.2%}, asked {b.prune_ratio:.2%})",
-        f"  model params    {b.model_dense:,} -> {b.model_pruned:,}  "
-        f"(-{b.model_reduction:.2%})",
+        (
+            f"  prunable params {b.prunable_dense:,} -> {b.prunable_kept:,}  "
+            f"(removed {b.achieved_ratio:.2%}, asked {b.prune_ratio:.2%})"
+        ),
+        f"  model params    {b.model_dense:,} -> {b.model_pruned:,}  (-{b.model_reduction:.2%})",
         f"  FFN width       {min(ffn)}..{max(ffn)} of {dense.intermediate_size} per layer",
-        f"  KV heads        {sum(kv)} of {sum(l.num_key_value_heads for l in plan.source.shape.layers)}"
-        f" in all ({min(kv)}..{max(kv)} per layer)",
+        (
+            f"  KV heads        {sum(kv)} of"
+            f" {sum(layer.num_key_value_heads for layer in plan.source.shape.layers)} in all"
+            f" ({min(kv)}..{max(kv)} per layer)"
+        ),
         f"  KV budget       {kv_budget_text(plan.to_json()['budget'])}",
     ]
     for name, log in result.stages.items():
@@ -70,9 +74,11 @@ def inspect_report(r: dict[str, Any]) -> None:
                      f"method {r['method']}")
         lines.append(f"  parameters   {r['dense_parameters']:,} dense -> {r['parameters']:,} "
                      f"(x{r['parameters'] / r['dense_parameters']:.3f})")
-        lines.append(f"  KV bytes/tok {r['dense_kv_cache_bytes_per_token']:,} dense -> "
-                     f"{r['kv_cache_bytes_per_token']:,} "
-                     f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})")
+        lines.append(
+            f"  KV bytes/tok {r['dense_kv_cache_bytes_per_token']:,} dense -> "
+            f"{r['kv_cache_bytes_per_token']:,} "
+            f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})"
+        )
         b = r["budget"]
         lines.append(f"  budgets      prunable parameters: {b['prune_ratio']:.2%} removal asked, "
                      f"{b['achieved_ratio']:.2%} achieved; {kv_budget_text(b)}")
@@ -80,9 +86,9 @@ def inspect_report(r: dict[str, Any]) -> None:
         lines.append(f"  parameters   {r['parameters']:,}")
         lines.append(f"  KV bytes/tok {r['kv_cache_bytes_per_token']:,}")
     lines.append("  layer  ffn_width  kv_heads  q_heads")
-    for i, l in enumerate(r["layers"]):
-        lines.append(f"  {i:>5}  {l['intermediate_size']:>9}  {l['num_key_value_heads']:>8}  "
-                     f"{l['num_attention_heads']:>7}")
+    for i, layer in enumerate(r["layers"]):
+        lines.append(f"  {i:>5}  {layer['intermediate_size']:>9}  "
+                     f"{layer['num_key_value_heads']:>8}  {layer['num_attention_heads']:>7}")
     lines.append("  sha256 of every file (code, config, tokenizer, weights) matches "
                  "grasp_manifest.json" if r["verified_sha256"]
                  else "  files NOT verified (a dense model directory, or --no-verify)")
@@ -147,8 +153,10 @@ def soak_report(results: dict[str, Any], out) -> None:
              f"{results['wall_seconds']:.0f}s at {results['users']} users, "
              f"{s['output_throughput']:.1f} output tok/s"]
     if "rss_first_mib" in m:
-        lines.append(f"  server RSS after warm-up {m['rss_first_mib']:.0f} -> {m['rss_last_mib']:.0f} "
-                     f"MiB (peak {m['rss_peak_mib']:.0f}, trend {m['slope_mib_per_min']:+.2f} MiB/min)")
+        lines.append(
+            f"  server RSS after warm-up {m['rss_first_mib']:.0f} -> {m['rss_last_mib']:.0f} "
+            f"MiB (peak {m['rss_peak_mib']:.0f}, trend {m['slope_mib_per_min']:+.2f} MiB/min)"
+        )
     lines.append(f"measured with {configuration(results)}")
     lines.append(f"report: {out}/soak.md  (plot: {out}/memory.png)")
     click.echo("\n".join(lines))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Any
 
 from .errors import GraspError
 
 
-def check_number(flag: str, value: object, low: float | None = None, high: float | None = None,
+def check_number(flag: str, value: Any, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
     """Raise GraspError unless ``value`` is a finite number in the range given (``*_open``:
     the bound itself is excluded), and a whole number when ``integer``."""
@@ -26,4 +27,6 @@ def check_number(flag: str, value: object, low: float | None = None, high: float
             bounds.append(f"{'>' if low_open else '>='} {low:g}")
         if high is not None:
             bounds.append(f"{'<' if high_open else '<='} {high:g}")
-        raise GraspError(f"{flag} {value} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}")
+        raise GraspError(
+            f"{flag} {value} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}"
+        )

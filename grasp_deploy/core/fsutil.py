@@ -21,10 +21,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import GraspError
 
@@ -113,7 +113,11 @@ def clean_stale(out: Path) -> list[Path]:
             pid = _pid_of(path)
             if pid is not None and pid != os.getpid() and _alive(pid):
                 continue  # another run is writing it now
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            (
+                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir()
+                else path.unlink(missing_ok=True)
+            )
             log.info("removed %s, left by an interrupted run", path)
             removed.append(path)
     return removed
@@ -184,7 +188,9 @@ def atomic_dir(out: Path, force: bool, kind: DirKind, flag: str = "--out") -> It
         _swap_into_place(tmp, out)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GraspError(f"could not write {out}: {err.strerror or err}; nothing was changed") from err
+        raise GraspError(
+            f"could not write {out}: {err.strerror or err}; nothing was changed"
+        ) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

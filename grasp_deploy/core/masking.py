@@ -24,9 +24,10 @@ projection computes once export writes the weight in its place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,12 @@ from torch import nn
 
 from .shape import ModelShape
 
+# A transformers decoder layer (self_attn with q/k/v/o_proj, mlp with gate/up/down_proj, norms):
+# reached by attribute, as every family names its parts the same (typed loosely on purpose).
+DecoderLayer = Any
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+
+def decoder_layers(model: nn.Module) -> Sequence[DecoderLayer]:
     inner = getattr(model, "model", model)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -49,15 +54,17 @@ class Multipliers:
 
     ffn: list[torch.Tensor | None] = field(default_factory=list)  # (intermediate_size,)
     kv: list[torch.Tensor | None] = field(default_factory=list)  # (num_key_value_heads,)
-    o_bias: list[torch.Tensor | None] = field(default_factory=list)  # (hidden_size,) added to o_proj
+    # (hidden_size,) added to o_proj / down_proj
+    o_bias: list[torch.Tensor | None] = field(default_factory=list)
     down_bias: list[torch.Tensor | None] = field(default_factory=list)  # added to down_proj
     # (kept input ids, weight out x kept) replacing o_proj / down_proj (reconstruction)
     o_weight: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
     down_weight: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, num_layers: int) -> "Multipliers":
-        return cls(*([None] * num_layers for _ in range(6)))
+    def empty(cls, num_layers: int) -> Multipliers:
+        none: list[Any] = [None] * num_layers
+        return cls(*(list(none) for _ in range(6)))
 
     def weight(self, name: str, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         weights = self.o_weight if name == "o" else self.down_weight
@@ -95,7 +102,9 @@ def multiplied(model: nn.Module, shape: ModelShape, mult: Multipliers) -> Iterat
                 return None
             cols, w = replacement
             x = args[0]
-            y = F.linear(x.index_select(-1, cols.to(x.device)), w.to(dtype=x.dtype, device=x.device))
+            y = F.linear(
+                x.index_select(-1, cols.to(x.device)), w.to(dtype=x.dtype, device=x.device)
+            )
             return y if mod.bias is None else y + mod.bias
 
         def bias_post(_mod, _args, out, i=i, name="o"):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ class Plan:
             raise ValueError("seed must be an integer and settings an object")
         if len(self.layers) != shape.num_layers:
             raise ValueError(f"plan has {len(self.layers)} layers, model {shape.num_layers}")
-        for i, (lp, ls) in enumerate(zip(self.layers, shape.layers)):
+        for i, (lp, ls) in enumerate(zip(self.layers, shape.layers, strict=True)):
             for name, ids, size, scale in (
                 (FFN, lp.ffn_keep, ls.intermediate_size, lp.ffn_scale),
                 (KV, lp.kv_keep, ls.num_key_value_heads, lp.kv_scale),
@@ -133,11 +134,12 @@ class Plan:
 
     def _check_replaced(self) -> None:
         shape, d = self.source.shape, self.source.shape.hidden_size
+        replaced = self.replaced or {}
         for i, lp in enumerate(self.layers):
             for key, inputs in ((f"model.layers.{i}.self_attn.o_proj.weight",
                                  len(lp.kv_keep) * shape.group_size * shape.head_dim),
                                 (f"model.layers.{i}.mlp.down_proj.weight", len(lp.ffn_keep))):
-                t = self.replaced.get(key)
+                t = replaced.get(key)
                 if t is None or tuple(t.shape) != (d, inputs):
                     raise ValueError(f"reconstructed {key} is "
                                      f"{'missing' if t is None else tuple(t.shape)}, "
@@ -145,18 +147,18 @@ class Plan:
 
     # -- derived ----------------------------------------------------------------------
     def widths(self) -> list[dict[str, int]]:
-        return [{"intermediate_size": len(l.ffn_keep), "num_key_value_heads": len(l.kv_keep)}
-                for l in self.layers]
+        return [{"intermediate_size": len(lp.ffn_keep), "num_key_value_heads": len(lp.kv_keep)}
+                for lp in self.layers]
 
     @property
     def has_biases(self) -> dict[str, bool]:
-        return {"o_proj": any(l.o_bias is not None for l in self.layers),
-                "down_proj": any(l.down_bias is not None for l in self.layers)}
+        return {"o_proj": any(layer.o_bias is not None for layer in self.layers),
+                "down_proj": any(layer.down_bias is not None for layer in self.layers)}
 
     def multipliers(self, with_scales: bool = True) -> Multipliers:
         """0 for removed units, the stage-B scale (or 1) for kept ones; compensation biases."""
         mult = Multipliers.empty(len(self.layers))
-        for i, (lp, ls) in enumerate(zip(self.layers, self.source.shape.layers)):
+        for i, (lp, ls) in enumerate(zip(self.layers, self.source.shape.layers, strict=True)):
             for name, bias in (("o_bias", lp.o_bias), ("down_bias", lp.down_bias)):
                 if bias is not None:
                     getattr(mult, name)[i] = torch.tensor(bias, dtype=torch.float32)
@@ -170,7 +172,8 @@ class Plan:
                 (mult.ffn if kind == FFN else mult.kv)[i] = m
             if self.replaced is not None:
                 pre = f"model.layers.{i}."
-                mult.o_weight[i] = (self.query_columns(i), self.replaced[pre + "self_attn.o_proj.weight"])
+                mult.o_weight[i] = (self.query_columns(i),
+                                    self.replaced[pre + "self_attn.o_proj.weight"])
                 mult.down_weight[i] = (torch.tensor(lp.ffn_keep, dtype=torch.long),
                                        self.replaced[pre + "mlp.down_proj.weight"])
         return mult
@@ -194,7 +197,7 @@ class Plan:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Plan":
+    def from_json(cls, data: dict[str, Any]) -> Plan:
         if not isinstance(data, dict):
             raise GraspError(f"a plan is a JSON object, not a {type(data).__name__}; pass the "
                              "plan.json written by grasp-deploy prune")
@@ -208,10 +211,10 @@ class Plan:
         def tup(x):
             return None if x is None else tuple(x)
 
-        layers = tuple(LayerPlan(tuple(l["ffn_keep"]), tuple(l["kv_keep"]),
-                                 tup(l.get("ffn_scale")), tup(l.get("kv_scale")),
-                                 tup(l.get("o_bias")), tup(l.get("down_bias")))
-                       for l in data["layers"])
+        layers = tuple(LayerPlan(tuple(layer["ffn_keep"]), tuple(layer["kv_keep"]),
+                                 tup(layer.get("ffn_scale")), tup(layer.get("kv_scale")),
+                                 tup(layer.get("o_bias")), tup(layer.get("down_bias")))
+                       for layer in data["layers"])
         return cls(
             method=data["method"], settings=data["settings"],
             source=SourceModel(src["name"], src["fingerprint"], ModelShape.from_json(src["shape"])),
@@ -220,7 +223,8 @@ class Plan:
             format_version=data["format_version"], reconstruction=data.get("reconstruction"),
         )
 
-    def with_reconstruction(self, weights: Mapping[str, torch.Tensor], info: dict[str, Any]) -> "Plan":
+    def with_reconstruction(self, weights: Mapping[str, torch.Tensor],
+                            info: dict[str, Any]) -> Plan:
         """This plan with refitted weights; the FFN stage-B scales are absorbed by them. A
         plain dict is taken into memory as float32; any other mapping (``SpilledTensors``)
         is read one tensor at a time, here and when saved."""
@@ -236,7 +240,7 @@ class Plan:
             target = Path(directory) / RECONSTRUCTION_FILE
             with target.open("wb") as f:
                 digest = sha256_of(serialized(self.replaced), sink=f.write)
-            if digest != self.reconstruction["sha256"]:
+            if digest != (self.reconstruction or {}).get("sha256"):
                 raise GraspError("the reconstructed weights changed after they were recorded")
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
         return path

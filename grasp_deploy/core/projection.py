@@ -13,9 +13,10 @@ and blocks are what the global ranking chooses among.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class UnitLayout:
     segments: tuple[Segment, ...]
 
     @classmethod
-    def from_shape(cls, shape: ModelShape, align: int = 1, tp: int = 1) -> "UnitLayout":
+    def from_shape(cls, shape: ModelShape, align: int = 1, tp: int = 1) -> UnitLayout:
         if align < 1 or tp < 1:
             raise GraspError(f"--align ({align}) and --tp ({tp}) must be positive integers")
         segments, start = [], 0

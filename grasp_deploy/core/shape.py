@@ -93,7 +93,7 @@ class ModelShape:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Any, group_size: int | None = None) -> "ModelShape":
+    def from_config(cls, config: Any, group_size: int | None = None) -> ModelShape:
         """The shape of a dense config, or of a heterogeneous one (transformers'
         ``per_layer_config``) whose query heads per KV head ``group_size`` gives."""
         if group_size is None:
@@ -148,7 +148,7 @@ class ModelShape:
         return self.family.gate_keys if self.family else True
 
     @classmethod
-    def from_json(cls, data: dict) -> "ModelShape":
+    def from_json(cls, data: dict) -> ModelShape:
         layers = tuple(LayerShape(**layer) for layer in data["layers"])
         return cls(**{**data, "layers": layers})
 
@@ -179,16 +179,23 @@ class ModelShape:
         return ffn * self.ffn_unit_cost + kv * self.kv_unit_cost
 
     def prunable_params(self) -> int:
-        return sum(self.layer_cost(l.intermediate_size, l.num_key_value_heads) for l in self.layers)
+        return sum(
+            self.layer_cost(layer.intermediate_size, layer.num_key_value_heads)
+            for layer in self.layers
+        )
 
     def kv_bytes_per_token(self, kv_heads: list[int] | None = None, dtype_bytes: int = 2) -> int:
         """KV-cache bytes one token occupies across all layers (keys and values)."""
-        heads = kv_heads if kv_heads is not None else [l.num_key_value_heads for l in self.layers]
+        heads = (
+            kv_heads
+            if kv_heads is not None
+            else [layer.num_key_value_heads for layer in self.layers]
+        )
         return sum(2 * n * self.head_dim * dtype_bytes for n in heads)
 
 
 def _qkv_bias(config: Any) -> bool:
-    family = FAMILIES.get(getattr(config, "model_type", None))
+    family = FAMILIES.get(str(getattr(config, "model_type", "")))
     if family is not None and family.qkv_bias is not None:
         return family.qkv_bias
     return bool(getattr(config, "attention_bias", False))

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .masking import decoder_layers
+from .masking import DecoderLayer, decoder_layers
 from .plan import LayerPlan, Plan
-
 
 PROJECTIONS = (("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"),
                ("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
@@ -29,7 +28,7 @@ def rows_of_heads(heads: list[int], rows_per_head: int) -> torch.Tensor:
 def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The pruned state dict, with stage-B scales folded in (in float32, then cast)."""
     out: dict[str, torch.Tensor] = {}
-    sliced = set()  # every projection weight and bias, whether kept, replaced or new
+    sliced: set[str] = set()  # every projection weight and bias, whether kept, replaced or new
     for i, (layer, lp) in enumerate(zip(decoder_layers(model), plan.layers, strict=True)):
         pre = f"model.layers.{i}."
         for name, t in _slice_layer(layer, lp, plan, i).items():
@@ -47,7 +46,7 @@ def materialize(model: torch.nn.Module, plan: Plan, dtype: torch.dtype) -> dict[
     return out
 
 
-def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan,
+def _slice_layer(layer: DecoderLayer, lp: LayerPlan, plan: Plan,
                  index: int) -> dict[str, torch.Tensor]:
     """One decoder layer's sliced projections (float32), names relative to the layer."""
     shape = plan.source.shape
@@ -86,8 +85,10 @@ def _slice_layer(layer: torch.nn.Module, lp: LayerPlan, plan: Plan,
     # Compensation biases (FLAP) add to the projection's own bias, or become it; once any
     # layer has one, every layer gets that bias (zeros where it has none): one config flag.
     has_bias = plan.has_biases
-    for name, extra, proj, key in (("self_attn.o_proj.bias", lp.o_bias, attn.o_proj, "o_proj"),
-                                   ("mlp.down_proj.bias", lp.down_bias, mlp.down_proj, "down_proj")):
+    for name, extra, proj, key in (
+        ("self_attn.o_proj.bias", lp.o_bias, attn.o_proj, "o_proj"),
+        ("mlp.down_proj.bias", lp.down_bias, mlp.down_proj, "down_proj"),
+    ):
         if has_bias[key]:
             base = w.get(name, torch.zeros(proj.out_features))
             w[name] = base if extra is None else base + torch.tensor(extra, dtype=torch.float32)

@@ -8,8 +8,8 @@ import json
 import math
 import struct
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 import torch
 

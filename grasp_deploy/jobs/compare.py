@@ -105,7 +105,9 @@ def greedy_samples(dense: str, pruned: str, prompts: tuple[str, ...], max_new_to
             ids = tokenizer(item["prompt"], return_tensors="pt")
             gen = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            item[label] = tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            item[label] = tokenizer.decode(
+                gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+            )
         del model
     return out
 
@@ -126,5 +128,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if result["perplexity_data"]:
         lines.append(result["perplexity_data"])
     for s in result["samples"]:
-        lines += [f"{s['prompt']!r} (greedy)", f"  dense : {s['dense']!r}", f"  pruned: {s['pruned']!r}"]
+        lines += [
+            f"{s['prompt']!r} (greedy)",
+            f"  dense : {s['dense']!r}",
+            f"  pruned: {s['pruned']!r}",
+        ]
     return lines

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import format as fmt
 from ..checkpoint.write import seal, write_checkpoint
 from ..core.dtypes import dtype_from_config
 from ..core.errors import GraspError
-from ..checkpoint import format as fmt
 from ..core.fsutil import DirKind, atomic_dir, check_target
 from ..core.plan import load_plan
 from ..core.slicing import materialize

@@ -20,7 +20,9 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).logits
 
 
 def export_onnx(checkpoint: Path, seq_len: int = 16, seed: int = 0) -> dict[str, Any]:
@@ -44,9 +46,16 @@ def export_onnx(checkpoint: Path, seq_len: int = 16, seed: int = 0) -> dict[str,
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=2)
     dims = {0: batch, 1: seq}
     with torch.no_grad():
-        torch.onnx.export(wrapped, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamo=True, external_data=True,
-                          dynamic_shapes={"input_ids": dims, "attention_mask": dims})
+        torch.onnx.export(
+            wrapped,
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamo=True,
+            external_data=True,
+            dynamic_shapes={"input_ids": dims, "attention_mask": dims},
+        )
     # Check on a different shape than the one traced, with a padded row.
     ids2 = torch.randint(0, vocab, (3, seq_len + 5), generator=gen)
     mask2 = torch.ones_like(ids2)

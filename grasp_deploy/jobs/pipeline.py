@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -75,7 +76,9 @@ def default_work_dir(config: PruneConfig, root: Path = Path("runs")) -> Path:
     return root / f"{name}-{config.method}-r{config.prune_ratio:g}-{key}"
 
 
-def prepare_checkpoint(config: PruneConfig, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def prepare_checkpoint(
+    config: PruneConfig, work: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
     """Plan and checkpoint under ``work``, made anew only when the inputs changed: the same
     settings and a model whose weights still have the plan's fingerprint."""
     _check_work_dir(work)

@@ -137,7 +137,7 @@ def _make_plan(config: PruneConfig, settings: dict[str, Any], result: MethodResu
     if result.biases is not None:
         layers = tuple(replace(lp, o_bias=tuple(float(x) for x in b["o"]),
                                down_bias=tuple(float(x) for x in b["down"]))
-                       for lp, b in zip(layers, result.biases))
+                       for lp, b in zip(layers, result.biases, strict=True))
         # Biases the architecture lacks are new parameters (a hidden-size vector per layer).
         shape = source.shape
         added = shape.hidden_size * len(result.biases) * (int(not shape.o_proj_bias)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
 from ..server.net import check_bindable, is_loopback
@@ -82,7 +83,9 @@ def kv_summary(server: VllmServer) -> str:
     parts = [f"KV cache: {tokens:,} tokens ({int(info['num_gpu_blocks']):,} blocks of "
              f"{int(info['block_size'])})"]
     if "kv_cache_max_concurrency" in info:
-        parts.append(f"max concurrency {info['kv_cache_max_concurrency']:.2f}x at the max model length")
+        parts.append(
+            f"max concurrency {info['kv_cache_max_concurrency']:.2f}x at the max model length"
+        )
     if "kv_cache_memory_bytes" in info:
         parts.append(f"{info['kv_cache_memory_bytes'] / 2**30:.2f} GiB")
     return ", ".join(parts)

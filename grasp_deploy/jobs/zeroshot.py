@@ -43,7 +43,9 @@ class TasksConfig:
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise GraspError("--tasks is empty; name at least one lm-eval task, e.g. --tasks hellaswag")
+            raise GraspError(
+                "--tasks is empty; name at least one lm-eval task, e.g. --tasks hellaswag"
+            )
         if self.limit is not None and self.limit < 1:
             raise GraspError(f"--limit {self.limit} must be at least 1")
         if self.num_fewshot < 0:
@@ -92,7 +94,9 @@ def check_tasks(tasks: tuple[str, ...], known: list[str]) -> None:
     for task in tasks:
         if task not in names:
             near = difflib.get_close_matches(task, known, n=3)
-            hint = f"did you mean {', '.join(near)}?" if near else "list them with `lm-eval ls tasks`"
+            hint = (
+                f"did you mean {', '.join(near)}?" if near else "list them with `lm-eval ls tasks`"
+            )
             raise GraspError(f"--tasks: {task!r} is not an lm-eval task; {hint}")
 
 
@@ -144,10 +148,12 @@ def run_tasks(config: TasksConfig) -> TasksResult:
                                           task_manager=manager)
         except Exception as err:  # noqa: BLE001 - sorted into "hub unreachable" or re-raised
             if _hub_unreachable(err):
-                raise GraspError(f"--tasks {','.join(config.tasks)}: a task's dataset could not be "
-                                 f"fetched ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-                                 "zero-shot tasks need the Hugging Face dataset hub, or its cache "
-                                 "from a machine that has it") from None
+                raise GraspError(
+                    f"--tasks {','.join(config.tasks)}: a task's dataset could not be "
+                    f"fetched ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+                    "zero-shot tasks need the Hugging Face dataset hub, or its cache "
+                    "from a machine that has it"
+                ) from None
             raise
     metrics = {task: {name.split(",")[0]: float(value) for name, value in values.items()
                       if isinstance(value, (int, float)) and not isinstance(value, bool)

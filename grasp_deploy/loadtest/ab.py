@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.checks import check_number
 from ..core.errors import GraspError
@@ -61,7 +62,9 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
-            raise GraspError(f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16")
+            raise GraspError(
+                f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16"
+            )
         for flag, value in (("--requests", self.requests), ("--input-len", self.input_len),
                             ("--output-len", self.output_len), ("--repeats", self.repeats)):
             check_number(flag, value, low=1, integer=True)
@@ -69,8 +72,12 @@ class BenchConfig:
             raise GraspError("--output-len must be at least 2 (TPOT needs two tokens)")
         check_number("--warmup", self.warmup, low=0, integer=True)
         check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
-        for flag, value in (("--request-rate", self.request_rate), ("--slo ttft", self.slo_ttft_ms),
-                            ("--slo tpot", self.slo_tpot_ms), ("--max-model-len", self.max_model_len)):
+        for flag, value in (
+            ("--request-rate", self.request_rate),
+            ("--slo ttft", self.slo_ttft_ms),
+            ("--slo tpot", self.slo_tpot_ms),
+            ("--max-model-len", self.max_model_len),
+        ):
             if value is not None:
                 check_number(flag, value, low=0, low_open=True)
         if self.duration is not None:
@@ -87,8 +94,18 @@ def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
 
 
-def run_locust(url: str, model: str, prompts_file: Path, records: Path, users: int, requests: int,
-               output_len: int, rate: float | None, timeout: float, api_key: str | None = None) -> None:
+def run_locust(
+    url: str,
+    model: str,
+    prompts_file: Path,
+    records: Path,
+    users: int,
+    requests: int,
+    output_len: int,
+    rate: float | None,
+    timeout: float,
+    api_key: str | None = None,
+) -> None:
     """One bounded locust run (headless, its own process); records land in ``records``."""
     if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         raise GraspError(f"load tests target loopback only, not {url}")
@@ -109,7 +126,7 @@ def run_locust(url: str, model: str, prompts_file: Path, records: Path, users: i
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def timings(records: list[dict[str, Any]]) -> list[RequestTiming]:
@@ -170,7 +187,9 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
             for level in config.concurrency:
                 rs = [r for r in records if r["model"] == label and r["level"] == level]
                 if rs:
-                    results["levels"].setdefault(str(level), {})[label] = summarize_level(rs, config)
+                    results["levels"].setdefault(str(level), {})[label] = summarize_level(
+                        rs, config
+                    )
         results["mode"] = mode
         write_report(results, out)
         for sig, handler in (previous or {}).items():
@@ -206,8 +225,10 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
         run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
         for level in config.concurrency:
             if not server.alive():
-                results["events"].append(f"{label} server died before level {level} (repeat {rep}); "
-                                         f"log: {server.log_path}")
+                results["events"].append(
+                    f"{label} server died before level {level} (repeat {rep}); "
+                    f"log: {server.log_path}"
+                )
                 raise_died(label, server)
             part = raw.with_name(f"part-{label}-{level}-{rep}.jsonl")
             part.unlink(missing_ok=True)
@@ -229,8 +250,10 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                  "series": scraper.series()})
             say(f"  {ok}/{len(recs)} ok in {wall:.1f}s")
             if not server.alive():
-                results["events"].append(f"{label} server died during level {level} (repeat {rep}); "
-                                         f"kept {len(recs)} measured requests; log: {server.log_path}")
+                results["events"].append(
+                    f"{label} server died during level {level} (repeat {rep}); "
+                    f"kept {len(recs)} measured requests; log: {server.log_path}"
+                )
                 raise_died(label, server)
 
 

@@ -47,7 +47,7 @@ class _Run:
     timeout = float(_cfg("TIMEOUT", "600"))
 
 
-def _wait(user: "OpenAIStreamUser") -> float:
+def _wait(user: OpenAIStreamUser) -> float:
     if _Run.rate <= 0:
         return 0.0  # closed loop: each user sends its next request at once
     users = max(1, user.environment.runner.user_count if user.environment.runner else 1)

@@ -80,7 +80,11 @@ class MetricsScraper(Sampler):
         def col(key):
             return [s[key] for s in self.samples if key in s]
 
-        usage, running, waiting = col("kv_cache_usage_perc"), col("num_requests_running"), col("num_requests_waiting")
+        usage, running, waiting = (
+            col("kv_cache_usage_perc"),
+            col("num_requests_running"),
+            col("num_requests_waiting"),
+        )
         pre = col("num_preemptions")
         return {"kv_cache_usage_peak": max(usage, default=float("nan")),
                 "kv_cache_usage_mean": sum(usage) / len(usage) if usage else float("nan"),

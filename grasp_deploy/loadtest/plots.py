@@ -32,9 +32,23 @@ def plots(results: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> lis
     for ax, metric, title in ((axes[0], "tpot", "TPOT"), (axes[1], "ttft", "TTFT")):
         for who, color in (("dense", "C0"), ("pruned", "C1")):
             for q, style in (("median", "-"), ("p99", "--")):
-                ys = [levels[str(l)].get(who, {}).get(f"{q}_{metric}_ms", math.nan) for l in x]
-                ax.plot(x, ys, style, color=color, marker="o", label=f"{who} {q.replace('median', 'p50')}")
-        ax.set(xscale="log", xlabel="concurrency", ylabel="ms", title=f"{title} (p50 solid, p99 dashed)")
+                ys = [
+                    levels[str(item)].get(who, {}).get(f"{q}_{metric}_ms", math.nan) for item in x
+                ]
+                ax.plot(
+                    x,
+                    ys,
+                    style,
+                    color=color,
+                    marker="o",
+                    label=f"{who} {q.replace('median', 'p50')}",
+                )
+        ax.set(
+            xscale="log",
+            xlabel="concurrency",
+            ylabel="ms",
+            title=f"{title} (p50 solid, p99 dashed)",
+        )
         ax.set_xticks(x, [str(v) for v in x])
         ax.legend(fontsize=8), ax.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(out / "latency.png", dpi=120), plt.close(fig)
@@ -65,7 +79,7 @@ def pareto_plot(rows: list[dict[str, Any]], out: Path) -> str:
         per_user = [1000 / r[f"{who}_median_tpot_ms"] if r[f"{who}_median_tpot_ms"] else math.nan
                     for r in rows]
         ax.plot(total, per_user, marker="o", color=color, label=who)
-        for r, tx, ty in zip(rows, total, per_user):
+        for r, tx, ty in zip(rows, total, per_user, strict=True):
             ax.annotate(str(r["level"]), (tx, ty), textcoords="offset points", xytext=(4, 4),
                         fontsize=8, color=color)
     ax.set(xlabel="total output tokens/s", ylabel="tokens/s per user (1000 / p50 TPOT)",
@@ -80,12 +94,17 @@ def scheduler_plot(results: dict[str, Any], out: Path, levels: list[int]) -> boo
     concurrency level (first repeat): where the KV cache, not compute, limits a server."""
     import matplotlib.pyplot as plt
 
-    series = {(label, level): (results["models"][label].get("metrics", {}).get(str(level)) or
-                               [{}])[0].get("series") for label in ("dense", "pruned") for level in levels}
+    series = {
+        (label, level): (
+            (results["models"][label].get("metrics", {}).get(str(level)) or [{}])[0].get("series")
+        )
+        for label in ("dense", "pruned")
+        for level in levels
+    }
     if not any(series.values()):
         return False
     fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.6), squeeze=False)
-    for ax, level in zip(axes[0], levels):
+    for ax, level in zip(axes[0], levels, strict=True):
         for label, color in (("dense", "C0"), ("pruned", "C1")):
             points = series[(label, level)] or []
             t = [p[0] for p in points]

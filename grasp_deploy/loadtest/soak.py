@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..server.launcher import ServerConfig, VllmServer, free_port
 from .ab import BenchConfig, make_prompts, read_records, run_locust, timings
@@ -74,7 +75,9 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     users = max(config.concurrency)
     prompts = out / "prompts.json"
-    prompts.write_text(json.dumps(make_prompts(256, config.input_len, config.vocab_size, config.seed)))
+    prompts.write_text(
+        json.dumps(make_prompts(256, config.input_len, config.vocab_size, config.seed))
+    )
     records = out / "requests.jsonl"
     records.write_text("")
     server_cfg = ServerConfig(model=config.pruned, served_name="pruned", port=free_port(),

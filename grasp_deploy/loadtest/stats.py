@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from itertools import pairwise
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def time_stream(start: float, events: Iterable[tuple[float, str, dict | None]], 
     prompt_tokens = int(usage.get("prompt_tokens", 0)) if usage else 0
     e2e = end - start
     ttft = content_times[0] - start if content_times else None
-    itl = tuple(b - a for a, b in zip(content_times, content_times[1:]))
+    itl = tuple(b - a for a, b in pairwise(content_times))
     tpot = (e2e - ttft) / (out_tokens - 1) if ttft is not None and out_tokens > 1 else None
     ok = error is None and ttft is not None and usage is not None
     return RequestTiming(ok, start, e2e, ttft, itl, tpot, out_tokens, prompt_tokens,
@@ -69,17 +70,26 @@ def summarize(values: Sequence[float], prefix: str, scale: float = 1000.0) -> di
             f"p99_{prefix}_ms": percentile(vals, 99)}
 
 
-def aggregate(records: Sequence[RequestTiming], duration: float,
-              slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> dict[str, float]:
+def aggregate(
+    records: Sequence[RequestTiming],
+    duration: float,
+    slo_ttft_ms: float | None = None,
+    slo_tpot_ms: float | None = None,
+) -> dict[str, float]:
     """Throughput and latency summary of one run (field names like vLLM's bench serve JSON)."""
     ok = [r for r in records if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
-    res = {"completed": len(ok), "failed": len(records) - len(ok), "duration": duration,
-           "total_input_tokens": in_tokens, "total_output_tokens": out_tokens,
-           "request_throughput": len(ok) / duration if duration > 0 else math.nan,
-           "output_throughput": out_tokens / duration if duration > 0 else math.nan,
-           "total_token_throughput": (in_tokens + out_tokens) / duration if duration > 0 else math.nan}
+    res = {
+        "completed": len(ok),
+        "failed": len(records) - len(ok),
+        "duration": duration,
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration if duration > 0 else math.nan,
+        "output_throughput": out_tokens / duration if duration > 0 else math.nan,
+        "total_token_throughput": (in_tokens + out_tokens) / duration if duration > 0 else math.nan,
+    }
     res.update(summarize([r.ttft for r in ok if r.ttft is not None], "ttft"))
     res.update(summarize([r.tpot for r in ok if r.tpot is not None], "tpot"))
     res.update(summarize([g for r in ok for g in r.itl], "itl"))

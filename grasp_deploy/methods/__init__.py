@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from ..core.errors import GraspError
 from . import flap, gisp, grasp, magnitude, reconstruct, structprune, taylor, wanda_sp
-from .base import (Method, MethodInput, MethodResult, MethodSettings, NoSettings, PostInput,
-                   PostStep, StageLog, flag)
+from .base import (
+    Method,
+    MethodInput,
+    MethodResult,
+    MethodSettings,
+    NoSettings,
+    PostInput,
+    PostStep,
+    StageLog,
+    flag,
+)
 from .gisp import GispSettings
 from .grasp_settings import GraspSettings
 from .reconstruct import ReconstructSettings

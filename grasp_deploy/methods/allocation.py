@@ -54,7 +54,7 @@ def kept_counts(layout: UnitLayout, fractions: np.ndarray, budget: int,
     (KV heads), FFN blocks (KV ones once none is left) until within ``budget`` (parameters);
     then blocks that still fit both go back to the most over-pruned segments."""
     counts: dict[tuple[int, str], int] = {}
-    for f, seg in zip(fractions, layout.segments):
+    for f, seg in zip(fractions, layout.segments, strict=True):
         k = int(round((1.0 - f) * seg.size / seg.align)) * seg.align
         counts[(seg.layer, seg.kind)] = min(max(k, seg.align), seg.size - seg.size % seg.align)
 

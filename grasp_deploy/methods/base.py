@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -81,6 +82,20 @@ class MethodInput:
     kv_ratio: float | None = None  # the --kv-ratio asked, for records that must match it
     fingerprint: str = ""  # the model's weights (models.fingerprint), for records tied to them
 
+    @property
+    def loaded(self) -> torch.nn.Module:
+        """The whole model (every method but a streaming one has it)."""
+        if self.model is None:
+            raise ValueError("this method needs the whole model; it was given a layer stream")
+        return self.model
+
+    @property
+    def calibration(self) -> torch.Tensor:
+        """The calibration blocks (every method that uses calibration has them)."""
+        if self.blocks is None:
+            raise ValueError("this method needs calibration blocks; none were given")
+        return self.blocks
+
 
 @dataclass
 class StageLog:
@@ -109,7 +124,9 @@ class MethodResult:
     biases: list[dict[str, np.ndarray]] | None = None  # per layer {"o": ..., "down": ...}
     stages: dict[str, StageLog] = field(default_factory=dict)
     files: dict[str, Any] = field(default_factory=dict)  # more JSON files for PLAN_DIR, by name
-    calibration: dict[str, Any] | None = None  # when the plan descends from other data than this run's
+    calibration: dict[str, Any] | None = (
+        None  # when the plan descends from other data than this run's
+    )
     # refitted o_proj/down_proj weights (sliced shapes) and their record, for the plan
     replaced: Mapping[str, torch.Tensor] | None = None
     reconstruction: dict[str, Any] | None = None
@@ -202,7 +219,7 @@ class PostInput:
     shape: ModelShape
     layout: UnitLayout
     blocks: torch.Tensor  # (n, seq_len): every calibration block the run has
-    make_plan: Callable[[MethodResult], "Plan"]  # a plan from a result, as the job makes them
+    make_plan: Callable[[MethodResult], Plan]  # a plan from a result, as the job makes them
     progress: bool = True
 
 
@@ -214,5 +231,5 @@ class PostStep:
     switch: str  # the flag that turns it on, e.g. "--reconstruct"
     help: str
     settings: type
-    run: Callable[[Any, "Plan", PostInput], "Plan"]  # (settings, plan, input) -> new plan
+    run: Callable[[Any, Plan, PostInput], Plan]  # (settings, plan, input) -> new plan
     refits: bool = False  # refits the layers itself: not after a method that already does

@@ -26,7 +26,10 @@ def flap_scores(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout,
     gh = shape.group_size * shape.head_dim
     scores = np.zeros(layout.num_units, dtype=np.float64)
     for i, layer in enumerate(decoder_layers(model)):
-        for kind, name, proj in ((FFN, "down", layer.mlp.down_proj), (KV, "o", layer.self_attn.o_proj)):
+        for kind, name, proj in (
+            (FFN, "down", layer.mlp.down_proj),
+            (KV, "o", layer.self_attn.o_proj),
+        ):
             w = proj.weight.float()
             col = stats.variance(name, i).to(w.device) * w.pow(2).sum(0).double()
             z = (col - col.mean()) / col.std().clamp_min(1e-12)
@@ -47,7 +50,10 @@ def flap_biases(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, m
     out = []
     for i, layer in enumerate(decoder_layers(model)):
         biases = {}
-        for kind, name, proj in ((FFN, "down", layer.mlp.down_proj), (KV, "o", layer.self_attn.o_proj)):
+        for kind, name, proj in (
+            (FFN, "down", layer.mlp.down_proj),
+            (KV, "o", layer.self_attn.o_proj),
+        ):
             seg = layout.segment(i, kind)
             removed = torch.from_numpy(~mask[seg.start:seg.stop])
             if kind == KV:
@@ -60,7 +66,7 @@ def flap_biases(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, m
 
 def prune(inp: MethodInput) -> MethodResult:
     """Adaptive structure: one global ranking of standardised scores against the budget."""
-    stats = collect_activations(inp.model, inp.shape, inp.blocks, progress=inp.progress)
-    mask = project(flap_scores(inp.model, inp.shape, inp.layout, stats), inp.layout, inp.budget,
+    stats = collect_activations(inp.loaded, inp.shape, inp.calibration, progress=inp.progress)
+    mask = project(flap_scores(inp.loaded, inp.shape, inp.layout, stats), inp.layout, inp.budget,
                    kv_budget=inp.kv_budget)
-    return MethodResult(mask, biases=flap_biases(inp.model, inp.shape, inp.layout, mask, stats))
+    return MethodResult(mask, biases=flap_biases(inp.loaded, inp.shape, inp.layout, mask, stats))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from ..core.projection import UnitLayout, project
 from ..core.shape import FFN, KV, ModelShape
 from .base import StageLog, StepFn
 from .grasp_settings import GraspSettings
-
 
 STAGE_A, STAGE_B = "gates", "scales"
 
@@ -44,14 +44,27 @@ def split_flat(layout: UnitLayout, flat: torch.Tensor, into: Multipliers) -> Mul
 
 def _epoch_order(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor:
     salt = 0 if stage == STAGE_A else 1
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + salt * 104729 + epoch))
+    return torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed * 7919 + salt * 104729 + epoch)
+    )
 
 
-def _optimise(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, stage: str,
-              param: torch.nn.Parameter, flat_multipliers: Callable[[int], tuple[torch.Tensor, str]],
-              blocks: torch.Tensor, epochs: int, settings: GraspSettings, seed: int,
-              resume: dict[str, Any] | None, save: SaveFn | None, save_every: int,
-              progress: bool) -> StageLog:
+def _optimise(
+    model: torch.nn.Module,
+    shape: ModelShape,
+    layout: UnitLayout,
+    stage: str,
+    param: torch.nn.Parameter,
+    flat_multipliers: Callable[[int], tuple[torch.Tensor, str]],
+    blocks: torch.Tensor,
+    epochs: int,
+    settings: GraspSettings,
+    seed: int,
+    resume: dict[str, Any] | None,
+    save: SaveFn | None,
+    save_every: int,
+    progress: bool,
+) -> StageLog:
     """The loop both stages share: batches of blocks, LM loss, AdamW on ``param`` only."""
     device = param.device
     optim = torch.optim.AdamW([param], lr=settings.lr, betas=settings.betas, eps=settings.eps,
@@ -84,7 +97,12 @@ def _optimise(model: torch.nn.Module, shape: ModelShape, layout: UnitLayout, sta
             log.losses.append(float(loss.detach()))
             bar.set_postfix_str(f"loss={log.losses[-1]:.3f} {status}", refresh=False)
             bar.update(1)
-            if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < total:
+            if (
+                save is not None
+                and save_every > 0
+                and (step + 1) % save_every == 0
+                and step + 1 < total
+            ):
                 save({"stage": stage, "step": step + 1, "param": param.detach().cpu().clone(),
                       "optim": copy.deepcopy(optim.state_dict()), "losses": list(log.losses)})
     bar.close()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +16,13 @@ from ..core.masking import Multipliers
 from ..core.projection import UnitLayout, project
 from ..core.shape import FFN, ModelShape
 from .base import MethodInput, MethodResult, MethodSettings, flag
-from .gisp_file import (TRAJECTORY_FILE, GispStep, load_trajectory, trajectory_calibration,
-                        trajectory_record)
+from .gisp_file import (
+    TRAJECTORY_FILE,
+    GispStep,
+    load_trajectory,
+    trajectory_calibration,
+    trajectory_record,
+)
 from .importance import mean_gradients, taylor_importance
 
 
@@ -132,7 +138,7 @@ def prune(inp: MethodInput) -> MethodResult:
         saved = [GispStep(float(t), tuple(int(u) for u in removed))
                  for t, removed in inp.store.load().get("gisp_steps", [])]
         steps = gisp_trajectory(
-            inp.model, inp.shape, inp.layout, inp.blocks, inp.prune_ratio, settings.step,
+            inp.loaded, inp.shape, inp.layout, inp.calibration, inp.prune_ratio, settings.step,
             settings.blocks, inp.progress, done=saved,
             save=lambda s: inp.store.save(gisp_steps=[[x.target, list(x.removed)] for x in s]),
             kv_budget=inp.kv_budget)

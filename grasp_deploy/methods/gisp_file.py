@@ -25,17 +25,21 @@ def load_trajectory(plan_dir: Path, fingerprint: str, kv_ratio: float | None) ->
     of a trajectory holds the KV budget it was made with)."""
     path = plan_dir / TRAJECTORY_FILE
     if not path.is_file():
-        raise GraspError(f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
-                         "of an earlier 'grasp-deploy prune --method gisp' run")
+        raise GraspError(
+            f"--from-trajectory {plan_dir} has no {TRAJECTORY_FILE}; pass the PLAN_DIR "
+            "of an earlier 'grasp-deploy prune --method gisp' run"
+        )
     saved = json.loads(path.read_text())
     if saved.get("fingerprint") != fingerprint:
         raise GraspError(f"--from-trajectory {plan_dir} was made for another model "
                          f"({saved.get('fingerprint')}, this one is {fingerprint})")
     if saved.get("kv_ratio") != kv_ratio:
         made = saved.get("kv_ratio")
-        raise GraspError(f"--from-trajectory {plan_dir} was made with --kv-ratio {made}, not "
-                         f"{kv_ratio}; pass {'no --kv-ratio' if made is None else f'--kv-ratio {made}'}"
-                         " or re-run GISP")
+        raise GraspError(
+            f"--from-trajectory {plan_dir} was made with --kv-ratio {made}, not "
+            f"{kv_ratio}; pass {'no --kv-ratio' if made is None else f'--kv-ratio {made}'}"
+            " or re-run GISP"
+        )
     return [GispStep(float(s["target"]), tuple(s["removed"])) for s in saved["steps"]]
 
 

@@ -48,8 +48,12 @@ class GraspSettings(MethodSettings):
     projection: str = flag("score", "Rank units by keep probability (score) or by probability "
                                     "per parameter (cost: greedy knapsack).",
                            choices=RANKINGS, default_text="the recipe's, score")
-    init: str = flag("taylor", "Initial gate scores: zero, or from first-order Taylor "
-                               "importance.", choices=INITS, default_text="paper: zero, best: taylor")
+    init: str = flag(
+        "taylor",
+        "Initial gate scores: zero, or from first-order Taylor importance.",
+        choices=INITS,
+        default_text="paper: zero, best: taylor",
+    )
     loss: str = flag("ce", "Gate loss: LM cross-entropy, KL to the dense logits, or both.",
                      choices=LOSSES, default_text="the recipe's, ce")
     init_samples: int = 32  # calibration blocks the Taylor initial scores average over
@@ -63,21 +67,21 @@ class GraspSettings(MethodSettings):
                                      default_text="--num-samples")
 
     def __post_init__(self) -> None:
-        for name, value, least in (("--epochs", self.epochs, 1),
-                                   ("--scale-epochs", self.scale_epochs, 0),
-                                   ("batch size", self.batch_size, 1),
-                                   ("init samples", self.init_samples, 1)):
-            check_number(name, value, low=least, integer=True)
-        for name, value in (("--lr", self.lr), ("--tau", self.tau), ("eps", self.eps)):
-            check_number(name, value, low=0, low_open=True)
+        counts: tuple[tuple[str, int, int], ...] = (
+            ("--epochs", self.epochs, 1), ("--scale-epochs", self.scale_epochs, 0),
+            ("batch size", self.batch_size, 1), ("init samples", self.init_samples, 1))
+        for name, count, least in counts:
+            check_number(name, count, low=least, integer=True)
+        for name, rate in (("--lr", self.lr), ("--tau", self.tau), ("eps", self.eps)):
+            check_number(name, rate, low=0, low_open=True)
         for beta in self.betas:
             check_number("betas", beta, low=0, high=1, high_open=True)
-        for name, value, allowed in (("--projection", self.projection, RANKINGS),
-                                     ("--init", self.init, INITS), ("--loss", self.loss, LOSSES),
-                                     ("--tie-break", self.tie_break, ("rank", "index")),
-                                     ("--recipe", self.recipe, tuple(RECIPES))):
-            if value not in allowed:
-                raise GraspError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        for name, word, allowed in (("--projection", self.projection, RANKINGS),
+                                    ("--init", self.init, INITS), ("--loss", self.loss, LOSSES),
+                                    ("--tie-break", self.tie_break, ("rank", "index")),
+                                    ("--recipe", self.recipe, tuple(RECIPES))):
+            if word not in allowed:
+                raise GraspError(f"{name} {word!r} is not one of {', '.join(allowed)}")
         if self.scale_samples is not None:
             check_number("--scale-samples", self.scale_samples, low=0, integer=True)
 

@@ -15,8 +15,9 @@ head's rows of ``k_proj``/``v_proj``, its query heads' rows of ``q_proj`` and th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,12 @@ def unit_totals(values: list[dict[str, torch.Tensor]], shape: ModelShape,
     h, g = shape.head_dim, shape.group_size
     for i, v in enumerate(values):
         ffn = v["gate_proj"].sum(1) + v["up_proj"].sum(1) + v["down_proj"].sum(0)
-        kv = (v["k_proj"].sum(1).view(-1, h).sum(1) + v["v_proj"].sum(1).view(-1, h).sum(1)
-              + v["q_proj"].sum(1).view(-1, g * h).sum(1) + v["o_proj"].sum(0).view(-1, g * h).sum(1))
+        kv = (
+            v["k_proj"].sum(1).view(-1, h).sum(1)
+            + v["v_proj"].sum(1).view(-1, h).sum(1)
+            + v["q_proj"].sum(1).view(-1, g * h).sum(1)
+            + v["o_proj"].sum(0).view(-1, g * h).sum(1)
+        )
         for kind, t in ((FFN, ffn), (KV, kv)):
             seg = layout.segment(i, kind)
             totals[seg.start:seg.stop] = t.double().cpu().numpy()
@@ -85,8 +90,8 @@ def collect_activations(model: torch.nn.Module, shape: ModelShape, blocks: torch
                         progress: bool = True, desc: str = "activations") -> ActivationStats:
     device = next(model.parameters()).device
     layers = decoder_layers(model)
-    sums = {"o": [None] * len(layers), "down": [None] * len(layers)}
-    squares = {"o": [None] * len(layers), "down": [None] * len(layers)}
+    sums: dict[str, list[Any]] = {"o": [None] * len(layers), "down": [None] * len(layers)}
+    squares: dict[str, list[Any]] = {"o": [None] * len(layers), "down": [None] * len(layers)}
 
     def hook(name: str, i: int):
         def pre(_mod, args):
@@ -102,7 +107,9 @@ def collect_activations(model: torch.nn.Module, shape: ModelShape, blocks: torch
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook("down", i)))
     count = 0
     try:
-        for block in tqdm(blocks, desc=desc, unit="block", disable=not progress, dynamic_ncols=True):
+        for block in tqdm(
+            blocks, desc=desc, unit="block", disable=not progress, dynamic_ncols=True
+        ):
             model(input_ids=block[None].to(device))
             count += block.numel()
     finally:
@@ -146,9 +153,14 @@ def mean_gradients(model: torch.nn.Module, shape: ModelShape, blocks: Iterable[t
                 loss = model(input_ids=batch, labels=batch).loss / len(blocks)
                 loss.backward()
                 done = i + 1
-                if save is not None and save_every > 0 and done % save_every == 0 and done < len(blocks):
-                    save({"done": done, "grads": [w.grad.detach().clone() for w in flat]})
-        grads = [{name: w.grad.detach().float() for name, w in layer.items()} for layer in weights]
+                if (
+                    save is not None
+                    and save_every > 0
+                    and done % save_every == 0
+                    and done < len(blocks)
+                ):
+                    save({"done": done, "grads": [_grad(w).clone() for w in flat]})
+        grads = [{name: _grad(w).float() for name, w in layer.items()} for layer in weights]
     finally:
         for w in flat:
             w.grad = None
@@ -164,5 +176,11 @@ def taylor_importance(model: torch.nn.Module, shape: ModelShape, layout: UnitLay
     first-order salience, aggregated by sum over the coupled group)."""
     weights = projection_weights(model)
     values = [{name: (w.float() * g[name]).abs() for name, w in layer.items()}
-              for layer, g in zip(weights, grads)]
+              for layer, g in zip(weights, grads, strict=True)]
     return unit_totals(values, shape, layout)
+
+
+def _grad(w: torch.Tensor) -> torch.Tensor:
+    if w.grad is None:  # every weight is on the loss's path: a None would be a bug upstream
+        raise ValueError("a projection weight got no gradient")
+    return w.grad.detach()

@@ -10,8 +10,9 @@ keyword arguments travel beside the hidden states they belong to, as ``(x, kwarg
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,12 +54,14 @@ def call_layer(layer: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def input_of(module: nn.Module, run: Callable[[], Any]) -> torch.Tensor:
-    """What ``module`` receives (after the masks' pre-hooks) while ``run()`` executes."""
+def input_of(module: nn.Module, run: Callable[..., Any], *args: Any, **kwargs: Any
+             ) -> torch.Tensor:
+    """What ``module`` receives (after the masks' pre-hooks) while ``run(*args, **kwargs)``
+    executes."""
     box: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: box.append(args[0].detach()))
+    handle = module.register_forward_pre_hook(lambda _m, a: box.append(a[0].detach()))
     try:
-        run()
+        run(*args, **kwargs)
     finally:
         handle.remove()
     return box[0]

@@ -21,5 +21,5 @@ def magnitude_scores(model: torch.nn.Module, shape: ModelShape, layout: UnitLayo
 
 
 def prune(inp: MethodInput) -> MethodResult:
-    scores = magnitude_scores(inp.model, inp.shape, inp.layout)
+    scores = magnitude_scores(inp.loaded, inp.shape, inp.layout)
     return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio, inp.kv_budget))

@@ -18,6 +18,7 @@ inputs kept from the previous one, so the cost is about three forward passes of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,9 +30,21 @@ from ..core.masking import Multipliers, decoder_layers, multiplied
 from ..core.plan import Plan
 from ..core.shape import FFN, KV, ModelShape
 from .base import PostInput, PostStep, flag
-from .layerwise import (ATTN, DEFAULT_RIDGE, DEFAULT_SINK_SKIP, MLP, RIDGE, SINK_SKIP,
-                        ModelLayers, call_layer, device_of, initial_states, input_of, shared,
-                        tensor_name)
+from .layerwise import (
+    ATTN,
+    DEFAULT_RIDGE,
+    DEFAULT_SINK_SKIP,
+    MLP,
+    RIDGE,
+    SINK_SKIP,
+    ModelLayers,
+    call_layer,
+    device_of,
+    initial_states,
+    input_of,
+    shared,
+    tensor_name,
+)
 from .ridge import Gram
 from .structprune import StructPruneSettings, choose_and_refit
 
@@ -132,8 +145,8 @@ def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep
             for x, kwargs in batches:
                 kw = kwargs[i]
                 normed = layer.input_layernorm(x)
-                target = _dense(mult, i, lambda: attn(hidden_states=normed, **kw)[0])
-                heads = input_of(attn.o_proj, lambda: attn(hidden_states=normed, **kw))
+                target = _dense(mult, i, attn, hidden_states=normed, **kw)[0]
+                heads = input_of(attn.o_proj, attn, hidden_states=normed, **kw)
                 gram.add(heads[..., cols], target - _fixed_bias(attn.o_proj, mult.bias("o", i)))
             w_o = gram.solve(settings.ridge)
             mult.o_weight[i] = (cols, w_o)
@@ -145,9 +158,11 @@ def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep
                 kw = kwargs[i]
                 h = x + attn(hidden_states=layer.input_layernorm(x), **kw)[0]
                 z = layer.post_attention_layernorm(h)
-                target = _dense(mult, i, lambda: mlp(z))
-                channels = input_of(mlp.down_proj, lambda: mlp(z))
-                gram.add(channels[..., ch], target - _fixed_bias(mlp.down_proj, mult.bias("down", i)))
+                target = _dense(mult, i, mlp, z)
+                channels = input_of(mlp.down_proj, mlp, z)
+                gram.add(
+                    channels[..., ch], target - _fixed_bias(mlp.down_proj, mult.bias("down", i))
+                )
             w_down = gram.solve(settings.ridge)
             mult.down_weight[i] = (ch, w_down)
             out[tensor_name(i, MLP)] = w_down.cpu()
@@ -158,14 +173,15 @@ def reconstruct(model: nn.Module, shape: ModelShape, mult: Multipliers, ffn_keep
     return out
 
 
-def _dense(mult: Multipliers, i: int, run):
-    """``run()`` with layer i's units and replacements switched off (the dense layer)."""
+def _dense(mult: Multipliers, i: int, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``run(*args, **kwargs)`` with layer i's units and replacements switched off (the dense
+    layer)."""
     saved = (mult.ffn[i], mult.kv[i], mult.o_weight[i], mult.down_weight[i],
              mult.o_bias[i], mult.down_bias[i])
     mult.ffn[i] = mult.kv[i] = mult.o_weight[i] = mult.down_weight[i] = None
     mult.o_bias[i] = mult.down_bias[i] = None
     try:
-        return run()
+        return run(*args, **kwargs)
     finally:
         (mult.ffn[i], mult.kv[i], mult.o_weight[i], mult.down_weight[i],
          mult.o_bias[i], mult.down_bias[i]) = saved

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,8 +36,19 @@ from ..core.shape import FFN, KV, ModelShape
 from ..core.spill import SpilledTensors
 from .allocation import allocate, kept_counts
 from .base import LayerSource, MethodInput, MethodResult, MethodSettings, flag
-from .layerwise import (ATTN, DEFAULT_RIDGE, DEFAULT_SINK_SKIP, MLP, RIDGE, SINK_SKIP, State,
-                        call_layer, initial_states, input_of, shared, tensor_name)
+from .layerwise import (
+    ATTN,
+    DEFAULT_RIDGE,
+    DEFAULT_SINK_SKIP,
+    MLP,
+    RIDGE,
+    SINK_SKIP,
+    call_layer,
+    initial_states,
+    input_of,
+    shared,
+    tensor_name,
+)
 from .ridge import solve_ridge
 
 
@@ -152,10 +163,12 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _gram(parts: list[torch.Tensor]) -> torch.Tensor:
-    total = None
+    total: torch.Tensor | None = None
     for p in parts:
         f = _flat(p)
         total = f.T @ f if total is None else total + f.T @ f
+    if total is None:
+        raise ValueError("no activations to build a Gram matrix from")
     return total
 
 
@@ -207,7 +220,8 @@ def _refit(weight: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor, n: int,
 
 
 def _sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-    return sum(_flat(p).sum(0) for p in parts), sum(_flat(p).shape[0] for p in parts)
+    total = sum(_flat(p).sum(0) for p in parts)  # (a tensor: there is at least one part)
+    return cast(torch.Tensor, total), sum(_flat(p).shape[0] for p in parts)
 
 
 def _segment_groups(seg: Segment, width: int, device) -> torch.Tensor:
@@ -220,7 +234,7 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
                  biases: list) -> list[tuple]:
     """Choose and refit layer ``i``'s units on the pruned path; the next layer's states."""
     attn, mlp = layer.self_attn, layer.mlp
-    heads = [input_of(attn.o_proj, lambda: attn(hidden_states=layer.input_layernorm(x), **kw[i]))
+    heads = [input_of(attn.o_proj, attn, hidden_states=layer.input_layernorm(x), **kw[i])
              for x, kw in states]  # attention only: the MLP's output is not needed here
     seg = layout.segment(i, KV)
     w_o = attn.o_proj.weight
@@ -236,11 +250,11 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
     del gram
 
     mid, channels = [], []
-    for (x, kw), a in zip(states, heads):
+    for (x, _kw), a in zip(states, heads, strict=True):
         h = x + _linear(a[..., cols], new_o, _plus(attn.o_proj.bias, b_o))
         z = layer.post_attention_layernorm(h)
         mid.append(h)
-        channels.append(input_of(mlp.down_proj, lambda: mlp(z)))
+        channels.append(input_of(mlp.down_proj, mlp, z))
     seg = layout.segment(i, FFN)
     w_d = mlp.down_proj.weight
     groups = _segment_groups(seg, 1, w_d.device)
@@ -253,7 +267,7 @@ def _prune_layer(layer, i: int, shape: ModelShape, layout: UnitLayout, counts, s
     weights.put(tensor_name(i, MLP), new_d)
     biases.append({"o": b_o.double().cpu().numpy(), "down": b_d.double().cpu().numpy()})
     return [(h + _linear(c[..., kept], new_d, _plus(mlp.down_proj.bias, b_d)), kw)
-            for h, c, (_, kw) in zip(mid, channels, states)]
+            for h, c, (_, kw) in zip(mid, channels, states, strict=True)]
 
 
 def _plus(bias: torch.Tensor | None, extra: torch.Tensor) -> torch.Tensor:

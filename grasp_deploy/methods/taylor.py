@@ -9,9 +9,9 @@ from .uniform import keep_uniform
 
 def prune(inp: MethodInput) -> MethodResult:
     """Resumable: the running gradient sums go to the store every ``save_every`` blocks."""
-    grads = mean_gradients(inp.model, inp.shape, inp.blocks, progress=inp.progress,
+    grads = mean_gradients(inp.loaded, inp.shape, inp.calibration, progress=inp.progress,
                            resume=inp.store.load().get("taylor"),
                            save=lambda state: inp.store.save(taylor=state),
                            save_every=inp.save_every)
-    scores = taylor_importance(inp.model, inp.shape, inp.layout, grads)
+    scores = taylor_importance(inp.loaded, inp.shape, inp.layout, grads)
     return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio, inp.kv_budget))

@@ -48,7 +48,7 @@ def kv_spread(layout: UnitLayout, kv_budget: int | None) -> dict[int, int]:
     extra = [seg.size // seg.align - 1 for seg in kv]
     spare = kv_budget // kv[0].align - len(kv)  # blocks beyond the first of every layer
     caps, given, seen = {}, 0, 0
-    for seg, e in zip(kv, extra):
+    for seg, e in zip(kv, extra, strict=True):
         seen += e
         upto = min(spare * seen // max(sum(extra), 1), seen)
         caps[seg.layer] = (1 + upto - given) * seg.align
@@ -56,7 +56,9 @@ def kv_spread(layout: UnitLayout, kv_budget: int | None) -> dict[int, int]:
     return caps
 
 
-def keep_top(scores: np.ndarray, layout: UnitLayout, counts: dict[tuple[int, str], int]) -> np.ndarray:
+def keep_top(
+    scores: np.ndarray, layout: UnitLayout, counts: dict[tuple[int, str], int]
+) -> np.ndarray:
     """In each segment, keep its ``counts`` best-scored units (ties: lower index first)."""
     keep = np.zeros(layout.num_units, dtype=bool)
     for seg in layout.segments:

@@ -41,6 +41,6 @@ def wanda_sp_scores(model: torch.nn.Module, shape: ModelShape, layout: UnitLayou
 
 
 def prune(inp: MethodInput) -> MethodResult:
-    stats = collect_activations(inp.model, inp.shape, inp.blocks, progress=inp.progress)
-    scores = wanda_sp_scores(inp.model, inp.shape, inp.layout, stats)
+    stats = collect_activations(inp.loaded, inp.shape, inp.calibration, progress=inp.progress)
+    scores = wanda_sp_scores(inp.loaded, inp.shape, inp.layout, stats)
     return MethodResult(keep_uniform(scores, inp.layout, inp.prune_ratio, inp.kv_budget))

@@ -19,22 +19,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..core.checks import check_number
 from ..core.errors import GraspError
-from .net import check_bindable, free_port, port_in_use, url_host  # noqa: F401 (re-exported)
 from . import watchdog
+from .net import check_bindable, free_port, port_in_use, url_host  # noqa: F401 (re-exported)
 from .watchdog import stop_group
 
 GIB = 2**30
 # vLLM 0.32 saves an AOT-compiled model but cannot load it back ("Compiling model again due to a
 # load failure ... 'function' object has no attribute 'finalize_loading'"), so every start
-# recompiled: engine start-up 57-63 s on this project's 2-core CPU. Without AOT compilation
-# vLLM's torch.compile cache loads: 20 s from the second start of a model on. The user's own
-# setting of the variable wins.
+# would recompile; without AOT compilation vLLM's torch.compile cache loads from the second
+# start of a model on (docs/serving.md). The user's own setting of the variable wins.
 SERVER_ENV_DEFAULTS = {"VLLM_USE_AOT_COMPILE": "0"}
 
 
@@ -108,7 +107,10 @@ def require_vllm() -> None:
 
 def parse_cache_info(metrics: str) -> dict[str, float]:
     """Labels of ``vllm:cache_config_info`` from a Prometheus text page, as numbers."""
-    line = next((l for l in metrics.splitlines() if l.startswith("vllm:cache_config_info{")), None)
+    line = next(
+        (line_ for line_ in metrics.splitlines() if line_.startswith("vllm:cache_config_info{")),
+        None,
+    )
     if line is None:
         return {}
     labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
@@ -169,7 +171,7 @@ class VllmServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         require_vllm()
         c = self.config
         check_bindable(c.host, c.port)
@@ -207,8 +209,12 @@ class VllmServer:
                 tail = self.log_tail()
                 if tail:
                     print(f"--- last lines of {self.log_path} ---\n{tail}\n---", file=sys.stderr)
-                last = next((l for l in reversed(tail.splitlines()) if l.strip()), "no output")
-                raise ServerError(f"vLLM exited during start-up (code {code}): {last.strip()[:300]}")
+                last = next(
+                    (line for line in reversed(tail.splitlines()) if line.strip()), "no output"
+                )
+                raise ServerError(
+                    f"vLLM exited during start-up (code {code}): {last.strip()[:300]}"
+                )
             try:
                 self._get("/health", timeout=2.0)
                 return
@@ -261,7 +267,7 @@ class VllmServer:
                 pass
             self.watchdog.wait(timeout=10)
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -36,7 +36,9 @@ def _bind_problem(host: str, port: int, err: OSError) -> str:
         return (f"--host {host} is not an address of this machine; use 127.0.0.1 (this machine "
                 "only) or 0.0.0.0 (every interface)")
     if err.errno == errno.EACCES:
-        return f"port {port} on {host} needs privileges (ports below 1024); pass a --port above 1023"
+        return (
+            f"port {port} on {host} needs privileges (ports below 1024); pass a --port above 1023"
+        )
     return f"cannot listen on {host}:{port} ({err.strerror}); pass another --host or --port"
 
 

@@ -1,9 +1,10 @@
 """Stops a server's process group when the process that started it dies, however it dies.
 
-Run as ``python .../watchdog.py PGID`` (by path: it imports nothing else) in a session of its own, with a pipe on
-stdin whose other end only the launching process holds. A clean stop writes one byte before
-closing it (nothing to do); end-of-file with no byte means the launcher died (SIGKILL, a crash,
-a closed terminal), and the watchdog terminates the group, then kills what is left.
+Run as ``python .../watchdog.py PGID`` (by path: it imports nothing else) in a session of its
+own, with a pipe on stdin whose other end only the launching process holds. A clean stop writes
+one byte before closing it (nothing to do); end-of-file with no byte means the launcher died
+(SIGKILL, a crash, a closed terminal), and the watchdog terminates the group, then kills what is
+left.
 """
 
 from __future__ import annotations

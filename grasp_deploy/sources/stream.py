@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,7 +134,9 @@ def _local_directory(source: ModelSource) -> Path:
     try:
         return Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors"]))
     except Exception as err:  # network, auth, missing repo: one line
-        raise GraspError(f"cannot fetch {location}'s weight files: {str(err).splitlines()[0]}") from err
+        raise GraspError(
+            f"cannot fetch {location}'s weight files: {str(err).splitlines()[0]}"
+        ) from err
 
 
 def _tensor_files(directory: Path) -> dict[str, str]:

@@ -43,7 +43,9 @@ def parse_source(spec: str, default_split: str = "train", allow_self: bool = Tru
     if spec == "wikitext2" or spec.startswith("wikitext2:"):
         split = spec.partition(":")[2] or default_split
         if split not in ("train", "validation", "test"):
-            raise GraspError(f"{flag} {spec}: unknown split {split!r}; use train, validation or test")
+            raise GraspError(
+                f"{flag} {spec}: unknown split {split!r}; use train, validation or test"
+            )
         return TextSource(spec, "wikitext2", split=split)
     if spec.startswith("file:"):
         path = Path(spec[len("file:"):]).expanduser()
@@ -78,9 +80,11 @@ def _load_wikitext2(split: str) -> str:
 
         ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
     except Exception as err:  # datasets raises many types for "offline"/"not found"
-        raise GraspError(f"cannot load wikitext-2-raw-v1 ({split}) from the dataset hub: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
-                         "use file:PATH with a local copy") from err
+        raise GraspError(
+            f"cannot load wikitext-2-raw-v1 ({split}) from the dataset hub: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
+            "use file:PATH with a local copy"
+        ) from err
     return "".join(ds["text"])
 
 
@@ -104,7 +108,9 @@ def _load_file(path: Path) -> str:
             try:
                 table = pq.read_table(path)
             except (pa.ArrowException, OSError) as err:
-                raise GraspError(f"{path} is not a readable parquet file ({_first_line(err)})") from err
+                raise GraspError(
+                    f"{path} is not a readable parquet file ({_first_line(err)})"
+                ) from err
             if "text" not in table.column_names:
                 raise GraspError(f"{path}: parquet file has no 'text' column "
                                  f"(columns: {', '.join(table.column_names)})")

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny_portable
 from grasp_deploy.checkpoint.read import inspect_checkpoint
 from grasp_deploy.cli import main
+
+from conftest import save_tiny_portable
 
 OLD = Path(__file__).with_name("data") / "four-file-llama"
 

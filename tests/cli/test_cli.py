@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from grasp_deploy.cli import main
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import keep_budget
+
 from conftest import listing, save_tiny
 
 RECIPE = ["-n", "4", "-l", "32", "-e", "1", "--dtype", "float32", "-q"]
@@ -84,7 +85,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
     if case == "missing-model":
         model, expect = str(tmp_path / "no-such-model"), "no such model directory"
     elif case == "unsupported":
-        model, expect = str(_unsupported_model(tmp_path)), "unsupported architecture model_type='gpt2'"
+        model, expect = (
+            str(_unsupported_model(tmp_path)),
+            "unsupported architecture model_type='gpt2'",
+        )
     elif case == "ratio-high":
         ratio, expect = "1.5", "outside (0, 1)"
     elif case == "ratio-zero":
@@ -126,7 +130,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_dir, text_fil
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expect in lines[0]
     assert listing(work) == before

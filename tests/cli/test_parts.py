@@ -13,6 +13,7 @@ from grasp_deploy.cli import main
 from grasp_deploy.jobs import prune as prune_job
 from grasp_deploy.methods import METHODS, POST_STEPS, GispSettings, ReconstructSettings
 from grasp_deploy.methods.base import FLAG, flag_fields, option_name
+
 from conftest import listing
 
 

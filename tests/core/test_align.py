@@ -2,10 +2,18 @@
 
 import pytest
 
-from conftest import tiny_config
-from grasp_deploy.core.align import AUTO, BY_DEVICE, MIN_BLOCKS, auto_align, parse_align, resolve_align
+from grasp_deploy.core.align import (
+    AUTO,
+    BY_DEVICE,
+    MIN_BLOCKS,
+    auto_align,
+    parse_align,
+    resolve_align,
+)
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.shape import ModelShape
+
+from conftest import tiny_config
 
 
 def _shape(ffn: int) -> ModelShape:
@@ -28,7 +36,9 @@ def test_auto_elsewhere_keeps_any_width(device):
     assert auto_align(_shape(1536), device) == 1
 
 
-@pytest.mark.parametrize("given,want", [("auto", AUTO), ("AUTO", AUTO), ("64", 64), (1, 1), (128, 128)])
+@pytest.mark.parametrize(
+    "given,want", [("auto", AUTO), ("AUTO", AUTO), ("64", 64), (1, 1), (128, 128)]
+)
 def test_parse_accepts_auto_and_positive_integers(given, want):
     assert parse_align(given) == want
 

@@ -2,16 +2,19 @@
 
 import numpy as np
 import pytest
+from test_projection import layout_for
 
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.projection import keep_budget, kv_keep_budget, project
 from grasp_deploy.core.shape import KV
-from test_projection import layout_for
 
 
-@pytest.mark.parametrize("align,tp,kv,heads", [(1, 1, 4, 8), (8, 1, 4, 8), (1, 2, 4, 8),
-                                               (16, 2, 4, 8)])
-@pytest.mark.parametrize("ratio,kv_ratio", [(0.2, 0.5), (0.5, 0.5), (0.5, 0.6), (0.3, 0.75), (0.6, 0.9)])
+@pytest.mark.parametrize(
+    "align,tp,kv,heads", [(1, 1, 4, 8), (8, 1, 4, 8), (1, 2, 4, 8), (16, 2, 4, 8)]
+)
+@pytest.mark.parametrize(
+    "ratio,kv_ratio", [(0.2, 0.5), (0.5, 0.5), (0.5, 0.6), (0.3, 0.75), (0.6, 0.9)]
+)
 def test_both_budgets_hold_for_random_scores(align, tp, kv, heads, ratio, kv_ratio):
     layout = layout_for(layers=6, align=align, tp=tp, kv=kv, heads=heads)
     budget = keep_budget(ratio, layout.total_cost())

@@ -1,7 +1,8 @@
 import torch
 
-from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.core.masking import Multipliers, multiplied
+from grasp_deploy.core.shape import ModelShape
+
 from conftest import tiny_model
 
 

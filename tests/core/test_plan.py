@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask, load_plan
 from grasp_deploy.core.projection import UnitLayout, project
+from grasp_deploy.core.shape import ModelShape
+
 from conftest import tiny_config
 
 
@@ -16,10 +17,16 @@ def make_plan(with_scales=True):
     rng = np.random.default_rng(0)
     mask = project(rng.random(layout.num_units), layout, int(0.6 * layout.total_cost()))
     scales = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
-    return Plan(method="grasp", settings={"epochs": 1}, source=SourceModel("tiny", "sha256:x", shape),
-                budget=budget_report(layout, mask, 0.4, 200_000),
-                layers=layers_from_mask(layout, mask, scales if with_scales else None),
-                calibration={"source": "self"}, seed=3, versions={"torch": "x"})
+    return Plan(
+        method="grasp",
+        settings={"epochs": 1},
+        source=SourceModel("tiny", "sha256:x", shape),
+        budget=budget_report(layout, mask, 0.4, 200_000),
+        layers=layers_from_mask(layout, mask, scales if with_scales else None),
+        calibration={"source": "self"},
+        seed=3,
+        versions={"torch": "x"},
+    )
 
 
 def test_json_round_trip_is_exact(tmp_path):

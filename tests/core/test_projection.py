@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from grasp_deploy.core.shape import FFN, KV, ModelShape
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.core.projection import UnitLayout, check_budget, project
+from grasp_deploy.core.shape import FFN, KV, ModelShape
+
 from conftest import tiny_config
 
 
@@ -51,7 +52,9 @@ def test_ranking_is_global_not_per_layer():
     layout = layout_for(layers=3)
     scores = np.zeros(layout.num_units)
     for seg in layout.segments:  # layer 0 matters most, layer 2 least
-        scores[seg.start:seg.stop] = {0: 0.9, 1: 0.5, 2: 0.1}[seg.layer] + 1e-3 * np.arange(seg.size)
+        scores[seg.start : seg.stop] = {0: 0.9, 1: 0.5, 2: 0.1}[seg.layer] + 1e-3 * np.arange(
+            seg.size
+        )
     mask = project(scores, layout, int(0.5 * layout.total_cost()))
     n = kept_counts(layout, mask)
     assert n[(0, FFN)] == 96 and n[(0, KV)] == 2

@@ -2,8 +2,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from grasp_deploy.core.shape import ModelShape, check_supported
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.core.shape import ModelShape, check_supported
+
 from conftest import tiny_config
 
 

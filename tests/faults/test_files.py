@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import listing, save_tiny
 from grasp_deploy.cli import main
 from grasp_deploy.core import fsutil
-from grasp_deploy.core.plan import PLAN_DIR
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.core.plan import PLAN_DIR
+
+from conftest import listing, save_tiny
 
 CLI = [sys.executable, "-m", "grasp_deploy.cli"]
 QUICK = ["-n", "4", "-l", "32", "-e", "1", "--dtype", "float32", "-q"]
@@ -44,7 +45,7 @@ def run(*args, cwd=None, env=None):
         os.environ.update(saved_env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     return result.exit_code, errors, _Done(result)
 
 
@@ -133,8 +134,20 @@ def test_a_failed_swap_keeps_the_old_copy(tmp_path, monkeypatch):
 def test_output_directories_follow_the_umask(made, tmp_path):
     for mask, mode in ((0o022, 0o755), (0o077, 0o700)):
         out = tmp_path / f"ck{mask:o}"
-        code = subprocess.run(["sh", "-c", f"umask {mask:03o} && exec \"$@\"", "sh", *CLI, "export",
-                               str(made / "plan"), "--out", str(out)], capture_output=True).returncode
+        code = subprocess.run(
+            [
+                "sh",
+                "-c",
+                f'umask {mask:03o} && exec "$@"',
+                "sh",
+                *CLI,
+                "export",
+                str(made / "plan"),
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+        ).returncode
         assert code == 0
         assert out.stat().st_mode & 0o777 == mode
 
@@ -264,7 +277,7 @@ def test_an_index_pointing_outside_the_checkpoint_is_refused(ckpt_copy):
     assert code == 2 and "outside the checkpoint directory" in errors[0]
 
 
-# -- model paths ------------------------------------------------------------------------------------
+# -- model paths ---------------------------------------------------------------------------------
 def test_a_missing_relative_model_path_is_named_as_such(tmp_path):
     (tmp_path / "models").mkdir()
     code, errors, _ = run("prune", "models/mine", "-r", "0.3", "--out", "p", cwd=tmp_path)
@@ -286,7 +299,7 @@ def test_a_plan_records_the_resolved_model_path(tiny_dir, tmp_path):
     assert listing(tmp_path / "ck")
 
 
-# -- prune-and-serve's reuse follows the weights, and a failed run leaves nothing --------------------
+# -- prune-and-serve's reuse follows the weights, and a failed run leaves nothing
 def test_reuse_is_keyed_on_the_weights_not_the_path(text_file, tmp_path):
     from dataclasses import replace as dc_replace
 

@@ -9,15 +9,19 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import listing, save_tiny
 from grasp_deploy.cli import main
+
+from conftest import listing, save_tiny
+
 
 def run(*args):
     """The CLI in this process (fast): (exit code, stderr lines but notes, result)."""
     result = CliRunner().invoke(main, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("note:")]
+    lines = [
+        line for line in result.stderr.splitlines() if line.strip() and not line.startswith("note:")
+    ]
     return result.exit_code, lines, result
 
 
@@ -69,7 +73,7 @@ def test_shard_sizes_are_checked(size, tmp_path):
     assert code == 2 and "--max-shard-size" in lines[0]
 
 
-# -- plans -------------------------------------------------------------------------------------------
+# -- plans ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def plan_dir(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("plan") / "p"

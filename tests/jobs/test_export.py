@@ -11,12 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from grasp_deploy.sources import models
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.slicing import materialize
 from grasp_deploy.jobs.export import ExportConfig, run_export
-from grasp_deploy.core.masking import multiplied
+from grasp_deploy.sources import models
+
 from conftest import LLAMA3_ROPE, listing, random_plan, save_tiny
 
 VARIANTS = {
@@ -83,7 +84,11 @@ def test_counts_and_shapes_follow_the_plan(exported):
     widths = [len(lp.ffn_keep) for lp in plan.layers]
     assert manifest["alignment"] == {"ffn_multiple": 1, "rule": "given", "kv_multiple": 1,
                                      "ffn_widths_gcd": int(np.gcd.reduce(widths))}
-    h, g, d = plan.source.shape.head_dim, plan.source.shape.group_size, plan.source.shape.hidden_size
+    h, g, d = (
+        plan.source.shape.head_dim,
+        plan.source.shape.group_size,
+        plan.source.shape.hidden_size,
+    )
     for i, lp in enumerate(plan.layers):
         assert shapes[f"model.layers.{i}.mlp.gate_proj.weight"] == (len(lp.ffn_keep), d)
         assert shapes[f"model.layers.{i}.mlp.down_proj.weight"] == (d, len(lp.ffn_keep))
@@ -168,9 +173,13 @@ def test_documented_loading_snippet_runs_as_written_without_a_prompt(tiny_dir, t
     run_export(ExportConfig(plan_dir=tmp_path, out=ckpt))
     if doc == "README.md":
         readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-        snippet = _python_block_after(readme, "Load it from plain transformers").replace("ckpt/r30", str(ckpt))
+        snippet = _python_block_after(readme, "Load it from plain transformers").replace(
+            "ckpt/r30", str(ckpt)
+        )
     else:
-        snippet = _python_block_after((ckpt / "README.md").read_text(), "Load with plain transformers")
+        snippet = _python_block_after(
+            (ckpt / "README.md").read_text(), "Load with plain transformers"
+        )
         snippet = snippet.replace('"PATH"', repr(str(ckpt)))
     assert "from_pretrained" in snippet
     check = "\nprint('tokens', tokenizer('hello world')['input_ids'], type(model).__name__)\n"
@@ -222,11 +231,11 @@ def test_inspect_reports_counts_and_kv_bytes(exported):
     rep = json.loads(r.stdout)
     assert rep["parameters"] == plan.budget.model_pruned
     assert rep["dense_parameters"] == plan.budget.model_dense
-    kv = [len(l.kv_keep) for l in plan.layers]
+    kv = [len(layer.kv_keep) for layer in plan.layers]
     per_head = 2 * plan.source.shape.head_dim * rep["kv_dtype_bytes"]
     assert rep["kv_cache_bytes_per_token"] == sum(kv) * per_head
     assert rep["dense_kv_cache_bytes_per_token"] == sum(
-        l.num_key_value_heads for l in plan.source.shape.layers) * per_head
+        layer.num_key_value_heads for layer in plan.source.shape.layers) * per_head
     text = CliRunner().invoke(main, ["inspect", str(ckpt)]).output
     assert "KV bytes/tok" in text and "sha256 of every file" in text
 
@@ -245,7 +254,7 @@ def _run(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     return result.exit_code, lines
 
 
@@ -280,12 +289,17 @@ def test_config_that_disagrees_with_the_weights(exported, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["per_layer_config"]["1"]["intermediate_size"] += 1
     (bad / "config.json").write_text(json.dumps(cfg))
-    for cmd in (["inspect", bad], ["eval", bad, "--data", f"file:{bad / 'tokenizer.json'}", "--seq-len", "32"]):
+    for cmd in (
+        ["inspect", bad],
+        ["eval", bad, "--data", f"file:{bad / 'tokenizer.json'}", "--seq-len", "32"],
+    ):
         code, lines = _run(*cmd)
         assert code == 2 and len(lines) == 1 and "config.json was modified" in lines[0], lines
         # With --no-verify the shapes are still checked against the config.
         code, lines = _run(*cmd, "--no-verify")
-        assert code == 2 and len(lines) == 1 and "config and the weights disagree" in lines[0], lines
+        assert (
+            code == 2 and len(lines) == 1 and "config and the weights disagree" in lines[0]
+        ), lines
 
 
 def test_existing_output_and_failed_writes_leave_nothing(exported, tmp_path, monkeypatch):

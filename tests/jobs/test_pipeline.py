@@ -18,16 +18,45 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file, tmp_path):
     dense, _ = checkpoints
     work = tmp_path / "work"
-    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
-            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e", "1",
-            "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype", "float32",
-            "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
+    base = [
+        sys.executable,
+        "-m",
+        "grasp_deploy.cli",
+        "prune-and-serve",
+        str(dense),
+        "--prune-ratio",
+        "0.3",
+        "--calib",
+        f"file:{text_file}",
+        "-n",
+        "2",
+        "-l",
+        "32",
+        "-e",
+        "1",
+        "--dtype",
+        "float32",
+        "--work",
+        str(work),
+        "--enforce-eager",
+        "--vllm-dtype",
+        "float32",
+        "--kv-cache-gb",
+        "0.02",
+        "--max-model-len",
+        "256",
+        "--once",
+        "-q",
+    ]
     first = subprocess.run(base + ["--port", str(free_port()), "--bench", "--concurrency", "1",
                                    "--requests", "2", "--output-len", "4", "--input-len", "8",
                                    "--warmup", "0"], capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "plan written to" in first.stdout and "A/B summary (complete)" in first.stdout
-    assert "serving ckpt at http://127.0.0.1:" in first.stdout and "sample: 'The capital" in first.stdout
+    assert (
+        "serving ckpt at http://127.0.0.1:" in first.stdout
+        and "sample: 'The capital" in first.stdout
+    )
     assert "curl http://127.0.0.1:" in first.stdout and "OpenAI(base_url=" in first.stdout
     assert json.loads((work / "bench" / "results.json").read_text())["status"] == "complete"
     manifest = json.loads((work / "ckpt" / "grasp_manifest.json").read_text())
@@ -42,7 +71,9 @@ def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file
 def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
     from conftest import SERVING_SHAPE, save_tiny
 
-    dense = save_tiny(tmp_path / "qwen3", seed=4, family="qwen3", **{**SERVING_SHAPE, "head_dim": 64})
+    dense = save_tiny(
+        tmp_path / "qwen3", seed=4, family="qwen3", **{**SERVING_SHAPE, "head_dim": 64}
+    )
     cmd = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e", "1",
            "--dtype", "float32", "--work", str(tmp_path / "work"), "--enforce-eager",
@@ -53,5 +84,7 @@ def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
     config = json.loads((tmp_path / "work" / "ckpt" / "config.json").read_text())
     assert config["architectures"] == ["GraspQwen3ForCausalLM"] and config["head_dim"] == 64
     assert "sample: 'The capital of France is' ->" in proc.stdout
-    chat = [l for l in proc.stdout.splitlines() if "sample: 'chat: What is the capital" in l]
+    chat = [
+        line for line in proc.stdout.splitlines() if "sample: 'chat: What is the capital" in line
+    ]
     assert len(chat) == 1 and chat[0].split("->", 1)[1].strip() not in ("", "''"), proc.stdout

@@ -25,8 +25,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import save_tiny_portable
 from grasp_deploy.cli import main
+
+from conftest import save_tiny_portable
 
 DIGESTS = Path(__file__).with_name("same_output.json")
 QUICK = ["-n", "6", "-l", "32", "--seed", "1", "--dtype", "float32", "-q"]
@@ -35,7 +36,18 @@ GRASP = ["-e", "1", "--scale-samples", "3"]
 # name -> prune arguments after MODEL (calibration, size and --out are added)
 COMMANDS = {
     "grasp": ["-r", "0.3", *GRASP],
-    "grasp-paper": ["-r", "0.3", "--recipe", "paper", "-e", "1", "--scale-epochs", "0", "--lr", "0.05"],
+    "grasp-paper": [
+        "-r",
+        "0.3",
+        "--recipe",
+        "paper",
+        "-e",
+        "1",
+        "--scale-epochs",
+        "0",
+        "--lr",
+        "0.05",
+    ],
     "grasp-reconstruct": ["-r", "0.3", *GRASP, "--reconstruct"],
     "grasp-reselect-kv": ["-r", "0.4", *GRASP, "--reselect", "--kv-ratio", "0.7"],
     "structprune": ["-r", "0.4", "--method", "structprune", "--sink-skip", "0"],
@@ -43,8 +55,15 @@ COMMANDS = {
     "magnitude": ["-r", "0.3", "--method", "magnitude", "--align", "8"],
     "wanda-sp": ["-r", "0.3", "--method", "wanda-sp"],
     "flap": ["-r", "0.3", "--method", "flap"],
-    "taylor-reconstruct": ["-r", "0.3", "--method", "taylor", "--reconstruct",
-                           "--reconstruct-ridge", "0.01"],
+    "taylor-reconstruct": [
+        "-r",
+        "0.3",
+        "--method",
+        "taylor",
+        "--reconstruct",
+        "--reconstruct-ridge",
+        "0.01",
+    ],
 }
 # from an earlier command's plan directory: name -> (earlier command, arguments)
 FOLLOW_UPS = {"gisp-from-trajectory": ("gisp", ["-r", "0.1", "--method", "gisp",
@@ -64,7 +83,9 @@ def _stats(values: torch.Tensor) -> list[float]:
 
 
 def _tensor(t: torch.Tensor) -> dict[str, object]:
-    raw = t.contiguous().view(torch.uint8).numpy().tobytes() + str((t.dtype, tuple(t.shape))).encode()
+    raw = (
+        t.contiguous().view(torch.uint8).numpy().tobytes() + str((t.dtype, tuple(t.shape))).encode()
+    )
     return {"sha": _sha(raw), "stats": _stats(t)}
 
 
@@ -103,7 +124,7 @@ def _checkpoint_digest(ckpt: Path) -> dict[str, object]:
 
 def _close(a: list[float], b: list[float]) -> bool:
     scale = max(1e-6, *(abs(x) for x in a))
-    return all(abs(x - y) <= 1e-4 * scale for x, y in zip(a, b))
+    return all(abs(x - y) <= 1e-4 * scale for x, y in zip(a, b, strict=True))
 
 
 def _same(now: object, recorded: object) -> bool:

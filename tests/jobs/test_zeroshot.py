@@ -8,10 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from grasp_deploy.sources import models
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.jobs.zeroshot import TasksConfig, _hub_unreachable, check_tasks, parse_tasks
+from grasp_deploy.sources import models
 
 TASK_YAML = """\
 task: grasp_toy_mc
@@ -36,7 +36,9 @@ def invoke(*args):
 def test_parse_and_check_tasks():
     assert parse_tasks(" hellaswag, arc_easy,,") == ("hellaswag", "arc_easy")
     check_tasks(("arc_easy",), ["arc_easy", "arc_challenge"])
-    with pytest.raises(GraspError, match=r"'arc_esy' is not an lm-eval task; did you mean arc_easy"):
+    with pytest.raises(
+        GraspError, match=r"'arc_esy' is not an lm-eval task; did you mean arc_easy"
+    ):
         check_tasks(("arc_esy",), ["arc_easy", "arc_challenge"])
     with pytest.raises(GraspError, match="--tasks is empty"):
         TasksConfig(model="m", tasks=parse_tasks(" , "))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -26,9 +25,26 @@ BENCH = ["--concurrency", "1,2", "--requests", "4", "--output-len", "6", "--inpu
 def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
-                           "--dense", str(dense), *BENCH, "--slo", "ttft:5000", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grasp_deploy.cli",
+            "bench",
+            "--pruned",
+            str(pruned),
+            "--dense",
+            str(dense),
+            *BENCH,
+            "--slo",
+            "ttft:5000",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "A/B summary (complete)" in proc.stdout and "KV capacity" in proc.stdout
     res = json.loads((out / "results.json").read_text())
@@ -52,7 +68,9 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     # every figure labelled with how it was measured
     config = [line for line in md.splitlines() if line.startswith("Configuration: vLLM ")]
     assert len(config) == 1 and "eager (--enforce-eager)" in config[0], md
-    assert "dtype float32" in config[0] and "KV memory 0.02 GiB" in config[0] and "flags" in config[0]
+    assert (
+        "dtype float32" in config[0] and "KV memory 0.02 GiB" in config[0] and "flags" in config[0]
+    )
     assert "measured with vLLM" in proc.stdout
     slower = [r for r in res["levels"].values()
               if r["pruned"]["output_throughput"] <= r["dense"]["output_throughput"]
@@ -70,10 +88,28 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
 def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "soak"
-    proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
-                           "--dense", str(dense), *BENCH, "--duration", "8", "--soak-warmup", "4",
-                           "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grasp_deploy.cli",
+            "bench",
+            "--pruned",
+            str(pruned),
+            "--dense",
+            str(dense),
+            *BENCH,
+            "--duration",
+            "8",
+            "--soak-warmup",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "soak.json").read_text())
     assert res["status"] == "complete" and res["users"] == 2 and res["alive_at_end"]
@@ -81,7 +117,9 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
     assert res["memory"]["samples"] >= 3 and res["memory"]["rss_peak_mib"] > 100  # a real server
     assert (out / "memory.png").stat().st_size > 1000 and "soak (complete)" in proc.stdout
     # memory is judged only after the warm-up, which ran the same load first
-    assert res["measured_from_s"] >= 4 and res["memory"]["warmup_excluded_s"] == res["measured_from_s"]
+    assert (
+        res["measured_from_s"] >= 4 and res["memory"]["warmup_excluded_s"] == res["measured_from_s"]
+    )
     assert (out / "soak-warmup.jsonl").read_text().strip()
     assert "after 4 s of the same load as warm-up" in (out / "soak.md").read_text()
 
@@ -90,9 +128,24 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
 def test_interrupted_run_stops_servers_and_keeps_partial_results(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "res"
-    proc = subprocess.Popen([sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned),
-                             "--dense", str(dense), *BENCH, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "grasp_deploy.cli",
+            "bench",
+            "--pruned",
+            str(pruned),
+            "--dense",
+            str(dense),
+            *BENCH,
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     seen = ""
     while time.monotonic() < deadline:

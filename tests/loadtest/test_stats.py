@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grasp_deploy.loadtest.stats import RequestTiming, aggregate, percentile, summarize, time_stream
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.loadtest.stats import RequestTiming, aggregate, percentile, summarize, time_stream
 
 
 def test_stream_timing_on_known_timestamps():
@@ -124,8 +124,12 @@ def _ab_results(ratios: dict[int, float], eager: bool, dtype: str, gcd: int | No
         return {"output_throughput": tput, "median_tpot_ms": 100 / tput, "median_ttft_ms": 50.0,
                 "p99_tpot_ms": 120 / tput, "failed": 0}
     labels = {"FFN widths": {"dense": "64", "pruned": "x", "gcd": gcd}} if gcd else {}
-    return {"config": {"enforce_eager": eager, "dtype": dtype, "labels": labels},
-            "levels": {str(c): {"dense": row(10.0), "pruned": row(10.0 * r)} for c, r in ratios.items()}}
+    return {
+        "config": {"enforce_eager": eager, "dtype": dtype, "labels": labels},
+        "levels": {
+            str(c): {"dense": row(10.0), "pruned": row(10.0 * r)} for c, r in ratios.items()
+        },
+    }
 
 
 def test_hints_name_each_known_cause_when_pruned_is_not_faster():

@@ -8,21 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from grasp_deploy.sources import models
-from grasp_deploy.core.shape import FFN, KV, ModelShape
-from grasp_deploy.methods.flap import flap_biases, flap_scores
-from grasp_deploy.methods.gisp import gisp_trajectory, mask_at
-from grasp_deploy.methods.uniform import keep_top, kv_spread, uniform_counts
-from grasp_deploy.methods.wanda_sp import wanda_sp_scores
 from grasp_deploy.core.errors import GraspError
-from grasp_deploy.jobs.export import ExportConfig, run_export
-from grasp_deploy.methods.importance import collect_activations, mean_gradients, taylor_importance
 from grasp_deploy.core.masking import multiplied
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout
-from grasp_deploy.methods import GispSettings
+from grasp_deploy.core.shape import FFN, KV, ModelShape
+from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
+from grasp_deploy.methods import GispSettings
+from grasp_deploy.methods.flap import flap_biases, flap_scores
+from grasp_deploy.methods.gisp import gisp_trajectory, mask_at
 from grasp_deploy.methods.gisp_file import TRAJECTORY_FILE
+from grasp_deploy.methods.importance import collect_activations, mean_gradients, taylor_importance
+from grasp_deploy.methods.uniform import keep_top, kv_spread, uniform_counts
+from grasp_deploy.methods.wanda_sp import wanda_sp_scores
+from grasp_deploy.sources import models
+
 from conftest import tiny_config, tiny_model
 
 BASELINES = ("magnitude", "wanda-sp", "flap", "taylor", "gisp")
@@ -38,8 +39,13 @@ def _captured_inputs(model, blocks):
     hooks = []
     for i, layer in enumerate(model.model.layers):
         for name, proj in (("o", layer.self_attn.o_proj), ("down", layer.mlp.down_proj)):
-            hooks.append(proj.register_forward_pre_hook(
-                lambda _m, a, name=name, i=i: seen[name][i].append(a[0].reshape(-1, a[0].shape[-1]).double())))
+            hooks.append(
+                proj.register_forward_pre_hook(
+                    lambda _m, a, name=name, i=i: seen[name][i].append(
+                        a[0].reshape(-1, a[0].shape[-1]).double()
+                    )
+                )
+            )
     with torch.no_grad():
         for b in blocks:
             model(input_ids=b[None])
@@ -51,16 +57,25 @@ def _captured_inputs(model, blocks):
 @pytest.mark.parametrize("method", BASELINES)
 def test_budget_met_and_plan_valid(method, tiny_dir, text_file, tmp_path):
     out = tmp_path / "plan"
-    result = run_prune(PruneConfig(prune_ratio=0.4, out=out, model=str(tiny_dir), method=method,
-                                   calib=f"file:{text_file}", num_samples=6, seq_len=32,
-                                   method_settings=GispSettings(0.1, 3) if method == "gisp" else None,
-                                   progress=False))
+    result = run_prune(
+        PruneConfig(
+            prune_ratio=0.4,
+            out=out,
+            model=str(tiny_dir),
+            method=method,
+            calib=f"file:{text_file}",
+            num_samples=6,
+            seq_len=32,
+            method_settings=GispSettings(0.1, 3) if method == "gisp" else None,
+            progress=False,
+        )
+    )
     plan = load_plan(out)  # round-trips through JSON and validates ids and lengths
     layout = UnitLayout.from_shape(plan.source.shape)
     assert plan.budget.prunable_kept <= int((1 - 0.4) * layout.total_cost())
     assert plan.budget.achieved_ratio >= 0.4 - 0.1  # uniform methods round per layer
     assert plan.method == method and result.plan == plan
-    assert all(l.ffn_keep and l.kv_keep for l in plan.layers)
+    assert all(layer.ffn_keep and layer.kv_keep for layer in plan.layers)
     assert (plan.layers[0].o_bias is not None) == (method == "flap")
     if method == "gisp":
         steps = json.loads((out / TRAJECTORY_FILE).read_text())["steps"]
@@ -74,11 +89,16 @@ def test_wanda_sp_and_flap_scores_match_a_direct_computation():
     blocks = _blocks()
     stats = collect_activations(model, shape, blocks, progress=False)
     inputs = _captured_inputs(model, blocks)
-    wanda, flap = wanda_sp_scores(model, shape, layout, stats), flap_scores(model, shape, layout, stats)
+    wanda, flap = wanda_sp_scores(model, shape, layout, stats), flap_scores(
+        model, shape, layout, stats
+    )
     gh = shape.group_size * shape.head_dim
     for i, layer in enumerate(model.model.layers):
         # Wanda-sp by hand: sum_i |W_ij| * ||X_j||.
-        for kind, name, proj in ((FFN, "down", layer.mlp.down_proj), (KV, "o", layer.self_attn.o_proj)):
+        for kind, name, proj in (
+            (FFN, "down", layer.mlp.down_proj),
+            (KV, "o", layer.self_attn.o_proj),
+        ):
             w, x = proj.weight.detach().double(), inputs[name][i]
             per_col = w.abs().sum(0) * x.norm(dim=0)
             fluct = x.var(dim=0, unbiased=True) * w.pow(2).sum(0)
@@ -95,7 +115,9 @@ def test_taylor_importance_matches_autograd():
     shape = ModelShape.from_config(model.config)
     layout = UnitLayout.from_shape(shape)
     blocks = _blocks(n=3)
-    scores = taylor_importance(model, shape, layout, mean_gradients(model, shape, blocks, progress=False))
+    scores = taylor_importance(
+        model, shape, layout, mean_gradients(model, shape, blocks, progress=False)
+    )
     assert not any(p.requires_grad and p.grad is not None for p in model.parameters())
     # By hand: the mean loss over the blocks, autograd, and the sum over channel 5 of layer 1.
     mlp = model.model.layers[1].mlp
@@ -131,9 +153,13 @@ def test_dead_units_are_removed_first(method):
     blocks = _blocks()
     if method in ("wanda-sp", "flap"):
         stats = collect_activations(model, shape, blocks, progress=False)
-        scores = (wanda_sp_scores if method == "wanda-sp" else flap_scores)(model, shape, layout, stats)
+        scores = (wanda_sp_scores if method == "wanda-sp" else flap_scores)(
+            model, shape, layout, stats
+        )
     elif method == "taylor":
-        scores = taylor_importance(model, shape, layout, mean_gradients(model, shape, blocks, progress=False))
+        scores = taylor_importance(
+            model, shape, layout, mean_gradients(model, shape, blocks, progress=False)
+        )
     else:
         from grasp_deploy.methods.magnitude import magnitude_scores
         scores = magnitude_scores(model, shape, layout)
@@ -201,8 +227,12 @@ def test_gisp_masks_are_nested_and_independent_of_the_final_ratio():
     shape = ModelShape.from_config(model.config)
     layout = UnitLayout.from_shape(shape)
     blocks = _blocks(n=8)
-    long = gisp_trajectory(model, shape, layout, blocks, 0.5, step=0.1, blocks_per_step=2, progress=False)
-    short = gisp_trajectory(model, shape, layout, blocks, 0.3, step=0.1, blocks_per_step=2, progress=False)
+    long = gisp_trajectory(
+        model, shape, layout, blocks, 0.5, step=0.1, blocks_per_step=2, progress=False
+    )
+    short = gisp_trajectory(
+        model, shape, layout, blocks, 0.3, step=0.1, blocks_per_step=2, progress=False
+    )
     total = layout.total_cost()
     prev = np.ones(layout.num_units, dtype=bool)
     for ratio in (0.1, 0.2, 0.3, 0.4, 0.5):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import LLAMA3_ROPE, save_tiny, tiny_model
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import keep_budget
 from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
-from grasp_deploy.methods import METHODS
-from grasp_deploy.methods import GispSettings, GraspSettings
+from grasp_deploy.methods import METHODS, GispSettings, GraspSettings
+
+from conftest import LLAMA3_ROPE, save_tiny, tiny_model
 
 FAMILY_MODELS = {
     "llama3": dict(rope_parameters=LLAMA3_ROPE, head_dim=32, tie_word_embeddings=True),
@@ -39,7 +39,9 @@ def test_unit_costs_count_exactly_the_prunable_parameters(name):
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    return {name: save_tiny(root / name, seed=2, **fields) for name, fields in FAMILY_MODELS.items()}
+    return {
+        name: save_tiny(root / name, seed=2, **fields) for name, fields in FAMILY_MODELS.items()
+    }
 
 
 @pytest.mark.slow  # 18 prune runs: part of make test, not of make test-fast
@@ -56,4 +58,4 @@ def test_every_method_meets_its_budget_on_every_family(name, method, family_dirs
     assert plan.budget.prunable_kept <= keep_budget(0.3, plan.budget.prunable_dense)
     assert plan.source.shape.model_type == ("llama" if name == "llama3" else name)
     assert load_plan(tmp_path / "plan") == plan
-    assert torch.isfinite(torch.tensor([s for lp in plan.layers for s in (lp.ffn_scale or ())])).all()
+    assert torch.isfinite(torch.tensor([s for lp in plan.layers for s in lp.ffn_scale or ()])).all()

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from grasp_deploy.core.projection import UnitLayout
 from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.methods.gates import train_gates, train_scales
 from grasp_deploy.methods.grasp import GraspSettings
-from grasp_deploy.core.projection import UnitLayout
+
 from conftest import tiny_model
 
 
@@ -92,9 +93,9 @@ def test_an_interrupted_run_resumes_to_the_same_scores():
 def test_informed_init_distillation_and_cost_projection():
     """The 'past the paper' switches: the first mask follows the initial scores, the KD loss
     is a KL to the dense logits (zero when nothing is removed), the budget still holds."""
-    from grasp_deploy.methods.gates import _dense_logits, _loss, initial_scores
     from grasp_deploy.core.masking import Multipliers, multiplied
     from grasp_deploy.core.projection import project
+    from grasp_deploy.methods.gates import _dense_logits, _loss, initial_scores
 
     model, shape, layout, blocks, budget = _setup(seed=1)
     importance = np.random.default_rng(0).random(layout.num_units) + 0.5  # no clipping
@@ -105,7 +106,9 @@ def test_informed_init_distillation_and_cost_projection():
     np.testing.assert_array_equal(np.argsort(init[ffn.start:ffn.stop]),
                                   np.argsort(importance[ffn.start:ffn.stop]))
     masks = []
-    settings = GraspSettings(epochs=1, scale_epochs=0, init="taylor", loss="ce+kd", projection="cost")
+    settings = GraspSettings(
+        epochs=1, scale_epochs=0, init="taylor", loss="ce+kd", projection="cost"
+    )
     mask, _, log = train_gates(model, shape, layout, blocks, budget, settings, seed=0, init=init,
                                on_step=lambda s, k, m: masks.append(m), progress=False)
     first = project(1 / (1 + np.exp(-init / 1.5)), layout, budget, "rank", per_cost=True)

@@ -12,8 +12,9 @@ from grasp_deploy.cli import main
 from grasp_deploy.core.plan import load_plan
 from grasp_deploy.core.projection import UnitLayout, keep_budget
 from grasp_deploy.jobs.export import ExportConfig, run_export
-from grasp_deploy.methods import GispSettings
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
+from grasp_deploy.methods import GispSettings
+
 from conftest import save_tiny
 
 METHODS = ("grasp", "structprune", "magnitude", "wanda-sp", "flap", "taylor", "gisp")
@@ -42,7 +43,7 @@ def test_every_method_meets_both_budgets(method, wide_kv, text_file, tmp_path):
     plan = load_plan(tmp_path / "plan")
     b = plan.budget
     assert b.kv_ratio == 0.5 and b.kv_heads_dense == 16
-    assert b.kv_heads_kept == sum(len(l.kv_keep) for l in plan.layers) <= 8
+    assert b.kv_heads_kept == sum(len(layer.kv_keep) for layer in plan.layers) <= 8
     assert b.prunable_kept <= keep_budget(0.3, b.prunable_dense)
     # without the KV budget the parameter budget alone keeps more KV heads than that
     assert b.kv_heads_kept < 0.7 * 16

@@ -16,6 +16,7 @@ from grasp_deploy.jobs.prune import PruneConfig, run_prune
 from grasp_deploy.methods.layerwise import ModelLayers
 from grasp_deploy.methods.reconstruct import ReconstructSettings, reconstruct_plan
 from grasp_deploy.sources import models
+
 from conftest import random_plan, save_tiny
 
 FAMILIES = {"llama-gqa": dict(), "qwen3": dict(family="qwen3", head_dim=24),
@@ -28,7 +29,9 @@ def _blocks(n=6, t=24, seed=0):
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tmp_path_factory):
-    src = save_tiny(tmp_path_factory.mktemp(request.param) / "model", seed=5, **FAMILIES[request.param])
+    src = save_tiny(
+        tmp_path_factory.mktemp(request.param) / "model", seed=5, **FAMILIES[request.param]
+    )
     model = models.load_model(models.resolve_source(str(src)))
     plan = random_plan(model, str(src), ratio=0.5, seed=4)
     return src, model, plan
@@ -65,8 +68,13 @@ def _layer_errors(model, original, rebuilt, blocks):
             _use(live, i, new)
             step = layer(x, **kw)
             x = step[0] if isinstance(step, tuple) else step
-            errors.append({f"{who} {part}": float(((out[who, part] - out["dense", part]) ** 2).sum())
-                           for who in ("orig", "new") for part in ("attn", "mlp")})
+            errors.append(
+                {
+                    f"{who} {part}": float(((out[who, part] - out["dense", part]) ** 2).sum())
+                    for who in ("orig", "new")
+                    for part in ("attn", "mlp")
+                }
+            )
     return errors
 
 
@@ -105,7 +113,7 @@ def test_masked_reconstructed_equals_exported_and_the_budget_is_unchanged(family
         out = exported(ids).logits
     torch.testing.assert_close(out, masked, atol=1e-4, rtol=1e-4)
     assert (out - unreconstructed).abs().max() > 1e-3  # the refit changed the model
-    for i, lp in enumerate(loaded.layers):
+    for i in range(len(loaded.layers)):
         o = exported.model.layers[i].self_attn.o_proj.weight
         torch.testing.assert_close(o, loaded.replaced[f"model.layers.{i}.self_attn.o_proj.weight"])
 

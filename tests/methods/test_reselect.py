@@ -17,14 +17,14 @@ from grasp_deploy.core.projection import UnitLayout
 from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
+from grasp_deploy.methods import structprune
 from grasp_deploy.methods.grasp import GraspSettings
 from grasp_deploy.methods.layerwise import ModelLayers
 from grasp_deploy.methods.reconstruct import ReconstructSettings
-from grasp_deploy.methods import structprune
-from grasp_deploy.methods.structprune import (StructPruneSettings, choose_and_refit,
-                                              segment_counts)
+from grasp_deploy.methods.structprune import StructPruneSettings, choose_and_refit, segment_counts
 from grasp_deploy.sources import models
 from grasp_deploy.sources.stream import LayerStream
+
 from conftest import save_tiny
 
 FAMILIES = {"llama-gqa": dict(), "qwen3": dict(family="qwen3", head_dim=24),
@@ -49,7 +49,7 @@ def test_a_loaded_model_gives_the_same_choice_and_refit_as_the_layer_stream(fami
     np.testing.assert_array_equal(got.mask, want.mask)
     for name in want.replaced.keys():
         torch.testing.assert_close(got.replaced[name], want.replaced[name], rtol=1e-4, atol=1e-5)
-    for a, b in zip(got.biases, want.biases):
+    for a, b in zip(got.biases, want.biases, strict=True):
         np.testing.assert_allclose(a["o"], b["o"], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(a["down"], b["down"], rtol=1e-4, atol=1e-6)
 

@@ -17,10 +17,10 @@ from grasp_deploy.jobs import loading
 from grasp_deploy.jobs.evaluate import EvalConfig, run_eval
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.prune import PruneConfig, run_prune
-from grasp_deploy.methods.structprune import (StructPruneSettings, admm_keep, allocate,
-                                              kept_counts)
+from grasp_deploy.methods.structprune import StructPruneSettings, admm_keep, allocate, kept_counts
 from grasp_deploy.sources import models
 from grasp_deploy.sources.stream import LayerStream
+
 from conftest import save_tiny, tiny_config
 
 FAMILIES = {"llama-gqa": dict(), "qwen3": dict(family="qwen3", head_dim=24),
@@ -29,7 +29,9 @@ FAMILIES = {"llama-gqa": dict(), "qwen3": dict(family="qwen3", head_dim=24),
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def source(request, tmp_path_factory):
-    path = save_tiny(tmp_path_factory.mktemp(request.param) / "m", seed=3, **FAMILIES[request.param])
+    path = save_tiny(
+        tmp_path_factory.mktemp(request.param) / "m", seed=3, **FAMILIES[request.param]
+    )
     return models.resolve_source(str(path))
 
 
@@ -52,8 +54,9 @@ def test_streamed_layers_reproduce_the_loaded_model(source):
 
 
 def _layout():
-    from conftest import tiny_model
     from grasp_deploy.core.shape import ModelShape
+
+    from conftest import tiny_model
 
     shape = ModelShape.from_config(tiny_model(num_hidden_layers=4).config)
     return UnitLayout.from_shape(shape, align=8)
@@ -176,8 +179,12 @@ def test_kept_counts_hold_a_kv_budget_and_give_the_freed_parameters_to_the_ffn()
     f = np.full(len(layout.segments), 0.3)
     free = kept_counts(layout, f, budget)
     capped = kept_counts(layout, f, budget, kv_budget=8)
-    heads = lambda c: sum(n for (_, kind), n in c.items() if kind == KV)
-    ffn = lambda c: sum(n for (_, kind), n in c.items() if kind == FFN)
+    def heads(c):
+        return sum(n for (_, kind), n in c.items() if kind == KV)
+
+    def ffn(c):
+        return sum(n for (_, kind), n in c.items() if kind == FFN)
+
     assert heads(free) > 8 >= heads(capped)
     assert ffn(capped) > ffn(free)
     cost = sum(capped[(g.layer, g.kind)] * g.unit_cost for g in layout.segments)

@@ -13,8 +13,15 @@ from click.testing import CliRunner
 
 from grasp_deploy.cli import main
 from grasp_deploy.core.projection import project
-from grasp_deploy.methods import (Method, MethodInput, MethodResult, MethodSettings, flag,
-                                  register, unregister)
+from grasp_deploy.methods import (
+    Method,
+    MethodInput,
+    MethodResult,
+    MethodSettings,
+    flag,
+    register,
+    unregister,
+)
 
 
 @dataclass(frozen=True)

@@ -55,5 +55,7 @@ def test_vllm_matches_transformers_and_the_kv_cache_follows_the_heads(family_che
     with VllmServer(dense_config) as server:
         info = server.kv_capacity()
     dense_heads = sum(layer.num_key_value_heads for layer in plan.source.shape.layers)
-    predicted = info["kv_cache_tokens"] * dense_heads / sum(len(l.kv_keep) for l in plan.layers)
+    predicted = (
+        info["kv_cache_tokens"] * dense_heads / sum(len(layer.kv_keep) for layer in plan.layers)
+    )
     assert abs(pruned_tokens - predicted) <= info["block_size"], (pruned_tokens, predicted)

@@ -45,9 +45,27 @@ def pruned_server(checkpoints):
     """The pruned checkpoint served through the real CLI (`grasp-deploy serve`)."""
     _, pruned = checkpoints
     port = free_port()
-    cmd = [sys.executable, "-m", "grasp_deploy.cli", "serve", str(pruned), "--port", str(port),
-           "--dtype", "float32", "--enforce-eager", "--max-model-len", "256",
-           "--kv-cache-gb", str(KV_GB), "--served-model-name", "tiny-pruned", "--", "--max-num-seqs", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grasp_deploy.cli",
+        "serve",
+        str(pruned),
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "256",
+        "--kv-cache-gb",
+        str(KV_GB),
+        "--served-model-name",
+        "tiny-pruned",
+        "--",
+        "--max-num-seqs",
+        "8",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines, deadline = [], time.monotonic() + 600
@@ -58,7 +76,7 @@ def pruned_server(checkpoints):
         lines.append(line)
         if "Ctrl-C to stop" in line:
             break
-    if not any("serving tiny-pruned at" in l for l in lines):
+    if not any("serving tiny-pruned at" in line for line in lines):
         proc.kill()
         pytest.fail("serve did not come up:\n" + "".join(lines) + proc.stderr.read()[-3000:])
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "banner": "".join(lines), "proc": proc}
@@ -104,10 +122,13 @@ def test_greedy_tokens_and_logprobs_match_transformers(pruned_server, checkpoint
 
 
 def test_kv_capacity_follows_the_kv_heads(pruned_server, dense_server):
-    from grasp_deploy.server.launcher import parse_cache_info
     import urllib.request
 
-    pruned = parse_cache_info(urllib.request.urlopen(pruned_server["url"] + "/metrics").read().decode())
+    from grasp_deploy.server.launcher import parse_cache_info
+
+    pruned = parse_cache_info(
+        urllib.request.urlopen(pruned_server["url"] + "/metrics").read().decode()
+    )
     dense = dense_server.kv_capacity()
     ratio = (2 * 4) / sum(len(kv) for kv in KV_KEEP)  # dense KV heads / pruned KV heads
     pruned_tokens = pruned["num_gpu_blocks"] * pruned["block_size"]
@@ -139,7 +160,11 @@ def _serve(*args, timeout=300, env=None):
     proc = subprocess.run([sys.executable, "-m", "grasp_deploy.cli", "serve", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc.returncode, [l for l in proc.stderr.splitlines() if l.startswith("error:")], proc.stderr
+    return (
+        proc.returncode,
+        [line for line in proc.stderr.splitlines() if line.startswith("error:")],
+        proc.stderr,
+    )
 
 
 def _no_server_on(port: int) -> bool:

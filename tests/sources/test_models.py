@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
 
-from grasp_deploy.sources import known, models
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.sources import known, models
+
 from conftest import WIKI, tiny_model
-from click.testing import CliRunner
 
 
 def test_resolution_rules(tiny_dir, tmp_path):
@@ -67,7 +68,11 @@ def test_default_model_prunes_and_evaluates(default_model_dir, tmp_path):
     assert len(plan.layers) == 30
     assert abs(plan.budget.achieved_ratio - 0.3) < 0.005
     assert plan.budget.model_dense == 134_515_008
-    data = f"file:{WIKI / 'wiki.test.raw'}" if WIKI.is_dir() else f"file:{default_model_dir / 'tokenizer.json'}"
+    data = (
+        f"file:{WIKI / 'wiki.test.raw'}"
+        if WIKI.is_dir()
+        else f"file:{default_model_dir / 'tokenizer.json'}"
+    )
     ev = CliRunner().invoke(main, ["eval", "smollm2-135m", "--plan", str(tmp_path / "plan"),
                                    "--data", data, "--seq-len", "512", "--max-windows", "1",
                                    "--dtype", "float32", "--json", "-q"])

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from grasp_deploy.sources import text as data
 from grasp_deploy.core.errors import GraspError
+from grasp_deploy.sources import text as data
+
 from conftest import make_text, tiny_model, tiny_tokenizer
 
 

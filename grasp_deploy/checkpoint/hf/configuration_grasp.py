@@ -19,6 +19,12 @@ class GraspConfigMixin:
     """What a pruned model's config adds to its family's: the query heads per KV head, the
     compensation biases a method may add, and each layer's own config."""
 
+    # the family's config class this mixes into sets these
+    num_attention_heads: Any
+    num_key_value_heads: Any
+    per_layer_config: Any
+    is_heterogeneous: Any
+
     def __init__(self, query_heads_per_kv_head: int | None = None, o_proj_bias: bool = False,
                  down_proj_bias: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

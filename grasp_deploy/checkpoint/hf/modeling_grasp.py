@@ -13,7 +13,8 @@ Qwen's sliding-window flags, are transformers' as they are.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from transformers.models.llama import modeling_llama
@@ -22,11 +23,19 @@ from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
 
 try:  # inside a checkpoint directory (trust_remote_code)
-    from .configuration_grasp import (GraspLlamaConfig, GraspMistralConfig, GraspQwen2Config,
-                                      GraspQwen3Config)
+    from .configuration_grasp import (
+        GraspLlamaConfig,
+        GraspMistralConfig,
+        GraspQwen2Config,
+        GraspQwen3Config,
+    )
 except ImportError:  # pragma: no cover - loaded as a top-level module
-    from configuration_grasp import (GraspLlamaConfig, GraspMistralConfig, GraspQwen2Config,
-                                     GraspQwen3Config)
+    from configuration_grasp import (  # type: ignore[no-redef]
+        GraspLlamaConfig,
+        GraspMistralConfig,
+        GraspQwen2Config,
+        GraspQwen3Config,
+    )
 
 
 def with_names(function: Callable, **names: Any) -> Callable:
@@ -49,7 +58,7 @@ def _global_names(code: types.CodeType) -> set[str]:
     return set(code.co_names).union(*(_global_names(c) for c in nested))
 
 
-def _add_compensation_biases(layer: nn.Module, config: Any) -> None:
+def _add_compensation_biases(layer: Any, config: Any) -> None:
     """Zero biases (loaded from the weights) where a method added them, e.g. FLAP's."""
     for wanted, proj in ((config.o_proj_bias, layer.self_attn.o_proj),
                          (config.down_proj_bias, layer.mlp.down_proj)):
@@ -65,7 +74,7 @@ def _family(family: str, module: Any, config_class: type) -> tuple[type, type, t
     base_lm = getattr(module, f"{family}ForCausalLM")
     name = f"Grasp{family}"
 
-    def layer_init(self: nn.Module, config: Any, layer_idx: int) -> None:
+    def layer_init(self: Any, config: Any, layer_idx: int) -> None:
         base_layer.__init__(self, config.layer_config(layer_idx), layer_idx)
         _add_compensation_biases(self, config)
 
