@@ -108,7 +108,7 @@ def compare(a: Path, b: Path, out: Path, note: str | None) -> None:
              *[f"- {n}: `{shlex.join(args)}`" for n, args in COMMANDS.items()], "",
              "| command | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, row in rows.items():
-        cells = ["equal" if row[k] else "DIFFERENT" if k in row else "-" for k in keys]
+        cells = ["-" if k not in row else "equal" if row[k] else "DIFFERENT" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     every = all(all(r.values()) for r in rows.values())
     lines += ["", f"{len(rows)} commands: " + ("all equal." if every else "some differ.")]

@@ -73,17 +73,8 @@ def prune(column: str, args: list[str], ratio: float, model: str, calib: str,
 def export(model: str, plan: Path) -> tuple[Path, float]:
     ckpt = plan.parent / "ckpt"
     seconds, _ = run(
-        [
-            *harness.grasp_deploy(),
-            "export",
-            model,
-            str(plan),
-            "--out",
-            str(ckpt),
-            "--dtype",
-            "float32",
-            "--force",
-        ]
+        [*harness.grasp_deploy(), "export", model, str(plan), "--out", str(ckpt), "--dtype",
+         "float32", "--force"]
     )
     return ckpt, seconds
 

@@ -8,13 +8,8 @@ from grasp_deploy.checkpoint import format as fmt
 CASES = [
     # (dense fields, per-layer patches)
     (
-        dict(
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=96,
-            num_hidden_layers=3,
-        ),
+        dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+             num_hidden_layers=3),
         {
             "0": {"intermediate_size": 96, "num_key_value_heads": 2},
             "1": {"intermediate_size": 40, "num_key_value_heads": 1},
@@ -22,27 +17,16 @@ CASES = [
         },
     ),
     (
-        dict(
-            hidden_size=576,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            intermediate_size=1536,
-            num_hidden_layers=2,
-            head_dim=64,
-        ),
+        dict(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
+             num_hidden_layers=2, head_dim=64),
         {
             "0": {"intermediate_size": 1024, "num_key_value_heads": 3},
             "1": {"intermediate_size": 64, "num_key_value_heads": 1},
         },
     ),
     (
-        dict(
-            hidden_size=128,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            intermediate_size=256,
-            num_hidden_layers=2,
-        ),
+        dict(hidden_size=128, num_attention_heads=8, num_key_value_heads=8, intermediate_size=256,
+             num_hidden_layers=2),
         None,
     ),  # no patches: every layer is the dense one
 ]

@@ -18,36 +18,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file, tmp_path):
     dense, _ = checkpoints
     work = tmp_path / "work"
-    base = [
-        sys.executable,
-        "-m",
-        "grasp_deploy.cli",
-        "prune-and-serve",
-        str(dense),
-        "--prune-ratio",
-        "0.3",
-        "--calib",
-        f"file:{text_file}",
-        "-n",
-        "2",
-        "-l",
-        "32",
-        "-e",
-        "1",
-        "--dtype",
-        "float32",
-        "--work",
-        str(work),
-        "--enforce-eager",
-        "--vllm-dtype",
-        "float32",
-        "--kv-cache-gb",
-        "0.02",
-        "--max-model-len",
-        "256",
-        "--once",
-        "-q",
-    ]
+    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
+            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e",
+            "1", "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype",
+            "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
     first = subprocess.run(base + ["--port", str(free_port()), "--bench", "--concurrency", "1",
                                    "--requests", "2", "--output-len", "4", "--input-len", "8",
                                    "--warmup", "0"], capture_output=True, text=True, timeout=900)

@@ -36,18 +36,8 @@ GRASP = ["-e", "1", "--scale-samples", "3"]
 # name -> prune arguments after MODEL (calibration, size and --out are added)
 COMMANDS = {
     "grasp": ["-r", "0.3", *GRASP],
-    "grasp-paper": [
-        "-r",
-        "0.3",
-        "--recipe",
-        "paper",
-        "-e",
-        "1",
-        "--scale-epochs",
-        "0",
-        "--lr",
-        "0.05",
-    ],
+    "grasp-paper": ["-r", "0.3", "--recipe", "paper", "-e", "1", "--scale-epochs", "0", "--lr",
+                    "0.05"],
     "grasp-reconstruct": ["-r", "0.3", *GRASP, "--reconstruct"],
     "grasp-reselect-kv": ["-r", "0.4", *GRASP, "--reselect", "--kv-ratio", "0.7"],
     "structprune": ["-r", "0.4", "--method", "structprune", "--sink-skip", "0"],
@@ -55,15 +45,8 @@ COMMANDS = {
     "magnitude": ["-r", "0.3", "--method", "magnitude", "--align", "8"],
     "wanda-sp": ["-r", "0.3", "--method", "wanda-sp"],
     "flap": ["-r", "0.3", "--method", "flap"],
-    "taylor-reconstruct": [
-        "-r",
-        "0.3",
-        "--method",
-        "taylor",
-        "--reconstruct",
-        "--reconstruct-ridge",
-        "0.01",
-    ],
+    "taylor-reconstruct": ["-r", "0.3", "--method", "taylor", "--reconstruct",
+                           "--reconstruct-ridge", "0.01"],
 }
 # from an earlier command's plan directory: name -> (earlier command, arguments)
 FOLLOW_UPS = {"gisp-from-trajectory": ("gisp", ["-r", "0.1", "--method", "gisp",

@@ -26,21 +26,8 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "res"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grasp_deploy.cli",
-            "bench",
-            "--pruned",
-            str(pruned),
-            "--dense",
-            str(dense),
-            *BENCH,
-            "--slo",
-            "ttft:5000",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
+         str(dense), *BENCH, "--slo", "ttft:5000", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -89,23 +76,8 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
     dense, pruned = checkpoints
     out = tmp_path / "soak"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grasp_deploy.cli",
-            "bench",
-            "--pruned",
-            str(pruned),
-            "--dense",
-            str(dense),
-            *BENCH,
-            "--duration",
-            "8",
-            "--soak-warmup",
-            "4",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
+         str(dense), *BENCH, "--duration", "8", "--soak-warmup", "4", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -129,19 +101,8 @@ def test_interrupted_run_stops_servers_and_keeps_partial_results(checkpoints, tm
     dense, pruned = checkpoints
     out = tmp_path / "res"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "grasp_deploy.cli",
-            "bench",
-            "--pruned",
-            str(pruned),
-            "--dense",
-            str(dense),
-            *BENCH,
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
+         str(dense), *BENCH, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

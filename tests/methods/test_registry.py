@@ -1,10 +1,8 @@
 """The method registry and GRASPrune's recipes: one name per method, library defaults equal to
-the documented (command-line) defaults."""
+the documented (command-line) defaults (tests/cli/test_parts.py checks every option's)."""
 
 import pytest
-from click.testing import CliRunner
 
-from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.methods import METHODS, get_method
 from grasp_deploy.methods.grasp_settings import DEFAULT_RECIPE, RECIPES, GraspSettings
@@ -28,9 +26,11 @@ def test_library_defaults_are_the_default_recipe():
     assert set(RECIPES["paper"]) == set(RECIPES["best"])
 
 
-def test_command_line_defaults_match_the_library():
-    r = CliRunner().invoke(main, ["prune", "--help"])
-    assert r.exit_code == 0 and "[default: best]" in r.output.replace("\n", " ").replace("  ", " ")
+def test_a_name_is_registered_once():
+    from grasp_deploy.methods import register
+
+    with pytest.raises(GraspError, match="'grasp' is registered already"):
+        register(METHODS["grasp"])
 
 
 @pytest.mark.parametrize("overrides,flag", [(dict(lr=float("nan")), "--lr"),

@@ -45,27 +45,9 @@ def pruned_server(checkpoints):
     """The pruned checkpoint served through the real CLI (`grasp-deploy serve`)."""
     _, pruned = checkpoints
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "grasp_deploy.cli",
-        "serve",
-        str(pruned),
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "256",
-        "--kv-cache-gb",
-        str(KV_GB),
-        "--served-model-name",
-        "tiny-pruned",
-        "--",
-        "--max-num-seqs",
-        "8",
-    ]
+    cmd = [sys.executable, "-m", "grasp_deploy.cli", "serve", str(pruned), "--port", str(port),
+           "--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--kv-cache-gb",
+           str(KV_GB), "--served-model-name", "tiny-pruned", "--", "--max-num-seqs", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines, deadline = [], time.monotonic() + 600
