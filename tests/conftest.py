@@ -124,6 +124,63 @@ def save_tiny_portable(directory: Path, seed: int = 0, **overrides) -> Path:
     return directory
 
 
+def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 2, split_count: int = 0,
+                    seed: int = 0) -> Path:
+    """A tiny model as llama.cpp writes it (GGUF v3, float32 tensors, a BPE tokenizer), which
+    transformers converts back: hidden 64, FFN 96, 4 query / 2 KV heads."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    data = json.loads(tiny_tokenizer().backend_tokenizer.to_str())["model"]
+    tokens = [t for t, _ in sorted(data["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["merges"]]
+    hidden, ffn, heads, kv, head_dim = 64, 96, 4, 2, 16
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(len(tokens))
+    if split_count:
+        w.add_uint16("split.count", split_count)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([1] * len(tokens))
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.08).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", rand(len(tokens), hidden))
+    for i in range(layers):
+        for name, shape in (("attn_q", (heads * head_dim, hidden)),
+                            ("attn_k", (kv * head_dim, hidden)),
+                            ("attn_v", (kv * head_dim, hidden)),
+                            ("attn_output", (hidden, heads * head_dim)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))):
+            w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
+        for norm in ("attn_norm", "ffn_norm"):
+            w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", rand(len(tokens), hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A saved tiny GQA model (3 layers, 4 query / 2 KV heads, FFN 96) with a tokenizer."""

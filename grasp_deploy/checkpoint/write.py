@@ -22,7 +22,11 @@ HF_DIR = Path(__file__).with_name("hf")
 
 
 def pruned_config(source_config: Any, plan: Plan, dtype: torch.dtype) -> dict[str, Any]:
-    """config.json of the checkpoint: the source's fields, per-layer patches, auto_map."""
+    """config.json of the checkpoint: the source's fields, per-layer patches, auto_map, and the
+    transformers version that wrote it (without one, transformers takes a local tokenizer for a
+    pre-5.0 Mistral one and warns of an "incorrect regex pattern" on every load)."""
+    import transformers
+
     cfg = source_config.to_dict()
     for key in ("quantization_config", "_name_or_path", "auto_map", "transformers_version"):
         cfg.pop(key, None)
@@ -31,6 +35,7 @@ def pruned_config(source_config: Any, plan: Plan, dtype: torch.dtype) -> dict[st
     cfg.update(
         architectures=[kind.architecture], model_type=kind.model_type, auto_map=kind.auto_map,
         head_dim=shape.head_dim, dtype=dtype_name(dtype),
+        transformers_version=transformers.__version__,
         **{fmt.PER_LAYER_FIELD: {str(i): w for i, w in enumerate(plan.widths())}},
         **{fmt.GROUP_SIZE_FIELD: shape.group_size},
     )

@@ -88,7 +88,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
 
     description = result.calibration or calibration.description
     # A local model is recorded by its absolute path, so export works from any directory.
-    name = source.location if source.kind == "local" else source.spec
+    name = source.location if source.kind in ("local", "gguf") else source.spec
     make_plan = partial(_make_plan, config, settings, layout=layout, calibration=description,
                         source=SourceModel(name, fp, shape), dense_params=dense_params)
     plan = make_plan(result)

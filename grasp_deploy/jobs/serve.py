@@ -27,7 +27,8 @@ def servable(model: str | None, verify: bool = True) -> tuple[str, str, Any]:
     config = loading.load_config(source)
     loading.check_checkpoint(source, verify)
     location = models.ensure_available(source)
-    name = source.spec if source.kind != "local" else Path(location).name
+    name = Path(location).name if source.kind == "local" else Path(source.spec).stem \
+        if source.kind == "gguf" else source.spec
     return location, name, config
 
 

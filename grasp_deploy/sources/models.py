@@ -1,4 +1,5 @@
-"""Model sources, one loader: a local HF directory, a hub id, or a known model (``known``).
+"""Model sources, one loader: a local HF directory, a hub id, a known model (``known``), or a
+GGUF file (``gguf``: converted once into the cache).
 
 Loading only: whether a config is one grasp-deploy can prune or serve is decided by the jobs
 (``jobs.loading``), which know both the supported families and the checkpoint format.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from ..core.errors import GraspError
+from .gguf import ensure_converted, gguf_cache_dir, inspect_gguf
 from .known import DEFAULT_MODEL, KNOWN_MODELS, fetch_known, known_model_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -25,12 +28,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 @dataclass(frozen=True)
 class ModelSource:
     spec: str  # as the user wrote it
-    kind: Literal["known", "local", "hub"]
-    location: str  # directory path or hub id
+    kind: Literal["known", "local", "hub", "gguf"]
+    location: str  # directory path or hub id (for known and gguf: the converted directory)
+    origin: str = ""  # gguf: the file itself
 
     @property
     def is_cached(self) -> bool:
-        return self.kind != "known" or (Path(self.location) / "config.json").is_file()
+        converted = self.kind in ("known", "gguf")
+        return not converted or (Path(self.location) / "config.json").is_file()
 
 
 def resolve_source(spec: str | None) -> ModelSource:
@@ -39,6 +44,8 @@ def resolve_source(spec: str | None) -> ModelSource:
     if spec in KNOWN_MODELS:
         return ModelSource(spec, "known", str(known_model_dir(spec)))
     path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf") or _starts_like_gguf(path):
+        return _gguf_source(spec, path)
     # org/name is a hub id unless a local directory of that name, or its first part, exists.
     looks_like_path = (spec.startswith(("/", ".", "~")) or path.exists() or not _HUB_ID.match(spec)
                        or path.parent.is_dir() and str(path.parent) not in ("", "."))
@@ -60,10 +67,32 @@ def resolve_source(spec: str | None) -> ModelSource:
     return ModelSource(spec, "local", str(path.resolve()))
 
 
+def _starts_like_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return path.is_file() and f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _gguf_source(spec: str, path: Path) -> ModelSource:
+    if not path.is_file():
+        raise GraspError(f"no such GGUF file: {spec} (from {Path.cwd()}); pass a .gguf file, an "
+                         "HF model directory or a known model")
+    if not os.access(path, os.R_OK):
+        raise GraspError(f"GGUF file {spec} is not readable (permission denied)")
+    inspect_gguf(path)  # the header only: a bad file stops here, before any heavy work
+    return ModelSource(spec, "gguf", str(gguf_cache_dir(path)), str(path.resolve()))
+
+
 def ensure_available(source: ModelSource, quiet: bool = False) -> str:
-    """Path (or hub id) that ``from_pretrained`` can open; fetches a known model once."""
+    """Path (or hub id) that ``from_pretrained`` can open; fetches a known model or converts a
+    GGUF file once."""
     if source.kind == "known" and not source.is_cached:
         fetch_known(source.spec, quiet=quiet)
+    if source.kind == "gguf" and not source.is_cached:
+        say = (lambda _msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+        ensure_converted(Path(source.origin), Path(source.location), say)
     return source.location
 
 

@@ -317,3 +317,53 @@ def test_existing_output_and_failed_writes_leave_nothing(exported, tmp_path, mon
     with pytest.raises(GraspError, match="No space left on device; nothing was changed"):
         run_export(ExportConfig(plan_dir=plan_dir, out=tmp_path / "new"))
     assert listing(tmp_path) == before
+
+
+def _large_vocab_tokenizer(directory: Path) -> None:
+    """A tokenizer of over 100,000 entries with a pre-tokenizer (Qwen2.5's has 151,643): the
+    kind transformers checks for the Mistral regex."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(100_100)}
+    vocab["<unk>"] = len(vocab)
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(directory)
+
+
+def test_loading_the_tokenizer_does_not_warn_of_a_wrong_regex(tiny_dir, tmp_path):
+    """transformers warned "incorrect regex pattern ... fix_mistral_regex" on every load of a
+    large tokenizer from our checkpoints (config.json had no transformers_version, which it
+    reads as an old Mistral checkpoint). The warning itself still works: without the field it
+    comes back."""
+    model = models.load_model(models.resolve_source(str(tiny_dir)))
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    random_plan(model, str(tiny_dir)).save(plan_dir)
+    ckpt = tmp_path / "ckpt"
+    run_export(ExportConfig(plan_dir=plan_dir, out=ckpt))
+    import transformers
+
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["transformers_version"] == transformers.__version__
+
+    def warnings(directory: Path) -> str:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (directory / name).unlink(missing_ok=True)
+        _large_vocab_tokenizer(directory)
+        code = ("from transformers import AutoTokenizer\n"
+                f"AutoTokenizer.from_pretrained({str(directory)!r}, trust_remote_code=True)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    import shutil
+
+    old = Path(shutil.copytree(ckpt, tmp_path / "old"))
+    config.pop("transformers_version")
+    (old / "config.json").write_text(json.dumps(config))
+    assert "incorrect regex pattern" in warnings(old)
+    assert "incorrect regex pattern" not in warnings(ckpt)
