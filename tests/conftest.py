@@ -27,6 +27,7 @@ from transformers import (
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WIKI = SHARED / "data" / "wikitext-2"
+PYTHON_CODE = SHARED / "data" / "python-code"
 VOCAB = 320
 
 _WORDS = ("the model prunes channels and heads under one budget while gates learn which units "

@@ -6,7 +6,7 @@ import torch
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.sources import text as data
 
-from conftest import make_text, tiny_model, tiny_tokenizer
+from conftest import PYTHON_CODE, make_text, tiny_model, tiny_tokenizer
 
 
 def test_file_formats_give_the_same_text(tmp_path):
@@ -66,3 +66,28 @@ def test_self_sampling_is_seeded_and_full_length():
     assert a.shape == (5, 12) and torch.equal(a, b)
     assert torch.all(a[:, 0] == tok.bos_token_id)
     assert len(set(map(tuple, a.tolist()))) > 1
+
+
+@pytest.mark.skipif(not (PYTHON_CODE / "stdlib-a-l.txt").is_file(),
+                    reason="../shared/data/python-code is absent (the shared data folder)")
+def test_the_shared_python_code_calibrates_and_evaluates_as_it_is(tiny_dir, tmp_path):
+    """Code is a second domain: calibrate on stdlib-a-l.txt, evaluate on stdlib-m-z.txt, read
+    whole as UTF-8 (its protocol is WikiText's), through the same file: sources."""
+    from click.testing import CliRunner
+
+    from grasp_deploy.cli import main
+
+    calib, test = PYTHON_CODE / "stdlib-a-l.txt", PYTHON_CODE / "stdlib-m-z.txt"
+    assert "# ===== abc.py =====" in data.load_text(data.parse_source(f"file:{calib}"))
+    r = CliRunner().invoke(main, ["prune", str(tiny_dir), "-r", "0.3", "--method", "wanda-sp",
+                                  "--calib", f"file:{calib}", "-n", "4", "-l", "64",
+                                  "--out", str(tmp_path / "plan"), "-q"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert plan["calibration"]["source"] == f"file:{calib}"
+    r = CliRunner().invoke(main, ["eval", str(tiny_dir), "--plan", str(tmp_path / "plan"),
+                                  "--data", f"file:{test}", "--seq-len", "64",
+                                  "--max-windows", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["windows"] == 3 and result["perplexity"] > 1
