@@ -63,6 +63,12 @@ def check_sandbox() -> None:
         pwd.getpwnam("nobody")
     except KeyError:
         raise GraspError("running generated code needs the unprivileged user 'nobody'") from None
+    probe = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise GraspError(f"cannot create the sandbox's namespaces here ({why}); run where "
+                         "unshare may (a container with CAP_SYS_ADMIN, or a VM)")
 
 
 def _command(limits: Limits) -> list[str]:
