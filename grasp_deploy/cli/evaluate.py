@@ -38,10 +38,13 @@ from .options import device_options, no_verify_option
     metavar="TASK[,TASK...]",
     help=(
         "Zero-shot accuracy on these lm-eval tasks (e.g. hellaswag,arc_easy,piqa) "
-        "instead of perplexity. Needs pip install 'grasp-deploy[zeroshot]' and the "
-        "Hugging Face dataset hub."
+        "instead of perplexity (needs pip install 'grasp-deploy[zeroshot]' and the "
+        "Hugging Face dataset hub); or humaneval: pass@1 of MODEL served by vLLM, the "
+        "generated programs run in a sandbox (needs root for its namespaces)."
     ),
 )
+@click.option("--max-tokens", default=512, show_default=True, type=int,
+              help="With --tasks humaneval: the longest completion.")
 @click.option(
     "--limit", default=None, type=int, help="With --tasks: the first N examples per task."
 )
@@ -56,8 +59,8 @@ from .options import device_options, no_verify_option
 @no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, num_fewshot,
-             include_path, device, dtype, no_verify, as_json, quiet):
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tokens, limit,
+             num_fewshot, include_path, device, dtype, no_verify, as_json, quiet):
     """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
 
     Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
@@ -69,6 +72,12 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
 
     if quiet or as_json:
         quiet_transformers()
+    if tasks is not None and tasks.strip().lower() == "humaneval":
+        if plan is not None:
+            raise GraspError("--tasks humaneval scores a served model: export the plan first "
+                             "(grasp-deploy export) and pass the checkpoint")
+        _humaneval(model, limit, max_tokens, not no_verify, as_json)
+        return
     if tasks is not None:  # zero-shot accuracy instead of perplexity
         result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
                                        limit=limit, num_fewshot=num_fewshot,
@@ -86,6 +95,20 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
     click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)
 
 
+def _humaneval(model, limit, max_tokens, verify, as_json) -> None:
+    from ..jobs.humaneval import HumanEvalConfig, run_humaneval
+
+    config = HumanEvalConfig(model=model, limit=limit, max_tokens=max_tokens, verify=verify)
+    say = (lambda _msg: None) if as_json else click.echo
+    result = run_humaneval(config, say=say)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(f"HumanEval pass@1 {result.pass_at_1:.4f} ({result.passed} of {result.total}, "
+               f"greedy, up to {result.max_tokens} tokens); generate {result.generate_seconds:.0f}"
+               f"s, execute {result.execute_seconds:.0f}s")
+
+
 @main.command(name="compare")
 @click.argument("checkpoint")
 @click.option("--dense", default=None, help="The dense model  [default: the checkpoint's source]")
@@ -100,11 +123,17 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, limit, 
 @click.option("--prompt", "prompts", multiple=True,
               help="A prompt both models complete greedily (repeatable)  "
                    "[default: two short factual prompts]")
-@click.option("--max-new-tokens", default=20, show_default=True, type=int)
+@click.option("--max-new-tokens", default=20, show_default=True, type=int,
+              help="Tokens each model generates per --prompt.")
+@click.option("--humaneval", is_flag=True,
+              help="Add HumanEval pass@1 of each model served by vLLM (the programs run in the "
+                   "sandbox; about 10 minutes per model on 2 CPU cores).")
+@click.option("--humaneval-limit", default=None, type=int,
+              help="With --humaneval: the first N problems  [default: all 164]")
 @no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def compare_cmd(checkpoint, dense, bench_dir, data, seq_len, max_windows, prompts, max_new_tokens,
-                no_verify, as_json):
+                humaneval, humaneval_limit, no_verify, as_json):
     """Dense vs pruned side by side: parameters, KV cache, speed (from --bench), perplexity
     (with --data) and the same prompts completed greedily by both."""
     from ..jobs.compare import DEFAULT_PROMPTS, CompareConfig, run_compare, summary_lines
@@ -113,5 +142,6 @@ def compare_cmd(checkpoint, dense, bench_dir, data, seq_len, max_windows, prompt
     result = run_compare(CompareConfig(pruned=checkpoint, dense=dense, bench=bench_dir, data=data,
                                        seq_len=seq_len, max_windows=max_windows,
                                        prompts=tuple(prompts) or DEFAULT_PROMPTS,
-                                       max_new_tokens=max_new_tokens, verify=not no_verify))
+                                       max_new_tokens=max_new_tokens, humaneval=humaneval,
+                                       humaneval_limit=humaneval_limit, verify=not no_verify))
     click.echo(json.dumps(result, default=str) if as_json else "\n".join(summary_lines(result)))

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from ..checkpoint import format as fmt
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..loadtest.report import RESULTS_FILE, configuration, summary_rows
 from ..sources import models
 from . import loading
 from .evaluate import EvalConfig, run_eval
+from .humaneval import HumanEvalConfig, run_humaneval
 
 DEFAULT_PROMPTS = ("The capital of France is", "The three primary colors are")
 
@@ -36,11 +38,18 @@ class CompareConfig:
     max_windows: int | None = 4
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     max_new_tokens: int = 20
+    humaneval: bool = False  # pass@1 of each model served by vLLM (jobs.humaneval)
+    humaneval_limit: int | None = None  # the first N problems; None: all 164
     verify: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise GraspError(f"--max-new-tokens {self.max_new_tokens} must be at least 1")
+        if self.humaneval_limit is not None:
+            if not self.humaneval:
+                raise GraspError("--humaneval-limit is for --humaneval: add --humaneval or "
+                                 "drop the limit")
+            check_number("--humaneval-limit", self.humaneval_limit, low=1, integer=True)
         if self.bench is not None and not (Path(self.bench) / RESULTS_FILE).is_file():
             raise GraspError(f"--bench {self.bench} has no results.json: pass the RESULTS_DIR "
                              "that grasp-deploy bench (or prune-and-serve --bench) wrote")
@@ -85,10 +94,19 @@ def run_compare(config: CompareConfig, progress: bool = False) -> dict[str, Any]
                  for m in (dense, config.pruned)]
         ppl_label = f"perplexity ({evals[0].windows} x {evals[0].seq_len} tokens, {config.data})"
         row("perplexity", evals[0].perplexity, evals[1].perplexity, "{:.2f}", "lower")
+    humaneval_label = None
+    if config.humaneval:
+        scores = [run_humaneval(HumanEvalConfig(model=m, limit=config.humaneval_limit,
+                                                verify=config.verify), say=lambda _m: None)
+                  for m in (dense, config.pruned)]
+        humaneval_label = (f"HumanEval pass@1 through vLLM: {scores[0].total} problems, greedy, "
+                           f"up to {scores[0].max_tokens} tokens")
+        row("HumanEval pass@1", scores[0].pass_at_1, scores[1].pass_at_1, "{:.3f}", "higher")
     samples = greedy_samples(dense, config.pruned, config.prompts, config.max_new_tokens,
                              config.verify)
     return {"dense": dense, "pruned": config.pruned, "rows": rows, "samples": samples,
-            "bench_configuration": bench_label, "perplexity_data": ppl_label}
+            "bench_configuration": bench_label, "perplexity_data": ppl_label,
+            "humaneval": humaneval_label}
 
 
 @torch.inference_mode()
@@ -125,8 +143,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"{r['format'].format(r['pruned']):>12}  {ratio:>12}")
     if result["bench_configuration"]:
         lines.append(f"speed measured with {result['bench_configuration']}")
-    if result["perplexity_data"]:
-        lines.append(result["perplexity_data"])
+    for label in ("perplexity_data", "humaneval"):
+        if result.get(label):
+            lines.append(result[label])
     for s in result["samples"]:
         lines += [
             f"{s['prompt']!r} (greedy)",

