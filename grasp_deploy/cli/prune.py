@@ -98,6 +98,9 @@ def models(fetch_name):
     for family in FAMILIES.values():
         click.echo(f"  {family.name:<12} {family.notes}")
     click.echo("known models (no hub needed):")
-    for row in known.describe_known():
+    rows = known.describe_known()
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
         state = f"cached at {row['path']}" if row["cached"] else "not fetched (use --fetch)"
-        click.echo(f"  {row['name']:<12} {row['description']}\n  {'':<12} {row['source']}; {state}")
+        click.echo(f"  {row['name']:<{width}} {row['description']}\n  {'':<{width}} "
+                   f"{row['source']}; {state}")

@@ -38,7 +38,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mistral", None, True, "Mistral: Llama's units; the sliding window (v0.1) is kept and "
                                   "honoured by the exported model in transformers and vLLM"),
     Family("qwen2", True, True, "Qwen2 and Qwen2.5: q/k/v biases sliced with their heads and "
-                                "counted in a KV group's cost; tied embeddings"),
+                                "counted in a KV group's cost; tied or untied embeddings"),
     Family("qwen3", None, False, "Qwen3 (dense): explicit head_dim; q_norm/k_norm kept as they "
                                  "are; the KV gate scales values (a norm follows k_proj)"),
 )}
