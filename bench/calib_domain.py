@@ -202,7 +202,9 @@ def report() -> Path:
             "wall seconds on this machine, one job at a time.", "", *table(records)]
     OUT.mkdir(parents=True, exist_ok=True)
     plot(records, OUT / "calib-domain.png")
-    body += ["", "![calibration domain](calib-domain.png)"]
+    notes = [f"- {name}: {r['note']}" for name, r in records.items() if r.get("note")]
+    body += ["", *(["Notes:", "", *notes, ""] if notes else []),
+             "![calibration domain](calib-domain.png)"]
     return harness.write(OUT, "calib-domain", {"cells": records}, "\n".join(body))
 
 
