@@ -67,6 +67,14 @@ NO_GRASP = textwrap.dedent("""
 """)
 
 
+def cmdline(proc: Path) -> bytes:
+    """The command line of the process whose /proc entry is ``proc`` (empty once it is gone)."""
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def tiny_config(family: str = "llama", **overrides):
     fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,

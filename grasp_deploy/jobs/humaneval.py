@@ -4,6 +4,7 @@ MODEL (dense or pruned), the programs run in the sandbox (``tasks.sandbox``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from ..core.checks import check_number
@@ -46,18 +47,18 @@ def run_humaneval(config: HumanEvalConfig, say: Callable[[str], None] = print,
     ``url``), complete and score."""
     check_sandbox()
     problems = load_problems(limit=config.limit)
-    if config.url is not None:  # a server the user runs
-        endpoint = served_model(config.url, config.api_key)
-        if config.model:
-            endpoint = Endpoint(endpoint.url, config.model, config.api_key)
-        say(f"scoring {endpoint.model!r} served at {endpoint.url}")
-        return evaluate(endpoint, problems, config.max_tokens, config.concurrency,
-                        config.workers, on_progress=on_progress)
-    server = serve.resolve(ServerConfig(
-        model=config.model or models.DEFAULT_MODEL, port=free_port(), dtype=config.dtype,
-        enforce_eager=config.enforce_eager, kv_cache_gb=config.kv_cache_gb,
-        max_model_len=config.max_model_len), verify=config.verify)
-    with VllmServer(server, say=say) as running:
-        endpoint = Endpoint(running.url, server.name)
+    with ExitStack() as stack:
+        if config.url is not None:  # a server the user runs
+            endpoint = served_model(config.url, config.api_key)
+            if config.model:
+                endpoint = Endpoint(endpoint.url, config.model, config.api_key)
+            say(f"scoring {endpoint.model!r} served at {endpoint.url}")
+        else:
+            server = serve.resolve(ServerConfig(
+                model=config.model or models.DEFAULT_MODEL, port=free_port(), dtype=config.dtype,
+                enforce_eager=config.enforce_eager, kv_cache_gb=config.kv_cache_gb,
+                max_model_len=config.max_model_len), verify=config.verify)
+            running = stack.enter_context(VllmServer(server, say=say))
+            endpoint = Endpoint(running.url, server.name)
         return evaluate(endpoint, problems, config.max_tokens, config.concurrency,
                         config.workers, on_progress=on_progress)

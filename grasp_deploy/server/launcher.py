@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,13 @@ from pathlib import Path
 from ..core.checks import check_number
 from ..core.errors import GraspError
 from . import watchdog
-from .net import check_bindable, free_port, port_in_use, url_host  # noqa: F401 (re-exported)
+from .net import (  # noqa: F401 (re-exported)
+    check_bindable,
+    free_port,
+    http_request,
+    port_in_use,
+    url_host,
+)
 from .watchdog import stop_group
 
 GIB = 2**30
@@ -138,14 +143,7 @@ class VllmServer:
         return f"http://{url_host(self.config.host)}:{self.config.port}"
 
     def _get(self, path: str, timeout: float = 5.0, body: dict | None = None) -> str:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.config.api_key:
-            req.add_header("Authorization", f"Bearer {self.config.api_key}")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read().decode()
+        return http_request(self.url + path, body, self.config.api_key, timeout)
 
     def complete(self, prompt: str, max_tokens: int = 16, timeout: float = 120.0) -> str:
         """One greedy completion through the OpenAI-compatible API."""

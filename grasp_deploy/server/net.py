@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import socket
+import urllib.request
+from typing import Any
 
 from ..core.errors import GraspError
+
+
+def http_request(url: str, body: dict[str, Any] | None = None, api_key: str | None = None,
+                 timeout: float = 5.0) -> str:
+    """GET ``url`` (POST ``body`` as JSON when given), with the bearer token when there is one;
+    the reply's text. urllib's errors propagate for the caller to word."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read().decode()
 
 
 class AddressError(GraspError):

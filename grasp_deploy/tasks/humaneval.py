@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.errors import GraspError
+from ..server.net import http_request
 from .sandbox import Limits, Outcome, run_program
 
 # The stop sequences of the HumanEval paper's evaluation (Chen et al. 2021, section 2.3).
@@ -63,14 +63,9 @@ def cut(text: str) -> str:
 def _request(endpoint: Endpoint, path: str, body: dict[str, Any] | None,
              timeout: float) -> Any:
     """POST ``body`` (GET without one) to the endpoint; the server's refusal is one GraspError."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(endpoint.url.rstrip("/") + path, data=data)
-    req.add_header("Content-Type", "application/json")
-    if endpoint.api_key:
-        req.add_header("Authorization", f"Bearer {endpoint.api_key}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode())
+        return json.loads(http_request(endpoint.url.rstrip("/") + path, body, endpoint.api_key,
+                                       timeout))
     except urllib.error.HTTPError as err:  # the server's reason, in one line
         detail = err.read().decode(errors="replace").strip().replace("\n", " ")[:300]
         raise GraspError(f"{endpoint.url}{path} refused the request (HTTP {err.code}): "

@@ -98,7 +98,6 @@ def run_program(program: str, limits: Limits | None = None) -> Outcome:
     try:
         _out, err = proc.communicate(program.encode(), timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
         return Outcome(False, "timed out")
     finally:
         _kill_group(proc)  # whatever it forked and left behind

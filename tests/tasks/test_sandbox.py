@@ -14,6 +14,8 @@ import pytest
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.tasks.sandbox import Limits, check_sandbox, run_program
 
+from conftest import cmdline
+
 try:
     check_sandbox()
     REASON = ""
@@ -46,15 +48,8 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_leaves_nothing():
     assert not out.passed
     time.sleep(0.5)
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-            and marker.encode() in _cmdline(p)]
+            and marker.encode() in cmdline(p)]
     assert left == []
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_memory_is_bounded():
