@@ -12,7 +12,7 @@ from ..server.launcher import ServerConfig, VllmServer
 from ..server.net import free_port
 from ..sources import models
 from ..sources.humaneval import load_problems
-from ..tasks.humaneval import Endpoint, HumanEvalResult, evaluate, served_model
+from ..tasks.humaneval import Endpoint, HumanEvalResult, check_url, evaluate, served_model
 from ..tasks.sandbox import check_sandbox
 from . import serve
 
@@ -38,6 +38,8 @@ class HumanEvalConfig:
         for flag, value in (("--max-tokens", self.max_tokens),
                             ("--concurrency", self.concurrency), ("--workers", self.workers)):
             check_number(flag, value, low=1, integer=True)
+        if self.url is not None:
+            check_url(self.url)
 
 
 def run_humaneval(config: HumanEvalConfig, say: Callable[[str], None] = print,

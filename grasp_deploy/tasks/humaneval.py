@@ -75,10 +75,14 @@ def _request(endpoint: Endpoint, path: str, body: dict[str, Any] | None,
                          "there?") from None
 
 
-def served_model(url: str, api_key: str | None = None) -> Endpoint:
-    """The endpoint of the (first) model an OpenAI-compatible server at ``url`` serves."""
+def check_url(url: str) -> None:
     if not url.startswith(("http://", "https://")):
         raise GraspError(f"--url {url!r} is not an http(s) URL; pass e.g. http://127.0.0.1:8000")
+
+
+def served_model(url: str, api_key: str | None = None) -> Endpoint:
+    """The endpoint of the (first) model an OpenAI-compatible server at ``url`` serves."""
+    check_url(url)
     listing = _request(Endpoint(url, "", api_key), "/v1/models", None, timeout=30.0)
     names = [m.get("id") for m in listing.get("data", []) if m.get("id")]
     if not names:

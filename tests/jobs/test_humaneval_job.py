@@ -56,6 +56,7 @@ def test_bad_humaneval_input_is_one_line_before_any_work(monkeypatch, tmp_path):
     monkeypatch.setattr(job, "load_problems", lambda limit: (_ for _ in ()).throw(
         AssertionError("reached the data")))
     for args, names in ((("--max-tokens", 0), "--max-tokens"), (("--limit", -1), "--limit"),
-                        (("--plan", tmp_path), "export the plan")):
+                        (("--plan", tmp_path), "export the plan"),
+                        (("--url", "127.0.0.1:8000"), "is not an http(s) URL")):
         r = invoke("eval", "some-model", "--tasks", "humaneval", *args)
         assert r.exit_code == 2 and r.output.count("\n") == 1 and names in r.output, r.output
