@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ..core.errors import GraspError
 
 TOOLS = ("unshare", "setpriv", "prlimit")
+MASKED = ("/tmp", "/var/tmp", "/dev/shm")  # each an empty tmpfs inside the sandbox
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def check_sandbox() -> None:
         pwd.getpwnam("nobody")
     except KeyError:
         raise GraspError("running generated code needs the unprivileged user 'nobody'") from None
+    python = interpreter()
+    hidden = [where for where in MASKED if python == where or python.startswith(where + "/")]
+    if hidden:
+        raise GraspError(f"the sandbox mounts an empty {hidden[0]}, which hides the Python that "
+                         f"would run the programs ({python}); use a Python installed outside "
+                         f"{', '.join(MASKED)}")
     probe = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"],
                            capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
@@ -71,12 +78,19 @@ def check_sandbox() -> None:
                          "unshare may (a container with CAP_SYS_ADMIN, or a VM)")
 
 
+def interpreter() -> str:
+    """The Python that runs the programs: the real interpreter behind this one's virtual
+    environment (a program may use only the standard library, ``-I -S``), so a project or
+    venv under /tmp, which the sandbox replaces, does not hide it."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def _command(limits: Limits) -> list[str]:
     """unshare (net + mount) -> mount tmpfs over the writable places -> prlimit -> setpriv
     (drop to nobody) -> python reading the program from stdin, in an empty directory."""
     nobody = pwd.getpwnam("nobody")
     mounts = " && ".join(f"mount -t tmpfs -o size={limits.tmpfs_mb}m,mode=1777 tmpfs {where}"
-                         for where in ("/tmp", "/var/tmp", "/dev/shm"))
+                         for where in MASKED)
     inner = (f"{mounts} && mkdir /tmp/run && chown {nobody.pw_uid}:{nobody.pw_gid} /tmp/run && "
              "cd /tmp/run && exec \"$@\"")
     limits_args = [f"--cpu={limits.cpu_seconds}", f"--as={limits.memory_mb << 20}",
@@ -87,7 +101,7 @@ def _command(limits: Limits) -> list[str]:
             "prlimit", *limits_args, "--",
             "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
             "--inh-caps=-all", "--no-new-privs", "--",
-            sys.executable, "-I", "-S", "-"]
+            interpreter(), "-I", "-S", "-"]
 
 
 def run_program(program: str, limits: Limits | None = None) -> Outcome:

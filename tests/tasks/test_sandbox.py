@@ -89,3 +89,15 @@ def test_the_callers_environment_does_not_reach_it(monkeypatch):
     monkeypatch.setenv("GRASP_API_KEY", "secret-key")
     out = run_program("import os\nassert 'GRASP_API_KEY' not in os.environ\n", QUICK)
     assert out.passed
+
+
+def test_the_interpreter_lies_outside_what_the_sandbox_hides(monkeypatch):
+    from grasp_deploy.tasks import sandbox
+
+    python = sandbox.interpreter()
+    assert os.path.isfile(python) and not os.path.islink(python)
+    assert not python.startswith(sandbox.MASKED)
+    monkeypatch.setattr(sandbox, "interpreter", lambda: "/tmp/venv/bin/python3")
+    with pytest.raises(GraspError, match=r"mounts an empty /tmp, which hides the Python that "
+                                         r"would run the programs \(/tmp/venv/bin/python3\)"):
+        check_sandbox()
