@@ -148,6 +148,8 @@ def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
     """The whole chain; returns the serve exit code (0 after Ctrl-C or ``once``)."""
     require_vllm()
     check_bindable(config.server.host, config.server.port)
+    if config.bench is not None and config.bench.prompts:  # before the prune, not after
+        bench.check_prompts(config.bench.prompts)
     work = config.work or default_work_dir(config.prune)
     made = prepare_checkpoint(config.prune, work, hooks.say)
     if made.get("prune_result") is not None:

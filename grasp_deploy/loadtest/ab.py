@@ -29,6 +29,7 @@ from ..core.errors import GraspError
 from ..server.launcher import ServerConfig, VllmServer, free_port
 from .metrics import MetricsScraper
 from .stats import RequestTiming, aggregate
+from .workload import Lengths, Workload, build, random_ids
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -40,8 +41,8 @@ class BenchConfig:
     out: Path
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     requests: int = 64  # per level, per model, per repeat
-    input_len: int = 128
-    output_len: int = 64
+    input_len: int | str = 128  # a length distribution (workload.Lengths): 128, 64..256, ...
+    output_len: int | str = 64
     repeats: int = 1
     request_rate: float | None = None  # open loop (requests/s); None = closed loop
     warmup: int = 4
@@ -59,17 +60,25 @@ class BenchConfig:
     duration: float | None = None  # soak: the pruned model alone for this many seconds
     soak_warmup: float = 0.0  # soak: seconds of the same load before the measured window
     labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
+    workload: str = "random"  # workload.KINDS
+    prompts: str | None = None  # text source the prompts are cut from (text, prefix)
+    prefix_len: int = 0
+    prefix_groups: int = 1
+    turns: int = 1  # chat sessions: user turns per session
+    tokenizer: str | None = None  # the dense model's (set by jobs.bench.resolve)
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
             raise GraspError(
                 f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16"
             )
-        for flag, value in (("--requests", self.requests), ("--input-len", self.input_len),
-                            ("--output-len", self.output_len), ("--repeats", self.repeats)):
+        for flag, value in (("--requests", self.requests), ("--repeats", self.repeats)):
             check_number(flag, value, low=1, integer=True)
-        if self.output_len < 2:
-            raise GraspError("--output-len must be at least 2 (TPOT needs two tokens)")
+        spec = self.spec  # validates the lengths and the workload's options
+        if self.max_model_len is not None and spec.longest > self.max_model_len:
+            raise GraspError(f"requests of up to {spec.longest} tokens (prompt and output) do not "
+                             f"fit --max-model-len {self.max_model_len}; shorten --input-len or "
+                             "--output-len")
         check_number("--warmup", self.warmup, low=0, integer=True)
         check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
         for flag, value in (
@@ -87,11 +96,38 @@ class BenchConfig:
                             ("--startup-timeout", self.startup_timeout)):
             check_number(flag, value, low=0, low_open=True)
 
+    @property
+    def spec(self) -> Workload:
+        return Workload(self.workload, Lengths.parse(self.input_len, "--input-len"),
+                        Lengths.parse(self.output_len, "--output-len"), self.prompts,
+                        self.prefix_len, self.prefix_groups, self.turns)
+
 
 def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     """Seeded random token-id prompts, identical for both models."""
     rng = random.Random(seed)
-    return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
+    return [random_ids(rng, length, vocab) for _ in range(n)]
+
+
+def make_requests(config: BenchConfig, n: int) -> list[dict[str, Any]]:
+    """The run's ``n`` requests (prompt ids and max_tokens; chat: sessions of text turns),
+    identical for both models."""
+    from ..sources.models import load_tokenizer, resolve_source
+    from ..sources.text import load_text, parse_source, tokenize
+
+    loaded: list[Any] = []
+
+    def tokenizer() -> Any:
+        if not loaded:
+            loaded.append(load_tokenizer(resolve_source(config.tokenizer or config.dense)))
+        return loaded[0]
+
+    def text_ids(source: str) -> list[int]:
+        text = parse_source(source, default_split="test", allow_self=False, flag="--prompts")
+        return tokenize(tokenizer(), load_text(text)).tolist()
+
+    return build(config.spec, n, config.seed, config.vocab_size, text_ids,
+                 lambda ids: tokenizer().decode(ids, skip_special_tokens=True))
 
 
 def run_locust(
@@ -101,7 +137,7 @@ def run_locust(
     records: Path,
     users: int,
     requests: int,
-    output_len: int,
+    output_len: int | None,
     rate: float | None,
     timeout: float,
     api_key: str | None = None,
@@ -110,7 +146,7 @@ def run_locust(
     if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         raise GraspError(f"load tests target loopback only, not {url}")
     env = {**os.environ, "GRASP_BENCH_PROMPTS": str(prompts_file), "GRASP_BENCH_MODEL": model,
-           "GRASP_BENCH_OUTPUT": str(output_len), "GRASP_BENCH_REQUESTS": str(requests),
+           "GRASP_BENCH_OUTPUT": str(output_len or 0), "GRASP_BENCH_REQUESTS": str(requests),
            "GRASP_BENCH_RECORDS": str(records), "GRASP_BENCH_RATE": str(rate or 0)}
     if api_key:
         env["GRASP_BENCH_API_KEY"] = api_key
@@ -149,14 +185,13 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     """Run the A/B benchmark; returns the results dict (also written to ``config.out``)."""
     from .report import write_report
 
+    requests = make_requests(config, config.warmup + config.requests)  # bad text fails here
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "requests.jsonl"
     raw.write_text("")
     prompts_file = out / "prompts.json"
-    needed = config.warmup + config.requests
-    prompts_file.write_text(json.dumps(make_prompts(needed, config.input_len, config.vocab_size,
-                                                    config.seed)))
+    prompts_file.write_text(json.dumps(requests))
     results: dict[str, Any] = {
         "config": {**asdict(config), "out": str(out)}, "status": "running",
         "models": {"dense": {"path": config.dense}, "pruned": {"path": config.pruned}},
@@ -187,9 +222,11 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
             for level in config.concurrency:
                 rs = [r for r in records if r["model"] == label and r["level"] == level]
                 if rs:
-                    results["levels"].setdefault(str(level), {})[label] = summarize_level(
-                        rs, config
-                    )
+                    pooled = summarize_level(rs, config)
+                    pooled["by_repeat"] = [summarize_level([r for r in rs if r["repeat"] == k],
+                                                           config)
+                                           for k in sorted({r["repeat"] for r in rs})]
+                    results["levels"].setdefault(str(level), {})[label] = pooled
         results["mode"] = mode
         write_report(results, out)
         for sig, handler in (previous or {}).items():
@@ -218,8 +255,8 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
         info["kv"] = server.kv_capacity()
         if config.warmup:
             warm = raw.with_name("warmup.jsonl")
-            run_locust(server.url, label, prompts_file, warm, 1, config.warmup, config.output_len,
-                       None, config.level_timeout)
+            run_locust(server.url, label, prompts_file, warm, 1, config.warmup, None, None,
+                       config.level_timeout)
         all_prompts = json.loads(prompts_file.read_text())
         run_prompts = raw.with_name("prompts-run.json")
         run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
@@ -233,11 +270,11 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
             part = raw.with_name(f"part-{label}-{level}-{rep}.jsonl")
             part.unlink(missing_ok=True)
             say(f"{label} (repeat {rep + 1}/{config.repeats}): concurrency {level}, "
-                f"{config.requests} requests x {config.output_len} tokens")
+                f"{config.requests} requests x {config.spec.output_len} tokens")
             with MetricsScraper(server.url) as scraper:
                 t0 = time.perf_counter()
                 run_locust(server.url, label, run_prompts, part, level, config.requests,
-                           config.output_len, config.request_rate, config.level_timeout)
+                           None, config.request_rate, config.level_timeout)
                 wall = time.perf_counter() - t0
             recs = read_records(part)
             part.unlink(missing_ok=True)

@@ -95,7 +95,7 @@ def test_unreachable_server_counts_every_request_as_failed(tmp_path):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(make_prompts(3, 4, 100, 0)))
     records = tmp_path / "r.jsonl"
-    run_locust(f"http://127.0.0.1:{free_port()}", "m", prompts, records, 2, 3, 4, None, 60)
+    run_locust(f"http://127.0.0.1:{free_port()}", "m", prompts, records, 2, 3, 4, None, 300)
     recs = read_records(records)
     assert len(recs) == 3 and not any(r["ok"] for r in recs)
     assert all(r["error"] for r in recs)
