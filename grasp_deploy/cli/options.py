@@ -9,7 +9,7 @@ import click
 from ..core.align import parse_align
 from ..core.errors import GraspError
 from ..jobs.prune import PruneConfig
-from ..loadtest.ab import BenchConfig
+from ..loadtest.config import BenchConfig
 from ..loadtest.workload import KINDS
 from .parts import build_parts, given_options
 
@@ -141,6 +141,16 @@ def _levels(_ctx, _param, text: str) -> tuple[int, ...]:
                          "e.g. 1,4,16") from None
 
 
+def _rates(_ctx, _param, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise GraspError(f"--request-rate {text!r} must be numbers separated by commas, "
+                         "e.g. 0.5,1,2") from None
+
+
 def _slo(_ctx, _param, items: tuple[str, ...]) -> dict[str, float]:
     slo = {}
     for item in items:
@@ -218,8 +228,11 @@ bench_options = stack(
     click.option(
         "--request-rate",
         default=None,
-        type=float,
-        help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool).",
+        metavar="RATE[,RATE...]",
+        callback=_rates,
+        help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool). "
+             "Several rates sweep: one level per rate over the largest --concurrency as the "
+             "pool, a latency-throughput curve for both models (pareto.png).",
     ),
     click.option(
         "--warmup",

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..checkpoint import format as fmt
 from ..core.fsutil import DirKind, check_target
-from ..loadtest.ab import BenchConfig, run_ab
+from ..loadtest.ab import run_ab
+from ..loadtest.config import BenchConfig
 from ..loadtest.report import RESULTS_FILE
 from ..loadtest.soak import run_soak
 from ..sources.text import parse_source

@@ -23,7 +23,8 @@ import torch
 from ..checkpoint import format as fmt
 from ..core.errors import GraspError
 from ..core.plan import PLAN_FILE, load_plan
-from ..loadtest.ab import BenchConfig, run_ab
+from ..loadtest.ab import run_ab
+from ..loadtest.config import BenchConfig
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
 from ..server.net import check_bindable
 from ..sources import models

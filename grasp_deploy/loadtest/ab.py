@@ -13,121 +13,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..server.launcher import ServerConfig, VllmServer, free_port
+from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper
 from .stats import RequestTiming, aggregate
-from .workload import Lengths, Workload, build, random_ids
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    pruned: str  # checkpoint directory (or any model vLLM opens)
-    dense: str
-    out: Path
-    concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    requests: int = 64  # per level, per model, per repeat
-    input_len: int | str = 128  # a length distribution (workload.Lengths): 128, 64..256, ...
-    output_len: int | str = 64
-    repeats: int = 1
-    request_rate: float | None = None  # open loop (requests/s); None = closed loop
-    warmup: int = 4
-    kv_cache_gb: float = 1.0
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    extra_args: tuple[str, ...] = ()
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
-    seed: int = 0
-    level_timeout: float = 1800.0
-    startup_timeout: float = 900.0
-    vocab_size: int = 32000  # prompts draw ids from [10, vocab_size - 10)
-    duration: float | None = None  # soak: the pruned model alone for this many seconds
-    soak_warmup: float = 0.0  # soak: seconds of the same load before the measured window
-    labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
-    workload: str = "random"  # workload.KINDS
-    prompts: str | None = None  # text source the prompts are cut from (text, prefix)
-    prefix_len: int = 0
-    prefix_groups: int = 1
-    turns: int = 1  # chat sessions: user turns per session
-    tokenizer: str | None = None  # the dense model's (set by jobs.bench.resolve)
-
-    def __post_init__(self) -> None:
-        if not self.concurrency or min(self.concurrency) < 1:
-            raise GraspError(
-                f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16"
-            )
-        for flag, value in (("--requests", self.requests), ("--repeats", self.repeats)):
-            check_number(flag, value, low=1, integer=True)
-        spec = self.spec  # validates the lengths and the workload's options
-        if self.max_model_len is not None and spec.longest > self.max_model_len:
-            raise GraspError(f"requests of up to {spec.longest} tokens (prompt and output) do not "
-                             f"fit --max-model-len {self.max_model_len}; shorten --input-len or "
-                             "--output-len")
-        check_number("--warmup", self.warmup, low=0, integer=True)
-        check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
-        for flag, value in (
-            ("--request-rate", self.request_rate),
-            ("--slo ttft", self.slo_ttft_ms),
-            ("--slo tpot", self.slo_tpot_ms),
-            ("--max-model-len", self.max_model_len),
-        ):
-            if value is not None:
-                check_number(flag, value, low=0, low_open=True)
-        if self.duration is not None:
-            check_number("--duration", self.duration, low=0, low_open=True)
-        check_number("--soak-warmup", self.soak_warmup, low=0)
-        for flag, value in (("level timeout", self.level_timeout),
-                            ("--startup-timeout", self.startup_timeout)):
-            check_number(flag, value, low=0, low_open=True)
-
-    @property
-    def spec(self) -> Workload:
-        return Workload(self.workload, Lengths.parse(self.input_len, "--input-len"),
-                        Lengths.parse(self.output_len, "--output-len"), self.prompts,
-                        self.prefix_len, self.prefix_groups, self.turns)
-
-
-def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    """Seeded random token-id prompts, identical for both models."""
-    rng = random.Random(seed)
-    return [random_ids(rng, length, vocab) for _ in range(n)]
-
-
-def make_requests(config: BenchConfig, n: int) -> list[dict[str, Any]]:
-    """The run's ``n`` requests (prompt ids and max_tokens; chat: sessions of text turns),
-    identical for both models."""
-    from ..sources.models import load_tokenizer, resolve_source
-    from ..sources.text import load_text, parse_source, tokenize
-
-    loaded: list[Any] = []
-
-    def tokenizer() -> Any:
-        if not loaded:
-            loaded.append(load_tokenizer(resolve_source(config.tokenizer or config.dense)))
-        return loaded[0]
-
-    def text_ids(source: str) -> list[int]:
-        text = parse_source(source, default_split="test", allow_self=False, flag="--prompts")
-        return tokenize(tokenizer(), load_text(text)).tolist()
-
-    return build(config.spec, n, config.seed, config.vocab_size, text_ids,
-                 lambda ids: tokenizer().decode(ids, skip_special_tokens=True))
 
 
 def run_locust(
@@ -197,7 +99,7 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
         "models": {"dense": {"path": config.dense}, "pruned": {"path": config.pruned}},
         "levels": {}, "events": [],
     }
-    mode = "open" if config.request_rate else "closed"
+    mode = "sweep" if config.sweep else "open" if config.rates else "closed"
     # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
     # for both, since libraries imported on the way (vLLM's) may have replaced SIGINT's.
     previous = ({sig: signal.signal(sig, _interrupt)
@@ -219,14 +121,14 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     finally:
         records = read_records(raw)
         for label in ("dense", "pruned"):
-            for level in config.concurrency:
-                rs = [r for r in records if r["model"] == label and r["level"] == level]
+            for level, _, _ in config.levels():
+                rs = [r for r in records if r["model"] == label and str(r["level"]) == level]
                 if rs:
                     pooled = summarize_level(rs, config)
                     pooled["by_repeat"] = [summarize_level([r for r in rs if r["repeat"] == k],
                                                            config)
                                            for k in sorted({r["repeat"] for r in rs})]
-                    results["levels"].setdefault(str(level), {})[label] = pooled
+                    results["levels"].setdefault(level, {})[label] = pooled
         results["mode"] = mode
         write_report(results, out)
         for sig, handler in (previous or {}).items():
@@ -260,7 +162,7 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
         all_prompts = json.loads(prompts_file.read_text())
         run_prompts = raw.with_name("prompts-run.json")
         run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
-        for level in config.concurrency:
+        for level, users, rate in config.levels():
             if not server.alive():
                 results["events"].append(
                     f"{label} server died before level {level} (repeat {rep}); "
@@ -269,12 +171,14 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                 raise_died(label, server)
             part = raw.with_name(f"part-{label}-{level}-{rep}.jsonl")
             part.unlink(missing_ok=True)
-            say(f"{label} (repeat {rep + 1}/{config.repeats}): concurrency {level}, "
+            load = f"{rate:g} requests/s over {users} users" if config.sweep else \
+                f"concurrency {level}"
+            say(f"{label} (repeat {rep + 1}/{config.repeats}): {load}, "
                 f"{config.requests} requests x {config.spec.output_len} tokens")
             with MetricsScraper(server.url) as scraper:
                 t0 = time.perf_counter()
-                run_locust(server.url, label, run_prompts, part, level, config.requests,
-                           None, config.request_rate, config.level_timeout)
+                run_locust(server.url, label, run_prompts, part, users, config.requests,
+                           None, rate, config.level_timeout)
                 wall = time.perf_counter() - t0
             recs = read_records(part)
             part.unlink(missing_ok=True)

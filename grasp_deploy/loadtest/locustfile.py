@@ -105,10 +105,12 @@ class OpenAIStreamUser(FastHttpUser):
         return _STATE["next"] - 1
 
     def _stream(self, path: str, body: dict):
+        # return_token_ids: each chunk names the tokens it carries, so a token whose text is
+        # held back (part of a UTF-8 character, a special token) still times TTFT and ITL.
         body = {**body, "ignore_eos": True, "temperature": 0.0, "stream": True,
-                "stream_options": {"include_usage": True}}
+                "return_token_ids": True, "stream_options": {"include_usage": True}}
         headers = {"Authorization": f"Bearer {_Run.api_key}"} if _Run.api_key else {}
-        events_seen, error = [], None
+        events_seen, answer, error = [], [], None
         start = time.perf_counter()
         try:
             with self.client.post(path, json=body, headers=headers, stream=True,
@@ -132,12 +134,14 @@ class OpenAIStreamUser(FastHttpUser):
                         if payload == b"[DONE]":
                             break
                         chunk = json.loads(payload)
-                        events_seen.append((now, _content(chunk), chunk.get("usage")))
+                        text, tokens = _delta(chunk)
+                        answer.append(text)
+                        events_seen.append((now, text or tokens, chunk.get("usage")))
                     resp.success()
         except Exception as err:  # network failures are counted, not raised
             error = f"{type(err).__name__}: {err}"[:300]
         timing = time_stream(start, events_seen, time.perf_counter(), error)
-        return timing, "".join(text for _, text, _ in events_seen)
+        return timing, "".join(answer)
 
     def _record(self, where: dict, timing, wanted: int) -> None:
         record = {**where, **timing.to_json()}
@@ -153,12 +157,14 @@ class OpenAIStreamUser(FastHttpUser):
             raise StopUser()
 
 
-def _content(chunk: dict) -> str:
-    """The text of one SSE chunk: completions' ``text`` or chat's ``delta.content``."""
-    parts = []
+def _delta(chunk: dict) -> tuple[str, int]:
+    """One SSE chunk's text (completions' ``text`` or chat's ``delta.content``) and how many
+    output tokens it carries."""
+    text, tokens = [], 0
     for choice in chunk.get("choices") or []:
-        parts.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
-    return "".join(parts)
+        text.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+        tokens += len(choice.get("token_ids") or [])
+    return "".join(text), tokens
 
 
 @events.quitting.add_listener

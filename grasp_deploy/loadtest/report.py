@@ -12,8 +12,8 @@ from typing import Any
 
 from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
+from .tables import level_name, level_value, spread_text, summary_rows, write_csv
 from .tables import ratio as _ratio
-from .tables import spread_text, summary_rows, write_csv
 from .workload import Lengths, Workload
 
 RESULTS_FILE = "results.json"
@@ -63,12 +63,12 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
         + (f"; goodput = requests/s meeting {slo}" if slo else "")
         + "):",
         "",
-        "| concurrency | model | running mean | peak | waiting mean | peak | preemptions "
-        "| KV usage peak |"
+        f"| {level_name(results)} | model | running mean | peak | waiting mean | peak "
+        "| preemptions | KV usage peak |"
         + (" goodput req/s |" if slo else ""),
         "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else ""),
     ]
-    for level in sorted(int(k) for k in results["levels"]):
+    for level in sorted((level_value(k) for k in results["levels"]), key=float):
         for label in ("dense", "pruned"):
             s = scheduler(results, label, level)
             if not s:
@@ -96,12 +96,26 @@ def workload_text(cfg: dict[str, Any]) -> str:
     return f"{what}, input {spec.input_len} / output {spec.output_len} tokens"
 
 
+def _first(rate: float | list[float]) -> float:
+    return rate[0] if isinstance(rate, list | tuple) else rate
+
+
+def load_text(results: dict[str, Any]) -> str:
+    """How the load was applied, in words."""
+    cfg = results["config"]
+    if results.get("mode") == "sweep":
+        return ("open loop, one level per request rate (Poisson arrivals) over "
+                f"{max(cfg['concurrency'])} users")
+    if cfg.get("request_rate"):
+        return f"open loop, Poisson {_first(cfg['request_rate'])} req/s"
+    return "closed loop (concurrency = users)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     kv_d = results["models"]["dense"].get("kv", {})
     kv_p = results["models"]["pruned"].get("kv", {})
-    mode = (f"open loop, Poisson {cfg['request_rate']} req/s" if cfg.get("request_rate")
-            else "closed loop (concurrency = users)")
+    mode = load_text(results)
     lines = [
         f"# A/B: pruned vs dense ({results['status']})",
         "",
@@ -113,7 +127,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Configuration: {configuration(results)}.",
         "",
         (
-            "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned |"
+            f"| {level_name(results)} | output tok/s dense | pruned | ratio | p50 TPOT ms dense"
+            " | pruned |"
             " ratio | p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -164,7 +179,8 @@ def hints(results: dict[str, Any]) -> list[str]:
     if not slower:
         return []
     cfg = results["config"]
-    lines = [f"pruned is not faster than dense at concurrency {', '.join(map(str, slower))} "
+    lines = [f"pruned is not faster than dense at {level_name(results)} "
+             f"{', '.join(map(str, slower))} "
              f"(output tok/s ratio <= 1 or p50 TPOT ratio >= 1)."]
     if cfg["enforce_eager"]:
         lines.append("the servers ran eager (--enforce-eager): per-op Python overhead is the same "
@@ -179,7 +195,7 @@ def hints(results: dict[str, Any]) -> list[str]:
         lines.append(f"the pruned FFN widths are unaligned (their gcd is {gcd}): GEMM kernels tile "
                      f"in multiples of 8-64; prune with --align 64 to compare (on this project's "
                      f"CPU no multiple measured faster per channel, see bench/results/align-cpu).")
-    if min(slower) == 1 and len(slower) == 1:
+    if results.get("mode") != "sweep" and min(slower) == 1 and len(slower) == 1:
         lines.append("at concurrency 1 a small model's step is dominated by fixed costs (LM head, "
                      "sampling, scheduling) that pruning does not shrink; see the profile in "
                      "bench/results/.")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..server.launcher import ServerConfig, VllmServer, free_port
-from .ab import BenchConfig, make_requests, read_records, run_locust, timings
+from .ab import read_records, run_locust, timings
+from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper, Sampler
 from .stats import aggregate
 
@@ -115,4 +116,4 @@ def _load(config: BenchConfig, url: str, prompts: Path, records: Path, users: in
           seconds: float) -> None:
     """``users`` closed-loop users for ``seconds`` (the request cap only guards a runaway)."""
     run_locust(url, "pruned", prompts, records, users, int(seconds * 200), None,
-               config.request_rate, seconds)
+               (config.rates or (None,))[0], seconds)

@@ -20,14 +20,24 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
+def level_value(key: str) -> int | float:
+    """A level's number from its key: a concurrency (``8``) or, in a sweep, a rate (``0.5``)."""
+    value = float(key)
+    return int(value) if value.is_integer() else value
+
+
+def level_name(results: dict[str, Any]) -> str:
+    return "request rate (req/s)" if results.get("mode") == "sweep" else "concurrency"
+
+
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per level: both models pooled over the repeats, the pruned/dense ratios, and for
     each ratio its lowest and highest over the repeats (repeat k of dense against repeat k of
     pruned; equal to the pooled ratio when there was one repeat)."""
     rows = []
-    for level, per_model in sorted(results["levels"].items(), key=lambda kv: int(kv[0])):
+    for level, per_model in sorted(results["levels"].items(), key=lambda kv: float(kv[0])):
         d, p = per_model.get("dense"), per_model.get("pruned")
-        row: dict[str, Any] = {"level": int(level)}
+        row: dict[str, Any] = {"level": level_value(level)}
         pairs = list(zip((d or {}).get("by_repeat", []), (p or {}).get("by_repeat", []),
                          strict=False))
         for key, _, _ in HEADLINE:

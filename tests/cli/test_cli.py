@@ -232,6 +232,10 @@ def _compare_with_humaneval(ckpt, dense, monkeypatch):
     (["--workload", "prefix", "--prefix-len", "0"], "--prefix-len >= 1"),
     (["--workload", "text", "--prompts", "file:/nowhere.txt"], "--prompts file:/nowhere.txt"),
     (["--input-len", "200..300", "--max-model-len", "256"], "--max-model-len 256"),
+    (["--request-rate", "1,x"], "--request-rate '1,x'"),
+    (["--request-rate", "1,2", "--duration", "9"], "give one --request-rate"),
+    (["--workload", "chat", "--turns", "0"], "--turns 0 must be at least 1"),
+    (["--turns", "3"], "--turns belongs to --workload chat"),
 ])
 def test_bad_bench_workload_is_one_line_and_writes_nothing(checkpoints, tmp_path, args, named):
     dense, pruned = checkpoints

@@ -52,3 +52,46 @@ def test_results_from_before_repeats_were_kept_still_summarize():
     (row,) = summary_rows(old)
     assert row["repeats"] == 1 and row["ratio_output_throughput_min"] == pytest.approx(1.5)
     assert not math.isnan(row["ratio_p99_tpot_ms_max"])
+
+
+def test_a_rate_sweep_is_one_level_per_rate_over_the_largest_pool():
+    from pathlib import Path
+
+    from grasp_deploy.core.errors import GraspError
+    from grasp_deploy.loadtest.config import BenchConfig
+
+    base = dict(pruned="p", dense="d", out=Path("x"), concurrency=(1, 16))
+    assert BenchConfig(**base).levels() == [("1", 1, None), ("16", 16, None)]
+    assert BenchConfig(**base, request_rate=2.0).levels() == [("1", 1, 2.0), ("16", 16, 2.0)]
+    sweep = BenchConfig(**base, request_rate=(0.5, 2.0, 1.0))
+    assert sweep.sweep and sweep.levels() == [("0.5", 16, 0.5), ("2", 16, 2.0), ("1", 16, 1.0)]
+    with pytest.raises(GraspError, match="--request-rate"):
+        BenchConfig(**base, request_rate=(1.0, 0.0))
+    with pytest.raises(GraspError, match="give one --request-rate"):
+        BenchConfig(**base, request_rate=(1.0, 2.0), duration=10.0)
+
+
+def test_a_sweep_report_reads_in_rates():
+    from grasp_deploy.loadtest.report import hints, markdown
+
+    def row(tput):
+        return {"output_throughput": tput, "median_tpot_ms": 100 / tput, "median_ttft_ms": 50.0,
+                "p99_tpot_ms": 120 / tput, "failed": 0}
+
+    results = {
+        "status": "complete", "mode": "sweep", "events": [],
+        "config": {"pruned": "p", "dense": "d", "requests": 8, "repeats": 1, "input_len": 16,
+                   "output_len": 8, "concurrency": [1, 32], "request_rate": [0.5, 2.0, 1.0],
+                   "enforce_eager": False, "dtype": "auto", "kv_cache_gb": 1.0, "labels": {}},
+        "models": {"dense": {}, "pruned": {}},
+        "levels": {"0.5": {"dense": row(4.0), "pruned": row(4.4)},
+                   "2": {"dense": row(14.0), "pruned": row(13.0)},
+                   "1": {"dense": row(8.0), "pruned": row(8.8)}},
+    }
+    assert [r["level"] for r in summary_rows(results)] == [0.5, 1, 2]
+    md = markdown(results)
+    assert "one level per request rate (Poisson arrivals) over 32 users" in md
+    assert "| request rate (req/s) | output tok/s dense |" in md
+    assert md.index("| 0.5 | 4.0 |") < md.index("| 1 | 8.0 |") < md.index("| 2 | 14.0 |")
+    (slow,) = hints(results)
+    assert slow.startswith("pruned is not faster than dense at request rate (req/s) 2 ")

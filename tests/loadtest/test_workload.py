@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grasp_deploy.core.errors import GraspError
-from grasp_deploy.loadtest.ab import BenchConfig, make_prompts
+from grasp_deploy.loadtest.config import BenchConfig, make_prompts
 from grasp_deploy.loadtest.workload import Lengths, Workload, build, vllm_dataset
 
 
@@ -117,7 +117,7 @@ def test_vllm_dataset_holds_the_same_requests(tmp_path):
 def test_text_prompts_come_from_the_dense_models_tokenizer(checkpoints, tmp_path):
     from transformers import AutoTokenizer
 
-    from grasp_deploy.loadtest.ab import make_requests
+    from grasp_deploy.loadtest.config import make_requests
 
     dense, _ = checkpoints
     text = tmp_path / "t.txt"
