@@ -42,7 +42,8 @@ from pathlib import Path
 from bench import harness
 from grasp_deploy.checkpoint import format as fmt
 from grasp_deploy.jobs.bench import resolve
-from grasp_deploy.loadtest.ab import BenchConfig, make_prompts, run_locust
+from grasp_deploy.loadtest.ab import run_locust
+from grasp_deploy.loadtest.config import BenchConfig, make_prompts
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
 
 SCOPE = "gpu_model_runner: "

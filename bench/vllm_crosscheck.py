@@ -18,13 +18,8 @@ import tempfile
 from pathlib import Path
 
 from bench import harness
-from grasp_deploy.loadtest.ab import (
-    BenchConfig,
-    make_prompts,
-    read_records,
-    run_locust,
-    summarize_level,
-)
+from grasp_deploy.loadtest.ab import read_records, run_locust, summarize_level
+from grasp_deploy.loadtest.config import BenchConfig, make_prompts
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
 from grasp_deploy.sources import models
 

@@ -9,7 +9,8 @@ import click
 from ..core.align import parse_align
 from ..core.errors import GraspError
 from ..jobs.prune import PruneConfig
-from ..loadtest.ab import BenchConfig
+from ..loadtest.config import BenchConfig
+from ..loadtest.workload import KINDS
 from .parts import build_parts, given_options
 
 
@@ -140,6 +141,16 @@ def _levels(_ctx, _param, text: str) -> tuple[int, ...]:
                          "e.g. 1,4,16") from None
 
 
+def _rates(_ctx, _param, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise GraspError(f"--request-rate {text!r} must be numbers separated by commas, "
+                         "e.g. 0.5,1,2") from None
+
+
 def _slo(_ctx, _param, items: tuple[str, ...]) -> dict[str, float]:
     slo = {}
     for item in items:
@@ -171,18 +182,42 @@ bench_options = stack(
     ),
     click.option(
         "--input-len",
-        default=128,
+        default="128",
         show_default=True,
-        type=int,
-        help="Prompt tokens (seeded random ids, identical for both models).",
+        metavar="N|LO..HI|normal:MEAN,SD",
+        help="Prompt tokens per request: fixed, uniform or normal (seeded, identical for both "
+             "models; with --workload prefix, the part after the shared prefix).",
     ),
     click.option(
         "--output-len",
-        default=64,
+        default="64",
         show_default=True,
-        type=int,
-        help="Output tokens per request (max_tokens with ignore_eos).",
+        metavar="N|LO..HI|normal:MEAN,SD",
+        help="Output tokens per request (max_tokens with ignore_eos), drawn like --input-len.",
     ),
+    click.option(
+        "--workload",
+        type=click.Choice(KINDS),
+        default="random",
+        show_default=True,
+        help="random: random token ids; text: windows of --prompts text; prefix: "
+             "--prefix-groups shared prefixes of --prefix-len tokens before each prompt "
+             "(cut from --prompts if given); chat: sessions of --turns messages through "
+             "/v1/chat/completions, each turn with the history so far.",
+    ),
+    click.option(
+        "--prompts",
+        default=None,
+        metavar="SOURCE",
+        help="Text the prompts are cut from (file:PATH or wikitext2[:split]), tokenized by the "
+             "dense model's tokenizer.",
+    ),
+    click.option("--prefix-len", default=0, type=int,
+                 help="--workload prefix: tokens of each shared prefix."),
+    click.option("--prefix-groups", default=1, show_default=True, type=int,
+                 help="--workload prefix: how many different prefixes (request i uses i mod N)."),
+    click.option("--turns", default=1, show_default=True, type=int,
+                 help="--workload chat: user turns per session (each turn is one request)."),
     click.option(
         "--repeats",
         default=1,
@@ -193,8 +228,11 @@ bench_options = stack(
     click.option(
         "--request-rate",
         default=None,
-        type=float,
-        help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool).",
+        metavar="RATE[,RATE...]",
+        callback=_rates,
+        help="Open loop: Poisson arrivals at this many requests/s (concurrency = user pool). "
+             "Several rates sweep: one level per rate over the largest --concurrency as the "
+             "pool, a latency-throughput curve for both models (pareto.png).",
     ),
     click.option(
         "--warmup",
@@ -227,11 +265,13 @@ bench_options = stack(
 )
 
 
-def bench_config(pruned: str, dense: str, out: Path, concurrency, requests, input_len,
-                 output_len, repeats, request_rate, warmup, kv_cache_gb, max_model_len,
-                 vllm_dtype, enforce_eager, slo) -> BenchConfig:
-    return BenchConfig(
-        pruned=pruned, dense=dense, out=Path(out), concurrency=concurrency, requests=requests,
-        input_len=input_len, output_len=output_len, repeats=repeats, request_rate=request_rate,
-        warmup=warmup, kv_cache_gb=kv_cache_gb, max_model_len=max_model_len, dtype=vllm_dtype,
-        enforce_eager=enforce_eager, slo_ttft_ms=slo.get("ttft"), slo_tpot_ms=slo.get("tpot"))
+BENCH_OPTIONS = ("concurrency", "requests", "input_len", "output_len", "workload", "prompts",
+                 "prefix_len", "prefix_groups", "turns", "repeats", "request_rate", "warmup",
+                 "kv_cache_gb", "max_model_len", "vllm_dtype", "enforce_eager", "slo")
+
+
+def bench_config(pruned: str, dense: str, out: Path, *, vllm_dtype, slo,
+                 **options) -> BenchConfig:
+    """The A/B config from ``bench_options`` (named as in ``BENCH_OPTIONS``)."""
+    return BenchConfig(pruned=pruned, dense=dense, out=Path(out), dtype=vllm_dtype,
+                       slo_ttft_ms=slo.get("ttft"), slo_tpot_ms=slo.get("tpot"), **options)

@@ -12,7 +12,14 @@ from ..server.launcher import ServerConfig
 from ..sources.known import DEFAULT_MODEL
 from . import show
 from .group import main, quiet_transformers
-from .options import bench_config, bench_options, no_verify_option, prune_config, prune_options
+from .options import (
+    BENCH_OPTIONS,
+    bench_config,
+    bench_options,
+    no_verify_option,
+    prune_config,
+    prune_options,
+)
 from .parts import PartsCommand
 
 
@@ -132,8 +139,7 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once, quiet,
-                    concurrency, requests, input_len, output_len, repeats, request_rate, warmup,
-                    kv_cache_gb, max_model_len, vllm_dtype, enforce_eager, slo, **prune_opts):
+                    **options):
     """Prune MODEL, export it, optionally A/B it against the dense model, and serve it.
 
     Outputs are reused when the model and prune settings are unchanged, so re-running the
@@ -142,14 +148,15 @@ def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout,
     from ..jobs.pipeline import PipelineConfig, PipelineHooks, run_prune_and_serve
     from ..jobs.serve import kv_summary
 
-    bench = bench_config("", model or DEFAULT_MODEL, Path(""), concurrency, requests, input_len,
-                         output_len, repeats, request_rate, warmup, kv_cache_gb, max_model_len,
-                         vllm_dtype, enforce_eager, slo)
+    bench_opts = {key: options.pop(key) for key in BENCH_OPTIONS}
+    bench = bench_config("", model or DEFAULT_MODEL, Path(""), **bench_opts)
+    prune_opts = options
     config = PipelineConfig(
         prune=prune_config(model, Path("unused"), True, quiet, **prune_opts),
         server=ServerConfig(model="", host=host, port=port, api_key=api_key,
-                            max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=vllm_dtype,
-                            enforce_eager=enforce_eager, startup_timeout=startup_timeout),
+                            max_model_len=bench.max_model_len, kv_cache_gb=bench.kv_cache_gb,
+                            dtype=bench.dtype, enforce_eager=bench.enforce_eager,
+                            startup_timeout=startup_timeout),
         work=work, bench=bench if do_bench else None, once=once)
     if quiet:
         quiet_transformers()

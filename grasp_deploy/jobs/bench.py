@@ -11,9 +11,11 @@ from typing import Any
 
 from ..checkpoint import format as fmt
 from ..core.fsutil import DirKind, check_target
-from ..loadtest.ab import BenchConfig, run_ab
+from ..loadtest.ab import run_ab
+from ..loadtest.config import BenchConfig
 from ..loadtest.report import RESULTS_FILE
 from ..loadtest.soak import run_soak
+from ..sources.text import parse_source
 from .serve import servable
 
 BENCH_DIR = DirKind("bench", RESULTS_FILE)
@@ -24,8 +26,16 @@ def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
     (prompts draw token ids from it); a model that cannot be served fails here."""
     pruned, _, _ = servable(config.pruned, verify)
     dense, _, dense_config = servable(config.dense, verify)
+    if config.prompts:
+        check_prompts(config.prompts)
     return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size),
+                   tokenizer=dense,
                    labels={**config.labels, **_width_labels(Path(pruned), dense_config)})
+
+
+def check_prompts(spec: str) -> None:
+    """A bad ``--prompts`` source is one error before any server starts."""
+    parse_source(spec, default_split="test", allow_self=False, flag="--prompts")
 
 
 def _width_labels(checkpoint: Path, dense_config: Any) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import torch
 from ..checkpoint import format as fmt
 from ..core.errors import GraspError
 from ..core.plan import PLAN_FILE, load_plan
-from ..loadtest.ab import BenchConfig, run_ab
+from ..loadtest.ab import run_ab
+from ..loadtest.config import BenchConfig
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
 from ..server.net import check_bindable
 from ..sources import models
@@ -148,6 +149,8 @@ def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
     """The whole chain; returns the serve exit code (0 after Ctrl-C or ``once``)."""
     require_vllm()
     check_bindable(config.server.host, config.server.port)
+    if config.bench is not None and config.bench.prompts:  # before the prune, not after
+        bench.check_prompts(config.bench.prompts)
     work = config.work or default_work_dir(config.prune)
     made = prepare_checkpoint(config.prune, work, hooks.say)
     if made.get("prune_result") is not None:

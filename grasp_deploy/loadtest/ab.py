@@ -13,85 +13,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..server.launcher import ServerConfig, VllmServer, free_port
+from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper
 from .stats import RequestTiming, aggregate
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    pruned: str  # checkpoint directory (or any model vLLM opens)
-    dense: str
-    out: Path
-    concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    requests: int = 64  # per level, per model, per repeat
-    input_len: int = 128
-    output_len: int = 64
-    repeats: int = 1
-    request_rate: float | None = None  # open loop (requests/s); None = closed loop
-    warmup: int = 4
-    kv_cache_gb: float = 1.0
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    extra_args: tuple[str, ...] = ()
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
-    seed: int = 0
-    level_timeout: float = 1800.0
-    startup_timeout: float = 900.0
-    vocab_size: int = 32000  # prompts draw ids from [10, vocab_size - 10)
-    duration: float | None = None  # soak: the pruned model alone for this many seconds
-    soak_warmup: float = 0.0  # soak: seconds of the same load before the measured window
-    labels: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
-
-    def __post_init__(self) -> None:
-        if not self.concurrency or min(self.concurrency) < 1:
-            raise GraspError(
-                f"--concurrency {self.concurrency} needs positive integers, e.g. 1,4,16"
-            )
-        for flag, value in (("--requests", self.requests), ("--input-len", self.input_len),
-                            ("--output-len", self.output_len), ("--repeats", self.repeats)):
-            check_number(flag, value, low=1, integer=True)
-        if self.output_len < 2:
-            raise GraspError("--output-len must be at least 2 (TPOT needs two tokens)")
-        check_number("--warmup", self.warmup, low=0, integer=True)
-        check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
-        for flag, value in (
-            ("--request-rate", self.request_rate),
-            ("--slo ttft", self.slo_ttft_ms),
-            ("--slo tpot", self.slo_tpot_ms),
-            ("--max-model-len", self.max_model_len),
-        ):
-            if value is not None:
-                check_number(flag, value, low=0, low_open=True)
-        if self.duration is not None:
-            check_number("--duration", self.duration, low=0, low_open=True)
-        check_number("--soak-warmup", self.soak_warmup, low=0)
-        for flag, value in (("level timeout", self.level_timeout),
-                            ("--startup-timeout", self.startup_timeout)):
-            check_number(flag, value, low=0, low_open=True)
-
-
-def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    """Seeded random token-id prompts, identical for both models."""
-    rng = random.Random(seed)
-    return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
 
 
 def run_locust(
@@ -101,7 +39,7 @@ def run_locust(
     records: Path,
     users: int,
     requests: int,
-    output_len: int,
+    output_len: int | None,
     rate: float | None,
     timeout: float,
     api_key: str | None = None,
@@ -110,7 +48,7 @@ def run_locust(
     if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         raise GraspError(f"load tests target loopback only, not {url}")
     env = {**os.environ, "GRASP_BENCH_PROMPTS": str(prompts_file), "GRASP_BENCH_MODEL": model,
-           "GRASP_BENCH_OUTPUT": str(output_len), "GRASP_BENCH_REQUESTS": str(requests),
+           "GRASP_BENCH_OUTPUT": str(output_len or 0), "GRASP_BENCH_REQUESTS": str(requests),
            "GRASP_BENCH_RECORDS": str(records), "GRASP_BENCH_RATE": str(rate or 0)}
     if api_key:
         env["GRASP_BENCH_API_KEY"] = api_key
@@ -149,20 +87,19 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     """Run the A/B benchmark; returns the results dict (also written to ``config.out``)."""
     from .report import write_report
 
+    requests = make_requests(config, config.warmup + config.requests)  # bad text fails here
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "requests.jsonl"
     raw.write_text("")
     prompts_file = out / "prompts.json"
-    needed = config.warmup + config.requests
-    prompts_file.write_text(json.dumps(make_prompts(needed, config.input_len, config.vocab_size,
-                                                    config.seed)))
+    prompts_file.write_text(json.dumps(requests))
     results: dict[str, Any] = {
         "config": {**asdict(config), "out": str(out)}, "status": "running",
         "models": {"dense": {"path": config.dense}, "pruned": {"path": config.pruned}},
         "levels": {}, "events": [],
     }
-    mode = "open" if config.request_rate else "closed"
+    mode = "sweep" if config.sweep else "open" if config.rates else "closed"
     # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
     # for both, since libraries imported on the way (vLLM's) may have replaced SIGINT's.
     previous = ({sig: signal.signal(sig, _interrupt)
@@ -184,12 +121,14 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     finally:
         records = read_records(raw)
         for label in ("dense", "pruned"):
-            for level in config.concurrency:
-                rs = [r for r in records if r["model"] == label and r["level"] == level]
+            for level, _, _ in config.levels():
+                rs = [r for r in records if r["model"] == label and str(r["level"]) == level]
                 if rs:
-                    results["levels"].setdefault(str(level), {})[label] = summarize_level(
-                        rs, config
-                    )
+                    pooled = summarize_level(rs, config)
+                    pooled["by_repeat"] = [summarize_level([r for r in rs if r["repeat"] == k],
+                                                           config)
+                                           for k in sorted({r["repeat"] for r in rs})]
+                    results["levels"].setdefault(level, {})[label] = pooled
         results["mode"] = mode
         write_report(results, out)
         for sig, handler in (previous or {}).items():
@@ -218,12 +157,12 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
         info["kv"] = server.kv_capacity()
         if config.warmup:
             warm = raw.with_name("warmup.jsonl")
-            run_locust(server.url, label, prompts_file, warm, 1, config.warmup, config.output_len,
-                       None, config.level_timeout)
+            run_locust(server.url, label, prompts_file, warm, 1, config.warmup, None, None,
+                       config.level_timeout)
         all_prompts = json.loads(prompts_file.read_text())
         run_prompts = raw.with_name("prompts-run.json")
         run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
-        for level in config.concurrency:
+        for level, users, rate in config.levels():
             if not server.alive():
                 results["events"].append(
                     f"{label} server died before level {level} (repeat {rep}); "
@@ -232,12 +171,14 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                 raise_died(label, server)
             part = raw.with_name(f"part-{label}-{level}-{rep}.jsonl")
             part.unlink(missing_ok=True)
-            say(f"{label} (repeat {rep + 1}/{config.repeats}): concurrency {level}, "
-                f"{config.requests} requests x {config.output_len} tokens")
+            load = f"{rate:g} requests/s over {users} users" if config.sweep else \
+                f"concurrency {level}"
+            say(f"{label} (repeat {rep + 1}/{config.repeats}): {load}, "
+                f"{config.requests} requests x {config.spec.output_len} tokens")
             with MetricsScraper(server.url) as scraper:
                 t0 = time.perf_counter()
-                run_locust(server.url, label, run_prompts, part, level, config.requests,
-                           config.output_len, config.request_rate, config.level_timeout)
+                run_locust(server.url, label, run_prompts, part, users, config.requests,
+                           None, rate, config.level_timeout)
                 wall = time.perf_counter() - t0
             recs = read_records(part)
             part.unlink(missing_ok=True)

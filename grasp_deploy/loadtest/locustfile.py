@@ -3,9 +3,13 @@ itself from the SSE stream (locust's own stats neither time streamed bodies nor 
 
 Configured by environment variables (the A/B runner sets them):
 
-  GRASP_BENCH_PROMPTS    JSON file: a list of prompts (token id lists), used in order
+  GRASP_BENCH_PROMPTS    JSON file: a list of requests, used in order: each a token id list,
+                         {"prompt": ids, "max_tokens": n} (its own output length), or a chat
+                         session {"turns": [{"content": text, "max_tokens": n}, ...]} whose
+                         turns go to /v1/chat/completions one after another, history included
   GRASP_BENCH_MODEL      served model name
-  GRASP_BENCH_OUTPUT     output tokens per request (max_tokens with ignore_eos)
+  GRASP_BENCH_OUTPUT     output tokens of requests given as plain id lists (max_tokens with
+                         ignore_eos)
   GRASP_BENCH_REQUESTS   total requests; the run stops itself after that many
   GRASP_BENCH_RECORDS    JSONL file: one timed record per request
   GRASP_BENCH_API_KEY    optional bearer token
@@ -26,7 +30,7 @@ from locust.exception import StopUser
 
 from grasp_deploy.loadtest.stats import time_stream
 
-_STATE = {"next": 0, "done": 0}
+_STATE = {"next": 0, "done": 0, "sessions": 0}
 
 
 def _cfg(name: str, default: str | None = None) -> str:
@@ -39,12 +43,13 @@ def _cfg(name: str, default: str | None = None) -> str:
 class _Run:
     prompts = json.loads(open(_cfg("PROMPTS")).read())
     model = _cfg("MODEL")
-    output = int(_cfg("OUTPUT"))
+    output = int(_cfg("OUTPUT", "0"))
     total = int(_cfg("REQUESTS"))
     records = open(_cfg("RECORDS"), "a", buffering=1)
     api_key = os.environ.get("GRASP_BENCH_API_KEY")
     rate = float(os.environ.get("GRASP_BENCH_RATE", "0") or 0)
     timeout = float(_cfg("TIMEOUT", "600"))
+    chat = bool(prompts) and isinstance(prompts[0], dict) and "turns" in prompts[0]
 
 
 def _wait(user: OpenAIStreamUser) -> float:
@@ -64,19 +69,51 @@ class OpenAIStreamUser(FastHttpUser):
 
     @task
     def complete(self) -> None:
+        index = self._take()
+        if _Run.chat:
+            session = _STATE["sessions"]
+            _STATE["sessions"] += 1
+            self._session(session, _Run.prompts[session % len(_Run.prompts)]["turns"])
+            return
+        entry = _Run.prompts[index % len(_Run.prompts)]
+        prompt, wanted = ((entry["prompt"], int(entry["max_tokens"])) if isinstance(entry, dict)
+                          else (entry, _Run.output))
+        body = {"model": _Run.model, "prompt": prompt, "max_tokens": wanted}
+        timing, _ = self._stream("/v1/completions", body)
+        self._record({"index": index}, timing, wanted)
+
+    def _session(self, index: int, turns: list[dict]) -> None:
+        """A multi-turn chat: each turn sends the whole history so far (its own user messages
+        and the model's answers) and counts as one request; the session ends the user's task."""
+        messages: list[dict] = []
+        for turn, spec in enumerate(turns):
+            if turn:
+                self._take()
+            wanted = int(spec["max_tokens"])
+            messages.append({"role": "user", "content": spec["content"]})
+            body = {"model": _Run.model, "messages": messages, "max_tokens": wanted}
+            timing, answer = self._stream("/v1/chat/completions", body)
+            self._record({"index": index, "turn": turn}, timing, wanted)
+            if not timing.ok:
+                return
+            messages.append({"role": "assistant", "content": answer})
+
+    def _take(self) -> int:
         if _STATE["next"] >= _Run.total:
             raise StopUser()  # the last request to finish ends the run
-        index = _STATE["next"]
         _STATE["next"] += 1
-        prompt = _Run.prompts[index % len(_Run.prompts)]
-        body = {"model": _Run.model, "prompt": prompt, "max_tokens": _Run.output,
-                "ignore_eos": True, "temperature": 0.0, "stream": True,
-                "stream_options": {"include_usage": True}}
+        return _STATE["next"] - 1
+
+    def _stream(self, path: str, body: dict):
+        # return_token_ids: each chunk names the tokens it carries, so a token whose text is
+        # held back (part of a UTF-8 character, a special token) still times TTFT and ITL.
+        body = {**body, "ignore_eos": True, "temperature": 0.0, "stream": True,
+                "return_token_ids": True, "stream_options": {"include_usage": True}}
         headers = {"Authorization": f"Bearer {_Run.api_key}"} if _Run.api_key else {}
-        events_seen, error = [], None
+        events_seen, answer, error = [], [], None
         start = time.perf_counter()
         try:
-            with self.client.post("/v1/completions", json=body, headers=headers, stream=True,
+            with self.client.post(path, json=body, headers=headers, stream=True,
                                   catch_response=True, name="stream") as resp:
                 if resp.status_code != 200:
                     error = f"HTTP {resp.status_code}"
@@ -97,16 +134,20 @@ class OpenAIStreamUser(FastHttpUser):
                         if payload == b"[DONE]":
                             break
                         chunk = json.loads(payload)
-                        text = "".join(c.get("text") or "" for c in chunk.get("choices") or [])
-                        events_seen.append((now, text, chunk.get("usage")))
+                        text, tokens = _delta(chunk)
+                        answer.append(text)
+                        events_seen.append((now, text or tokens, chunk.get("usage")))
                     resp.success()
         except Exception as err:  # network failures are counted, not raised
             error = f"{type(err).__name__}: {err}"[:300]
         timing = time_stream(start, events_seen, time.perf_counter(), error)
-        record = {"index": index, **timing.to_json()}
-        if timing.ok and timing.output_tokens != _Run.output:
+        return timing, "".join(answer)
+
+    def _record(self, where: dict, timing, wanted: int) -> None:
+        record = {**where, **timing.to_json()}
+        if timing.ok and timing.output_tokens != wanted:
             record["ok"] = False
-            record["error"] = f"got {timing.output_tokens} output tokens, asked {_Run.output}"
+            record["error"] = f"got {timing.output_tokens} output tokens, asked {wanted}"
         _Run.records.write(json.dumps(record) + "\n")
         _STATE["done"] += 1
         if _STATE["done"] >= _Run.total:
@@ -114,6 +155,16 @@ class OpenAIStreamUser(FastHttpUser):
             # or it is killed halfway and the process lingers until --run-time.
             gevent.spawn(self.environment.runner.quit)
             raise StopUser()
+
+
+def _delta(chunk: dict) -> tuple[str, int]:
+    """One SSE chunk's text (completions' ``text`` or chat's ``delta.content``) and how many
+    output tokens it carries."""
+    text, tokens = [], 0
+    for choice in chunk.get("choices") or []:
+        text.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+        tokens += len(choice.get("token_ids") or [])
+    return "".join(text), tokens
 
 
 @events.quitting.add_listener

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .tables import level_name
+
 
 def plots(results: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> list[str]:
     """throughput.png, latency.png, kv_capacity.png, scheduler.png and pareto.png from the
@@ -18,11 +20,12 @@ def plots(results: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> lis
     if not rows:
         return []
     x = [r["level"] for r in rows]
+    name = level_name(results)
     made = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for who in ("dense", "pruned"):
         ax.plot(x, [r[f"{who}_output_throughput"] for r in rows], marker="o", label=who)
-    ax.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Output throughput")
+    ax.set(xscale="log", xlabel=name, ylabel="output tokens/s", title="Output throughput")
     ax.set_xticks(x, [str(v) for v in x])
     ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(out / "throughput.png", dpi=120), plt.close(fig)
@@ -45,7 +48,7 @@ def plots(results: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> lis
                 )
         ax.set(
             xscale="log",
-            xlabel="concurrency",
+            xlabel=name,
             ylabel="ms",
             title=f"{title} (p50 solid, p99 dashed)",
         )
@@ -61,7 +64,7 @@ def plots(results: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> lis
         ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
     fig.tight_layout(), fig.savefig(out / "kv_capacity.png", dpi=120), plt.close(fig)
     made.append("kv_capacity.png")
-    if scheduler_plot(results, out, x):
+    if scheduler_plot(results, out, x, name):
         made.append("scheduler.png")
     made.append(pareto_plot(rows, out))
     return made
@@ -89,7 +92,8 @@ def pareto_plot(rows: list[dict[str, Any]], out: Path) -> str:
     return "pareto.png"
 
 
-def scheduler_plot(results: dict[str, Any], out: Path, levels: list[int]) -> bool:
+def scheduler_plot(results: dict[str, Any], out: Path, levels: list[int | float],
+                   name: str = "concurrency") -> bool:
     """Requests running (solid) and waiting (dashed) over time, dense vs pruned, one panel per
     concurrency level (first repeat): where the KV cache, not compute, limits a server."""
     import matplotlib.pyplot as plt
@@ -110,7 +114,7 @@ def scheduler_plot(results: dict[str, Any], out: Path, levels: list[int]) -> boo
             t = [p[0] for p in points]
             ax.plot(t, [p[1] for p in points], "-", color=color, label=f"{label} running")
             ax.plot(t, [p[2] for p in points], "--", color=color, label=f"{label} waiting")
-        ax.set(xlabel="seconds", ylabel="requests", title=f"concurrency {level}")
+        ax.set(xlabel="seconds", ylabel="requests", title=f"{name} {level}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout(), fig.savefig(out / "scheduler.png", dpi=120), plt.close(fig)

@@ -12,33 +12,11 @@ from typing import Any
 
 from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
+from .tables import level_name, level_value, spread_text, summary_rows, write_csv
+from .tables import ratio as _ratio
+from .workload import Lengths, Workload
 
 RESULTS_FILE = "results.json"
-
-# (field, label, better) for the summary table; ratios are pruned / dense.
-HEADLINE = (("output_throughput", "output tok/s", "higher"),
-            ("median_tpot_ms", "p50 TPOT ms", "lower"),
-            ("median_ttft_ms", "p50 TTFT ms", "lower"),
-            ("p99_tpot_ms", "p99 TPOT ms", "lower"))
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for level, per_model in sorted(results["levels"].items(), key=lambda kv: int(kv[0])):
-        d, p = per_model.get("dense"), per_model.get("pruned")
-        row: dict[str, Any] = {"level": int(level)}
-        for key, _, _ in HEADLINE:
-            row[f"dense_{key}"] = d[key] if d else math.nan
-            row[f"pruned_{key}"] = p[key] if p else math.nan
-            row[f"ratio_{key}"] = _ratio(row[f"pruned_{key}"], row[f"dense_{key}"])
-        row["failed"] = (d or {}).get("failed", 0) + (p or {}).get("failed", 0)
-        rows.append(row)
-    return rows
-
 
 def scheduler(results: dict[str, Any], label: str, level: int) -> dict[str, float]:
     """What vLLM's scheduler did at one level, over every repeat: requests running and waiting
@@ -85,12 +63,12 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
         + (f"; goodput = requests/s meeting {slo}" if slo else "")
         + "):",
         "",
-        "| concurrency | model | running mean | peak | waiting mean | peak | preemptions "
-        "| KV usage peak |"
+        f"| {level_name(results)} | model | running mean | peak | waiting mean | peak "
+        "| preemptions | KV usage peak |"
         + (" goodput req/s |" if slo else ""),
         "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else ""),
     ]
-    for level in sorted(int(k) for k in results["levels"]):
+    for level in sorted((level_value(k) for k in results["levels"]), key=float):
         for label in ("dense", "pruned"):
             s = scheduler(results, label, level)
             if not s:
@@ -104,25 +82,53 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 5 else []
 
 
+def workload_text(cfg: dict[str, Any]) -> str:
+    """The requests in words, from a results file's config (older files: random ids)."""
+    spec = Workload(cfg.get("workload", "random"), Lengths.parse(cfg["input_len"]),
+                    Lengths.parse(cfg["output_len"], "--output-len"), cfg.get("prompts"),
+                    cfg.get("prefix_len", 0), cfg.get("prefix_groups", 1), cfg.get("turns", 1))
+    what = f"text from {spec.source}" if spec.source else "random token ids"
+    if spec.kind == "prefix":
+        what = (f"{spec.prefix_groups} shared prefix(es) of {spec.prefix_len} tokens ({what}), "
+                "then each prompt's own")
+    if spec.kind == "chat":
+        what = f"chat sessions of {spec.turns} turns, each with the history so far ({what})"
+    return f"{what}, input {spec.input_len} / output {spec.output_len} tokens"
+
+
+def _first(rate: float | list[float]) -> float:
+    return rate[0] if isinstance(rate, list | tuple) else rate
+
+
+def load_text(results: dict[str, Any]) -> str:
+    """How the load was applied, in words."""
+    cfg = results["config"]
+    if results.get("mode") == "sweep":
+        return ("open loop, one level per request rate (Poisson arrivals) over "
+                f"{max(cfg['concurrency'])} users")
+    if cfg.get("request_rate"):
+        return f"open loop, Poisson {_first(cfg['request_rate'])} req/s"
+    return "closed loop (concurrency = users)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     kv_d = results["models"]["dense"].get("kv", {})
     kv_p = results["models"]["pruned"].get("kv", {})
-    mode = (f"open loop, Poisson {cfg['request_rate']} req/s" if cfg.get("request_rate")
-            else "closed loop (concurrency = users)")
+    mode = load_text(results)
     lines = [
         f"# A/B: pruned vs dense ({results['status']})",
         "",
         (
             f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']}"
-            f" requests per level x {cfg['repeats']} repeat(s), input {cfg['input_len']} / output"
-            f" {cfg['output_len']} tokens."
+            f" requests per level x {cfg['repeats']} repeat(s); {workload_text(cfg)}."
         ),
         "",
         f"Configuration: {configuration(results)}.",
         "",
         (
-            "| concurrency | output tok/s dense | pruned | ratio | p50 TPOT ms dense | pruned |"
+            f"| {level_name(results)} | output tok/s dense | pruned | ratio | p50 TPOT ms dense"
+            " | pruned |"
             " ratio | p50 TTFT ms dense | pruned | ratio | p99 TPOT ratio | failed |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -130,10 +136,10 @@ def markdown(results: dict[str, Any]) -> str:
     for r in summary_rows(results):
         lines.append(
             f"| {r['level']} | {r['dense_output_throughput']:.1f} |"
-            f" {r['pruned_output_throughput']:.1f} | {r['ratio_output_throughput']:.3f} |"
+            f" {r['pruned_output_throughput']:.1f} | {spread_text(r, 'output_throughput')} |"
             f" {r['dense_median_tpot_ms']:.1f} | {r['pruned_median_tpot_ms']:.1f} |"
-            f" {r['ratio_median_tpot_ms']:.3f} | {r['dense_median_ttft_ms']:.1f} |"
-            f" {r['pruned_median_ttft_ms']:.1f} | {r['ratio_median_ttft_ms']:.3f} |"
+            f" {spread_text(r, 'median_tpot_ms')} | {r['dense_median_ttft_ms']:.1f} |"
+            f" {r['pruned_median_ttft_ms']:.1f} | {spread_text(r, 'median_ttft_ms')} |"
             f" {r['ratio_p99_tpot_ms']:.3f} | {r['failed']} |"
         )
     lines += ["", "| KV cache | dense | pruned | ratio |", "|---|---:|---:|---:|"]
@@ -173,7 +179,8 @@ def hints(results: dict[str, Any]) -> list[str]:
     if not slower:
         return []
     cfg = results["config"]
-    lines = [f"pruned is not faster than dense at concurrency {', '.join(map(str, slower))} "
+    lines = [f"pruned is not faster than dense at {level_name(results)} "
+             f"{', '.join(map(str, slower))} "
              f"(output tok/s ratio <= 1 or p50 TPOT ratio >= 1)."]
     if cfg["enforce_eager"]:
         lines.append("the servers ran eager (--enforce-eager): per-op Python overhead is the same "
@@ -188,7 +195,7 @@ def hints(results: dict[str, Any]) -> list[str]:
         lines.append(f"the pruned FFN widths are unaligned (their gcd is {gcd}): GEMM kernels tile "
                      f"in multiples of 8-64; prune with --align 64 to compare (on this project's "
                      f"CPU no multiple measured faster per channel, see bench/results/align-cpu).")
-    if min(slower) == 1 and len(slower) == 1:
+    if results.get("mode") != "sweep" and min(slower) == 1 and len(slower) == 1:
         lines.append("at concurrency 1 a small model's step is dominated by fixed costs (LM head, "
                      "sampling, scheduling) that pruning does not shrink; see the profile in "
                      "bench/results/.")
@@ -238,6 +245,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     results["plots"] = plots(results, out, summary_rows(results)) if results["levels"] else []
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(results))
+    write_csv(results, out)
 
 
 def write_soak_report(results: dict[str, Any], out: Path) -> None:
@@ -255,8 +263,7 @@ def soak_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Soak: `{cfg['pruned']}` ({results['status']})", "",
              f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s"
              + (f" after {cfg['soak_warmup']:.0f} s of the same load as warm-up"
-                if cfg.get("soak_warmup") else "") + ", input "
-             f"{cfg['input_len']} / output {cfg['output_len']} tokens.", "",
+                if cfg.get("soak_warmup") else "") + f"; {workload_text(cfg)}.", "",
              f"Configuration: {configuration(results)}.", "",
              "| requests ok | failed | output tok/s | p50 TPOT ms | p99 TPOT ms | p99 TTFT ms |",
              "|---:|---:|---:|---:|---:|---:|",

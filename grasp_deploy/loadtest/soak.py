@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..server.launcher import ServerConfig, VllmServer, free_port
-from .ab import BenchConfig, make_prompts, read_records, run_locust, timings
+from .ab import read_records, run_locust, timings
+from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper, Sampler
 from .stats import aggregate
 
@@ -75,9 +76,7 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     users = max(config.concurrency)
     prompts = out / "prompts.json"
-    prompts.write_text(
-        json.dumps(make_prompts(256, config.input_len, config.vocab_size, config.seed))
-    )
+    prompts.write_text(json.dumps(make_requests(config, 256)))
     records = out / "requests.jsonl"
     records.write_text("")
     server_cfg = ServerConfig(model=config.pruned, served_name="pruned", port=free_port(),
@@ -90,7 +89,7 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
     with VllmServer(server_cfg, say=say) as server:
         if config.warmup:
             run_locust(server.url, "pruned", prompts, out / "warmup.jsonl", 1, config.warmup,
-                       config.output_len, None, config.level_timeout)
+                       None, None, config.level_timeout)
         with RssSampler(server.proc.pid) as rss:
             if config.soak_warmup:
                 say(f"soak warm-up: {users} users for {config.soak_warmup:.0f}s (not measured)")
@@ -116,5 +115,5 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
 def _load(config: BenchConfig, url: str, prompts: Path, records: Path, users: int,
           seconds: float) -> None:
     """``users`` closed-loop users for ``seconds`` (the request cap only guards a runaway)."""
-    run_locust(url, "pruned", prompts, records, users, int(seconds * 200), config.output_len,
-               config.request_rate, seconds)
+    run_locust(url, "pruned", prompts, records, users, int(seconds * 200), None,
+               (config.rates or (None,))[0], seconds)

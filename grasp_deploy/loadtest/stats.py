@@ -28,11 +28,12 @@ class RequestTiming:
         return data
 
 
-def time_stream(start: float, events: Iterable[tuple[float, str, dict | None]], end: float,
-                error: str | None = None) -> RequestTiming:
-    """Timing from stream events ``(arrival time, content text, usage or None)``.
+def time_stream(start: float, events: Iterable[tuple[float, str | int, dict | None]],
+                end: float, error: str | None = None) -> RequestTiming:
+    """Timing from stream events ``(arrival time, content, usage or None)``; content is the
+    chunk's text, or the number of tokens it carried when its text is empty.
 
-    TTFT: first event with non-empty content. ITL: every gap between content events.
+    TTFT: first event with content. ITL: every gap between content events.
     TPOT: (E2E - TTFT) / (output tokens - 1), output tokens from the last usage seen.
     """
     content_times, usage = [], None

@@ -223,3 +223,23 @@ def _compare_with_humaneval(ckpt, dense, monkeypatch):
     assert "HumanEval pass@1 through vLLM: 4 problems" in r.output
     r = invoke("compare", ckpt, "--humaneval-limit", 4)
     assert r.exit_code == 2 and "--humaneval" in r.output and r.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--input-len", "0..4"], "--input-len '0..4'"),
+    (["--output-len", "normal:8"], "--output-len 'normal:8'"),
+    (["--workload", "text"], "--workload text needs --prompts"),
+    (["--workload", "prefix", "--prefix-len", "0"], "--prefix-len >= 1"),
+    (["--workload", "text", "--prompts", "file:/nowhere.txt"], "--prompts file:/nowhere.txt"),
+    (["--input-len", "200..300", "--max-model-len", "256"], "--max-model-len 256"),
+    (["--request-rate", "1,x"], "--request-rate '1,x'"),
+    (["--request-rate", "1,2", "--duration", "9"], "give one --request-rate"),
+    (["--workload", "chat", "--turns", "0"], "--turns 0 must be at least 1"),
+    (["--turns", "3"], "--turns belongs to --workload chat"),
+])
+def test_bad_bench_workload_is_one_line_and_writes_nothing(checkpoints, tmp_path, args, named):
+    dense, pruned = checkpoints
+    out = tmp_path / "res"
+    r = invoke("bench", "--pruned", pruned, "--dense", dense, "--out", out, *args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and named in r.output, r.output
+    assert not out.exists()

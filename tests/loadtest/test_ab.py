@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 BENCH = ["--concurrency", "1,2", "--requests", "4", "--output-len", "6", "--input-len", "12",
          "--enforce-eager", "--vllm-dtype", "float32", "--kv-cache-gb", "0.02",
          "--max-model-len", "256", "--warmup", "1"]
+WORDS = ("model", "server", "token", "prune", "cache", "layer", "width", "head", "batch", "text",
+         "river", "stone", "green", "quick", "seven", "north", "table", "light", "sound", "plan")
 
 
 @pytest.mark.slow
@@ -50,6 +53,9 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     kv_p = res["models"]["pruned"]["kv"]["kv_cache_tokens"]
     assert kv_p > kv_d
     assert len((out / "requests.jsonl").read_text().splitlines()) == 2 * 2 * 4
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("level,")
+    assert [line[:2] for line in csv_lines[1:]] == ["1,", "2,"]
     for png in ("throughput.png", "latency.png", "kv_capacity.png", "scheduler.png", "pareto.png"):
         assert (out / png).stat().st_size > 1000
     md = (out / "results.md").read_text()
@@ -75,11 +81,19 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
 
 
 def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
+    """Also a workload of real text with shared prefixes and drawn lengths: each request gets
+    its own prompt and output length from prompts.json, and vLLM returns exactly those."""
     dense, pruned = checkpoints
     out = tmp_path / "soak"
+    text = tmp_path / "text.txt"
+    rng = random.Random(0)
+    text.write_text(" ".join(rng.choice(WORDS) for _ in range(2000)))
+    workload = ["--workload", "prefix", "--prompts", f"file:{text}", "--prefix-len", "5",
+                "--prefix-groups", "2", "--input-len", "3..9", "--output-len", "2..6"]
     proc = subprocess.run(
         [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
-         str(dense), *BENCH, "--duration", "8", "--soak-warmup", "4", "--out", str(out)],
+         str(dense), *BENCH, *workload, "--duration", "8", "--soak-warmup", "4", "--out",
+         str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -95,7 +109,51 @@ def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
         res["measured_from_s"] >= 4 and res["memory"]["warmup_excluded_s"] == res["measured_from_s"]
     )
     assert (out / "soak-warmup.jsonl").read_text().strip()
-    assert "after 4 s of the same load as warm-up" in (out / "soak.md").read_text()
+    md = (out / "soak.md").read_text()
+    assert "after 4 s of the same load as warm-up" in md
+    assert f"2 shared prefix(es) of 5 tokens (text from file:{text})" in md
+    assert "input 3..9 (uniform) / output 2..6 (uniform) tokens" in md
+    requests = json.loads((out / "prompts.json").read_text())
+    assert {len(r["prompt"]) - 5 for r in requests} == set(range(3, 10))
+    assert {r["max_tokens"] for r in requests} == set(range(2, 7))
+    assert requests[0]["prompt"][:5] == requests[2]["prompt"][:5] != requests[1]["prompt"][:5]
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    for r in records:  # failed == 0 above: each got exactly its own max_tokens
+        assert r["prompt_tokens"] == len(requests[r["index"] % len(requests)]["prompt"])
+
+
+def test_chat_sessions_send_their_growing_history(checkpoints, tmp_path):
+    """--workload chat through /v1/chat/completions: every turn of a session carries the
+    earlier turns and answers, so its prompt is longer than the turn before."""
+    dense, pruned = checkpoints
+    out = tmp_path / "chat"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
+         str(dense), *BENCH, "--workload", "chat", "--turns", "3", "--input-len", "4..8",
+         "--output-len", "3..5", "--duration", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "soak.json").read_text())
+    assert res["summary"]["failed"] == 0 and res["summary"]["completed"] >= 3
+    sessions = json.loads((out / "prompts.json").read_text())
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    by_session: dict[int, list[dict]] = {}
+    for r in records:
+        by_session.setdefault(r["index"], []).append(r)
+    complete = [rs for rs in by_session.values() if len(rs) == 3]
+    assert complete, by_session
+    for rs in complete:
+        rs.sort(key=lambda r: r["turn"])
+        assert [r["turn"] for r in rs] == [0, 1, 2]
+        tokens = [r["prompt_tokens"] for r in rs]
+        assert tokens[0] < tokens[1] < tokens[2], tokens
+        # each answer had exactly the output length its turn asked for (else failed above)
+        asked = [t["max_tokens"] for t in sessions[rs[0]["index"] % len(sessions)]["turns"]]
+        assert [r["output_tokens"] for r in rs] == asked
+    assert "chat sessions of 3 turns" in (out / "soak.md").read_text()
 
 
 @pytest.mark.slow

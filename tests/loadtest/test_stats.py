@@ -27,6 +27,16 @@ def test_stream_timing_on_known_timestamps():
     assert t.tpot == pytest.approx((0.50 - 0.20) / 3)
 
 
+def test_tokens_without_text_still_time_the_stream():
+    """A chunk whose tokens stream no text yet (part of a UTF-8 character) counts by its token
+    count: TTFT and ITL see it, and the request is not mistaken for an empty stream."""
+    events = [(0.2, 1, None), (0.3, 1, None), (0.4, "é", None),
+              (0.41, "", {"completion_tokens": 3, "prompt_tokens": 5})]
+    t = time_stream(0.0, events, end=0.45)
+    assert t.ok and t.ttft == pytest.approx(0.2) and t.itl == pytest.approx((0.1, 0.1))
+    assert time_stream(0.0, [(0.2, 0, None), (0.3, "", {"completion_tokens": 1})], 0.3).ttft is None
+
+
 def test_failed_and_empty_streams_are_counted_not_hidden():
     bad = time_stream(0.0, [], end=1.0, error="HTTP 500")
     assert not bad.ok and bad.error == "HTTP 500" and bad.ttft is None and bad.tpot is None
@@ -78,7 +88,8 @@ def test_metrics_parser():
 
 
 def test_bad_bench_settings():
-    from grasp_deploy.loadtest.ab import BenchConfig, run_locust
+    from grasp_deploy.loadtest.ab import run_locust
+    from grasp_deploy.loadtest.config import BenchConfig
 
     with pytest.raises(GraspError, match="--concurrency"):
         BenchConfig(pruned="p", dense="d", out=Path("x"), concurrency=(0,))
@@ -89,13 +100,14 @@ def test_bad_bench_settings():
 
 
 def test_unreachable_server_counts_every_request_as_failed(tmp_path):
-    from grasp_deploy.loadtest.ab import make_prompts, read_records, run_locust
+    from grasp_deploy.loadtest.ab import read_records, run_locust
+    from grasp_deploy.loadtest.config import make_prompts
     from grasp_deploy.server.launcher import free_port
 
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(make_prompts(3, 4, 100, 0)))
     records = tmp_path / "r.jsonl"
-    run_locust(f"http://127.0.0.1:{free_port()}", "m", prompts, records, 2, 3, 4, None, 60)
+    run_locust(f"http://127.0.0.1:{free_port()}", "m", prompts, records, 2, 3, 4, None, 300)
     recs = read_records(records)
     assert len(recs) == 3 and not any(r["ok"] for r in recs)
     assert all(r["error"] for r in recs)
