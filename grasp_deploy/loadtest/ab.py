@@ -1,9 +1,10 @@
 """A/B load test: the dense and the pruned model through the same launcher and the same flags.
 
 For each repeat, each model in turn (dense, pruned, dense, pruned, ...): start its server,
-read its KV capacity, send warm-up requests (discarded), then for each concurrency level run
-a fixed number of requests with the locust user (closed loop, or open loop with a Poisson
-``request_rate``) while scraping ``/metrics``; stop the server. Every request is kept in a raw
+read its KV capacity, send warm-up requests (discarded), then for each level (a concurrency,
+or in a sweep a request rate: ``BenchConfig.levels``) run a fixed number of requests with the
+locust user (closed loop, or open loop with Poisson arrivals) while scraping ``/metrics``;
+stop the server. Every request is kept in a raw
 JSONL file and the percentiles are computed from it. All traffic stays on 127.0.0.1 and every
 loop is bounded in requests and time. Ctrl-C stops the servers and writes what was measured,
 marked incomplete.
