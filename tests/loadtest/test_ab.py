@@ -130,7 +130,7 @@ def test_chat_sessions_send_their_growing_history(checkpoints, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "grasp_deploy.cli", "bench", "--pruned", str(pruned), "--dense",
          str(dense), *BENCH, "--workload", "chat", "--turns", "3", "--input-len", "4..8",
-         "--output-len", "3..5", "--duration", "6", "--out", str(out)],
+         "--output-len", "3..5", "--duration", "8", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
