@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.checks import check_number
 from ..core.errors import GraspError
-from .workload import Lengths, Workload, build, random_ids
+from .workload import Workload, build, random_ids
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,7 @@ class BenchConfig:
 
     @property
     def spec(self) -> Workload:
-        return Workload(self.workload, Lengths.parse(self.input_len, "--input-len"),
-                        Lengths.parse(self.output_len, "--output-len"), self.prompts,
-                        self.prefix_len, self.prefix_groups, self.turns)
+        return Workload.from_fields(vars(self))
 
 
 def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
 from .tables import level_name, level_value, spread_text, summary_rows, write_csv
 from .tables import ratio as _ratio
-from .workload import Lengths, Workload
+from .workload import Workload
 
 RESULTS_FILE = "results.json"
 
@@ -84,9 +84,7 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
 
 def workload_text(cfg: dict[str, Any]) -> str:
     """The requests in words, from a results file's config (older files: random ids)."""
-    spec = Workload(cfg.get("workload", "random"), Lengths.parse(cfg["input_len"]),
-                    Lengths.parse(cfg["output_len"], "--output-len"), cfg.get("prompts"),
-                    cfg.get("prefix_len", 0), cfg.get("prefix_groups", 1), cfg.get("turns", 1))
+    spec = Workload.from_fields(cfg)
     what = f"text from {spec.source}" if spec.source else "random token ids"
     if spec.kind == "prefix":
         what = (f"{spec.prefix_groups} shared prefix(es) of {spec.prefix_len} tokens ({what}), "

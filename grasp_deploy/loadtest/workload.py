@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,16 @@ class Workload:
         if self.output_len.low < 2:
             raise GraspError(f"--output-len {self.output_len} can draw fewer than 2 tokens; "
                              "TPOT needs at least 2")
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Workload:
+        """The workload of a bench config, or of its copy in a results file (older files
+        have no workload fields: random ids)."""
+        return cls(fields.get("workload", "random"),
+                   Lengths.parse(fields["input_len"], "--input-len"),
+                   Lengths.parse(fields["output_len"], "--output-len"), fields.get("prompts"),
+                   fields.get("prefix_len", 0), fields.get("prefix_groups", 1),
+                   fields.get("turns", 1))
 
     @property
     def longest(self) -> int:
