@@ -29,14 +29,9 @@ both models, show it).
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import statistics
 import tempfile
-import time
-import urllib.request
-from itertools import pairwise
 from pathlib import Path
 
 from bench import harness
@@ -44,126 +39,15 @@ from grasp_deploy.checkpoint import format as fmt
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import run_locust
 from grasp_deploy.loadtest.config import BenchConfig, make_prompts
+from grasp_deploy.loadtest.step_profile import (
+    PARTS,
+    amdahl_bound,
+    load_trace,
+    summarize,
+    wait_for_traces,
+)
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
-
-SCOPE = "gpu_model_runner: "
-LINEAR = ("onednn_mm", "aten::linear", "aten::mm", "aten::addmm", "aten::matmul", "cpu_gemm")
-ATTENTION = ("attention", "attn", "paged")
-PARTS = ("decoder linear", "attention", "forward, other", "LM head + logits", "sampling",
-         "runner, other", "between steps")
-
-
-def post(url: str) -> None:
-    req = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        r.read()
-
-
-def read_events(path: Path) -> list[dict]:
-    raw = path.read_bytes()
-    data = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
-    return [e for e in data.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-
-
-def load_trace(directory: Path) -> list[dict]:
-    """The complete events ("X") of the trace under ``directory`` that has the model runner's
-    scopes (the worker's; the front end writes its own trace beside it)."""
-    for path in sorted(directory.rglob("*.json*"), key=lambda p: -p.stat().st_size):
-        events = read_events(path)
-        if any(e["name"].startswith(SCOPE) for e in events):
-            return events
-    raise SystemExit(f"no trace with model-runner scopes under {directory}")
-
-
-def wait_for_traces(root: Path, before: set[Path], timeout: float = 300.0) -> list[Path]:
-    """New trace files under ``root``, once their sizes stop changing (written after stop)."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        new = sorted(set(root.rglob("*.json*")) - before)
-        sizes = [(p, p.stat().st_size) for p in new]
-        if new and sizes == last:
-            return new
-        last = sizes
-        time.sleep(5)
-    raise SystemExit(f"no profiler trace appeared under {root} within {timeout:.0f} s")
-
-
-def outermost(events: list[dict], match) -> list[dict]:
-    """Events whose name matches, leaving out those inside an earlier match (no double count)."""
-    kept, end = [], -1.0
-    for e in sorted((e for e in events if match(e["name"])), key=lambda e: (e["ts"], -e["dur"])):
-        if e["ts"] >= end:
-            kept.append(e)
-            end = e["ts"] + e["dur"]
-    return kept
-
-
-def inside(events: list[dict], outer: dict) -> list[dict]:
-    lo, hi = outer["ts"], outer["ts"] + outer["dur"]
-    return [e for e in events if lo <= e["ts"] and e["ts"] + e["dur"] <= hi and e is not outer]
-
-
-def steps(events: list[dict]) -> list[dict[str, float]]:
-    """Per pure decode step (vLLM's ``execute_context_0(0)_generation_N(N)`` event: no prompt
-    tokens in the batch), microseconds in each part; a step runs from its event's start to the
-    next step's, so "between steps" is that period minus the runner's scopes."""
-    events = sorted((e for e in events if e.get("tid") is not None), key=lambda e: e["ts"])
-    starts = [e for e in events if e["name"].startswith("execute_context_")]
-    scopes = [e for e in events if e["name"].startswith(SCOPE)]
-    out = []
-    for this, following in pairwise(starts):
-        if not this["name"].startswith("execute_context_0(0)_generation_") or \
-                this["name"].startswith("execute_context_0(0)_generation_0("):
-            continue
-        lo, hi = this["ts"], following["ts"]
-        mine = [s for s in scopes if lo <= s["ts"] < hi and s["tid"] == this["tid"]]
-        fwd = [s for s in mine if s["name"] == SCOPE + "forward"]
-        if len(fwd) != 1:
-            continue
-        fwd = fwd[0]
-        ops = [e for e in inside(events, fwd) if e["tid"] == fwd["tid"]]
-        linear = sum(e["dur"] for e in outermost(ops, lambda n: any(k in n for k in LINEAR)))
-        attn = sum(e["dur"] for e in outermost(
-            ops, lambda n: any(k in n.lower() for k in ATTENTION) and not n.startswith(SCOPE)))
-
-        def scope(*names, mine=mine):
-            return sum(s["dur"] for s in mine if s["name"] in tuple(SCOPE + n for n in names))
-
-        runner = scope("preprocess", "bookkeep", "eplb", "ModelRunnerOutput")
-        step = {"decoder linear": linear, "attention": attn,
-                "forward, other": fwd["dur"] - linear - attn,
-                "LM head + logits": scope("postprocess"), "sampling": scope("sample"),
-                "runner, other": runner, "forward": fwd["dur"], "batch": _batch(this["name"])}
-        step["between steps"] = (
-            (hi - lo) - fwd["dur"] - step["LM head + logits"] - step["sampling"] - runner
-        )
-        out.append(step)
-    return out
-
-
-def _batch(name: str) -> int:
-    """N of ``execute_context_0(0)_generation_N(N)``: the decode batch."""
-    return int(name.rsplit("_", 1)[1].split("(")[0])
-
-
-def summarize(runs: list[list[dict]], level: int) -> dict[str, object]:
-    """Medians over the decode steps that ran the full batch of ``level`` requests, pooled
-    over the runs (one trace per server start)."""
-    all_steps = [s for events in runs for s in steps(events)]
-    events = [e for run in runs for e in run]
-    if not all_steps:
-        raise SystemExit("the trace has no decode steps with runner scopes: was "
-                         "VLLM_CUSTOM_SCOPES_FOR_PROFILING set?")
-    full = [s for s in all_steps if s["batch"] == level] or all_steps
-    parts = {p: statistics.median(s[p] for s in full) / 1e3 for p in PARTS}
-    top: dict[str, float] = {}
-    for e in events:
-        if not e["name"].startswith((SCOPE, "execute_context", "PyTorch Profiler")):
-            top[e["name"]] = top.get(e["name"], 0.0) + e["dur"]
-    return {"decode_steps": len(all_steps), "steps_at_full_batch": len(full), "ms": parts,
-            "step_ms": sum(parts.values()),
-            "top_ops_ms": dict(sorted(((k, v / 1e3) for k, v in top.items()),
-                                      key=lambda kv: -kv[1])[:25])}
+from grasp_deploy.server.net import http_request
 
 
 def profile_model(label: str, model: str, levels: list[int], args, out: Path, rep: int) -> None:
@@ -182,10 +66,10 @@ def profile_model(label: str, model: str, levels: list[int], args, out: Path, re
                    args.output_len, None, 600)
         for level in levels:
             before = set(trace_root.rglob("*"))
-            post(server.url + "/start_profile")
+            http_request(server.url + "/start_profile", body={}, timeout=600)
             run_locust(server.url, label, prompts, out / f"run-{label}-{level}.jsonl", level,
                        args.requests if level == 1 else level, args.output_len, None, 600)
-            post(server.url + "/stop_profile")
+            http_request(server.url + "/stop_profile", body={}, timeout=600)
             new = wait_for_traces(trace_root, before)
             level_dir = out / "traces" / f"{label}-c{level}-r{rep + 1}"
             level_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +99,7 @@ def amdahl(dense: dict, pruned: dict, param_ratio: float) -> dict[str, float]:
             "linear_speedup": linear / pruned_linear if pruned_linear else math.nan,
             "decoder_speedup": decoder / (pruned_linear + p["attention"] + p["forward, other"]),
             "amdahl_bound_linear_only": total / (total - linear * (1 - param_ratio)),
-            "amdahl_bound_decoder": total / (total - decoder * (1 - param_ratio)),
+            "amdahl_bound_decoder": amdahl_bound(d, param_ratio)["amdahl_bound"],
             "share_of_step_that_shrinks": decoder / total, "linear_share_of_step": linear / total}
 
 

@@ -256,6 +256,15 @@ bench_options = stack(
     ),
     click.option("--enforce-eager", is_flag=True, help="No torch.compile / CUDA graphs."),
     click.option(
+        "--profile/--no-profile",
+        default=True,
+        show_default=True,
+        help="After the A/B, profile the dense model's decode step once more (one server "
+             "start, one short run per concurrency) and report the Amdahl bound: the speed-up "
+             "left when only the decoder shrinks, and the fraction of it the pruned model "
+             "reached.",
+    ),
+    click.option(
         "--slo",
         multiple=True,
         metavar="ttft:MS|tpot:MS",
@@ -267,7 +276,8 @@ bench_options = stack(
 
 BENCH_OPTIONS = ("concurrency", "requests", "input_len", "output_len", "workload", "prompts",
                  "prefix_len", "prefix_groups", "turns", "repeats", "request_rate", "warmup",
-                 "kv_cache_gb", "max_model_len", "vllm_dtype", "enforce_eager", "slo")
+                 "kv_cache_gb", "max_model_len", "vllm_dtype", "enforce_eager", "profile",
+                 "slo")
 
 
 def bench_config(pruned: str, dense: str, out: Path, *, vllm_dtype, slo,

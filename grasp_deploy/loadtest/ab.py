@@ -29,6 +29,7 @@ from ..server.launcher import ServerConfig, VllmServer, free_port
 from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper
 from .stats import RequestTiming, aggregate
+from .step_profile import param_ratios, profile_dense
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -57,8 +58,8 @@ def run_locust(
            "-u", str(users), "-r", str(max(users, 1)), "-H", url, "--run-time", f"{int(timeout)}s",
            "--stop-timeout", "30", "--loglevel", "WARNING", "--exit-code-on-error", "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 120)
-    if proc.returncode not in (0, 1):
-        raise GraspError(f"locust failed (code {proc.returncode}): "
+    if proc.returncode not in (0, 1) or (requests and not records.is_file()):
+        raise GraspError(f"locust failed (code {proc.returncode}, no request recorded): "
                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
@@ -110,6 +111,7 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
         for rep in range(config.repeats):
             for label in ("dense", "pruned"):
                 _bench_one(config, label, rep, results, raw, prompts_file, say)
+        results["profile"] = _profile(config, raw.with_name("prompts-run.json"), say)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -145,14 +147,51 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def server_config(config: BenchConfig, label: str, log_name: str) -> ServerConfig:
+    """The server for ``label`` ("dense" or "pruned"): the same settings for both."""
+    return ServerConfig(model=config.dense if label == "dense" else config.pruned,
+                        served_name=label, port=free_port(),
+                        log_file=Path(config.out) / "logs" / f"{log_name}.log",
+                        kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
+                        dtype=config.dtype, enforce_eager=config.enforce_eager,
+                        extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+
+
+def _profile(config: BenchConfig, prompts_file: Path, say: Callable[[str], None],
+             ) -> dict[str, Any]:
+    """The dense decode step profiled per concurrency level, with the Amdahl bound
+    (``loadtest.step_profile``); why not, where it cannot be measured. A failed profile is
+    reported, and the A/B it follows is kept."""
+    ratios = param_ratios(config.pruned)
+    skipped = ("--no-profile" if not config.profile else
+               "open-loop runs have no fixed decode batch; profile a closed-loop run"
+               if config.rates else
+               "the pruned model has no grasp manifest, so its kept-parameter ratio is unknown"
+               if ratios is None else None)
+    if skipped or ratios is None:
+        return {"skipped": skipped}
+    say("profiling the dense model's decode step for the Amdahl bound")
+    scratch = Path(config.out) / "profile-requests.jsonl"
+    server = server_config(config, "dense", "dense-profile")
+
+    def run(url: str, users: int, requests: int) -> None:
+        run_locust(url, "dense", prompts_file, scratch, users, requests, None, None,
+                   config.level_timeout)
+
+    try:
+        levels = profile_dense(server, list(config.concurrency), ratios["decoder_ratio"], run,
+                               say)
+    except GraspError as err:
+        say(f"profile failed: {err}")
+        return {"error": str(err)}
+    finally:
+        scratch.unlink(missing_ok=True)
+    return {**ratios, "levels": levels}
+
+
 def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Path,
                prompts_file: Path, say: Callable[[str], None]) -> None:
-    model = config.dense if label == "dense" else config.pruned
-    server_cfg = ServerConfig(model=model, served_name=label, port=free_port(),
-                              log_file=Path(config.out) / "logs" / f"{label}-{rep + 1}.log",
-                              kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
-                              dtype=config.dtype, enforce_eager=config.enforce_eager,
-                              extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+    server_cfg = server_config(config, label, f"{label}-{rep + 1}")
     with VllmServer(server_cfg, say=say) as server:
         info = results["models"][label]
         info["kv"] = server.kv_capacity()

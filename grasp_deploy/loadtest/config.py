@@ -47,6 +47,7 @@ class BenchConfig:
     prefix_groups: int = 1
     turns: int = 1  # chat sessions: user turns per session
     tokenizer: str | None = None  # the dense model's (set by jobs.bench.resolve)
+    profile: bool = True  # after the A/B: the dense decode step profiled, the Amdahl bound
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
-from .tables import level_name, level_value, spread_text, summary_rows, write_csv
+from .tables import bound_lines, level_name, level_value, spread_text, summary_rows, write_csv
 from .tables import ratio as _ratio
 from .workload import Workload
 
@@ -154,6 +154,7 @@ def markdown(results: dict[str, Any]) -> str:
     for key, value in cfg.get("labels", {}).items():
         lines.append(f"| {key} | {value.get('dense', '')} | {value.get('pruned', '')} | |"
                      if isinstance(value, dict) else f"| {key} | {value} | | |")
+    lines += bound_lines(results)
     lines += scheduler_markdown(results)
     if hints(results):
         lines += ["", "Hints:", *[f"- {h}" for h in hints(results)]]
@@ -226,6 +227,11 @@ def print_table(results: dict[str, Any], say=print) -> None:
             f" {r['pruned_median_ttft_ms']:>8.1f} {r['ratio_median_ttft_ms']:>6.3f}"
             f" {r['failed']:>5}"
         )
+    for r in summary_rows(results):
+        if not math.isnan(r["amdahl_bound"]):
+            say(f"concurrency {r['level']}: Amdahl bound x{r['amdahl_bound']:.3f} (parameter "
+                f"bound x{r['param_bound']:.3f}); measured x{r['ratio_output_throughput']:.3f}, "
+                f"{r['fraction_of_amdahl_bound']:.2f} of the Amdahl bound")
     kv_d = results["models"]["dense"].get("kv", {}).get("kv_cache_tokens")
     kv_p = results["models"]["pruned"].get("kv", {}).get("kv_cache_tokens")
     if kv_d and kv_p:

@@ -47,10 +47,46 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             each = [ratio(b[key], a[key]) for a, b in pairs if key in a and key in b]
             each = [r for r in each if not math.isnan(r)] or [row[f"ratio_{key}"]]
             row[f"ratio_{key}_min"], row[f"ratio_{key}_max"] = min(each), max(each)
+        row.update(attainable(results, level, row["ratio_output_throughput"]))
         row["repeats"] = len(pairs) or 1
         row["failed"] = (d or {}).get("failed", 0) + (p or {}).get("failed", 0)
         rows.append(row)
     return rows
+
+
+def attainable(results: dict[str, Any], level: str, measured: float) -> dict[str, float]:
+    """The bounds at one level (NaN where the run has no profile): the whole-model parameter
+    count's, the Amdahl bound from the dense step's profile (``loadtest.step_profile``), and the
+    fraction of the Amdahl bound the measured output tok/s ratio reached."""
+    profile = results.get("profile") or {}
+    at = profile.get("levels", {}).get(level, {})
+    bound = at.get("amdahl_bound", math.nan)
+    return {"param_bound": profile.get("param_bound", math.nan), "amdahl_bound": bound,
+            "fraction_of_amdahl_bound": ratio(measured, bound),
+            "dense_decoder_share": at.get("decoder_share", math.nan)}
+
+
+def bound_lines(results: dict[str, Any]) -> list[str]:
+    """The report's "attainable speed-up" section: per level the Amdahl bound and the fraction
+    of it reached, or why it was not measured."""
+    profile = results.get("profile") or {"skipped": "the run ended before the profile"}
+    if "levels" not in profile:
+        why = profile.get("skipped") or f"the profile failed: {profile.get('error')}"
+        return ["", f"Attainable speed-up: the Amdahl bound was not measured ({why})."]
+    lines = ["", "Attainable speed-up: the dense model's decode step profiled on the same server "
+             "settings (median step at full batch, profiler overhead included). Pruning shrinks "
+             "the decoder forward (linears, attention, norms) by the kept decoder parameters "
+             f"({profile['decoder_ratio']:.3f}); the LM head, sampling, runner and scheduler stay. "
+             f"Parameter-count bound x{profile['param_bound']:.3f}.", "",
+             "| concurrency | dense step ms | decoder share | Amdahl bound | measured (output "
+             "tok/s ratio) | fraction of bound |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in summary_rows(results):
+        at = profile["levels"].get(str(row["level"]))
+        if at:
+            lines.append(f"| {row['level']} | {at['step_ms']:.1f} | {at['decoder_share']:.2f} | "
+                         f"{at['amdahl_bound']:.3f} | {row['ratio_output_throughput']:.3f} | "
+                         f"{row['fraction_of_amdahl_bound']:.2f} |")
+    return lines
 
 
 def spread_text(row: dict[str, Any], key: str) -> str:

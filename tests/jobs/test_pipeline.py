@@ -24,7 +24,8 @@ def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file
             "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
     first = subprocess.run(base + ["--port", str(free_port()), "--bench", "--concurrency", "1",
                                    "--requests", "2", "--output-len", "4", "--input-len", "8",
-                                   "--warmup", "0"], capture_output=True, text=True, timeout=900)
+                                   "--warmup", "0", "--no-profile"],
+                           capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "plan written to" in first.stdout and "A/B summary (complete)" in first.stdout
     assert (
@@ -33,6 +34,8 @@ def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file
     )
     assert "curl http://127.0.0.1:" in first.stdout and "OpenAI(base_url=" in first.stdout
     assert json.loads((work / "bench" / "results.json").read_text())["status"] == "complete"
+    report = (work / "bench" / "results.md").read_text()
+    assert "Amdahl bound was not measured (--no-profile)" in report
     manifest = json.loads((work / "ckpt" / "grasp_manifest.json").read_text())
     second = subprocess.run(base + ["--port", str(free_port())], capture_output=True, text=True,
                             timeout=600)

@@ -77,7 +77,16 @@ def test_short_real_ab_writes_a_complete_report(checkpoints, tmp_path):
     assert "| 2 | pruned |" in md and "goodput req/s" in md
     series = res["models"]["pruned"]["metrics"]["2"][0]["series"]
     assert series and all(len(point) == 4 for point in series)
-    assert sorted(p.name for p in (out / "logs").iterdir()) == ["dense-1.log", "pruned-1.log"]
+    # the attainable speed-up: the dense step profiled per level, the Amdahl bound, the fraction
+    prof = res["profile"]
+    assert set(prof["levels"]) == {"1", "2"}, prof
+    for level, at in prof["levels"].items():
+        assert at["steps_at_full_batch"] >= 1 and 0 < at["decoder_share"] < 1, at
+        assert 1 < at["amdahl_bound"] < 1 / prof["decoder_ratio"], at
+        assert f"concurrency {level}: Amdahl bound x{at['amdahl_bound']:.3f}" in proc.stdout
+    assert "| fraction of bound |" in md
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "dense-1.log", "dense-profile.log", "pruned-1.log"]
 
 
 def test_short_soak_reports_failures_and_server_memory(checkpoints, tmp_path):
