@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from ..server.cpu import SWITCH as CPU_SWITCH
+
 
 def kv_budget_text(budget: dict[str, Any]) -> str:
     """The KV budget asked and achieved, from a plan's or manifest's ``budget`` record."""
@@ -125,6 +127,8 @@ def banner(server, kv: str, once: bool = False) -> None:
         f"  api key   {config.masked_key} (required; set GRASP_API_KEY to it for the lines below)"
         if config.api_key else "  api key   none (anyone who can reach the port may call it)",
         f"  log       {server.log_path}",
+        *([f"  cpu       {config.cpu_settings()} ({CPU_SWITCH}=0: vLLM's own)"]
+          if config.cpu_settings() else []),
         f"  curl {server.url}/v1/completions -H 'Content-Type: application/json'{auth} "
         f"-d '{{\"model\": \"{config.name}\", \"prompt\": \"The capital of France is\", "
         f"\"max_tokens\": 16}}'",

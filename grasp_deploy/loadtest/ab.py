@@ -100,6 +100,7 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
         "config": {**asdict(config), "out": str(out)}, "status": "running",
         "models": {"dense": {"path": config.dense}, "pruned": {"path": config.pruned}},
         "levels": {}, "events": [],
+        "server_settings": server_config(config, "dense", "dense").cpu_settings(),
     }
     mode = "sweep" if config.sweep else "open" if config.rates else "closed"
     # Ctrl-C and SIGTERM end the run: servers stopped, partial results written. Our own handler
@@ -154,7 +155,8 @@ def server_config(config: BenchConfig, label: str, log_name: str) -> ServerConfi
                         log_file=Path(config.out) / "logs" / f"{log_name}.log",
                         kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
                         dtype=config.dtype, enforce_eager=config.enforce_eager,
-                        extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+                        extra_args=config.extra_args, env=dict(config.server_env),
+                        startup_timeout=config.startup_timeout)
 
 
 def _profile(config: BenchConfig, prompts_file: Path, say: Callable[[str], None],

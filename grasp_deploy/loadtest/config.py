@@ -32,6 +32,7 @@ class BenchConfig:
     dtype: str = "auto"
     enforce_eager: bool = False
     extra_args: tuple[str, ...] = ()
+    server_env: dict[str, str] = field(default_factory=dict)  # added to both servers' env
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     seed: int = 0

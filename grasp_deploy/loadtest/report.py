@@ -210,8 +210,10 @@ def configuration(results: dict[str, Any]) -> str:
     hardware = (f"GPU {mach['gpu']}" if mach.get("gpu") else
                 f"CPU {mach.get('Model name', '?')}, {mach.get('CPU(s)', '?')} CPUs, flags "
                 f"{mach.get('cpu_flags', '?')}")
+    cpu = f"; CPU settings {results['server_settings']}" if results.get("server_settings") else ""
     return (f"vLLM {vllm} {'eager (--enforce-eager)' if cfg['enforce_eager'] else 'compiled'}, "
-            f"dtype {cfg['dtype']}, KV memory {cfg['kv_cache_gb']} GiB per server; {hardware}")
+            f"dtype {cfg['dtype']}, KV memory {cfg['kv_cache_gb']} GiB per server; {hardware}"
+            f"{cpu}")
 
 
 def print_table(results: dict[str, Any], say=print) -> None:

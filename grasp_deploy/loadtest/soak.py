@@ -16,8 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..server.launcher import ServerConfig, VllmServer, free_port
-from .ab import read_records, run_locust, timings
+from ..server.launcher import VllmServer
+from .ab import read_records, run_locust, server_config, timings
 from .config import BenchConfig, make_requests
 from .metrics import MetricsScraper, Sampler
 from .stats import aggregate
@@ -79,13 +79,10 @@ def run_soak(config: BenchConfig, say: Callable[[str], None] = print) -> dict[st
     prompts.write_text(json.dumps(make_requests(config, 256)))
     records = out / "requests.jsonl"
     records.write_text("")
-    server_cfg = ServerConfig(model=config.pruned, served_name="pruned", port=free_port(),
-                              log_file=out / "logs" / "pruned-soak.log",
-                              kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
-                              dtype=config.dtype, enforce_eager=config.enforce_eager,
-                              extra_args=config.extra_args, startup_timeout=config.startup_timeout)
+    server_cfg = server_config(config, "pruned", "pruned-soak")
     results: dict[str, Any] = {"mode": "soak", "config": {**asdict(config), "out": str(out)},
-                               "status": "running", "events": []}
+                               "status": "running", "events": [],
+                               "server_settings": server_cfg.cpu_settings()}
     with VllmServer(server_cfg, say=say) as server:
         if config.warmup:
             run_locust(server.url, "pruned", prompts, out / "warmup.jsonl", 1, config.warmup,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.checks import check_number
 from ..core.errors import GraspError
-from . import watchdog
+from . import cpu, watchdog
 from .net import (  # noqa: F401 (re-exported)
     check_bindable,
     free_port,
@@ -82,10 +82,15 @@ class ServerConfig:
         """The server's environment: the API key travels here, never on the command line
         (where every local user can read it in ps)."""
         env = {**SERVER_ENV_DEFAULTS, **os.environ, **self.env}
+        env.update(cpu.defaults(env))  # what served fastest on CPU (server/cpu.py)
         env.pop("VLLM_API_KEY", None)
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         return env
+
+    def cpu_settings(self) -> str:
+        """The CPU settings this server runs with, in words ("" off a CPU build of vLLM)."""
+        return cpu.shown(self.environment())
 
     @property
     def name(self) -> str:

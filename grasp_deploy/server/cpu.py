@@ -1,0 +1,74 @@
+"""The launcher's settings for vLLM's CPU backend.
+
+By default vLLM's CPU worker binds its OpenMP threads itself and, on x86, keeps one core per
+rank free for the engine's other processes (``VLLM_CPU_NUM_OF_RESERVED_CPU``): on a 2-core
+machine the model computes on one core. Its install guide recommends preloading tcmalloc and
+Intel OpenMP. ``bench/cpu_config.py`` measures these choices, dense and pruned; the settings
+that served fastest are the launcher's defaults (``DEFAULTS``), given to every vLLM server it
+starts on a CPU build of vLLM. A variable the user sets wins over the default, and
+``GRASP_CPU_TUNING=0`` leaves all of them to vLLM. What a server ran with is printed in the
+banner and in every report (``shown``).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+SWITCH = "GRASP_CPU_TUNING"  # "0": vLLM's own CPU settings
+KEYS = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD")
+TCMALLOC = "libtcmalloc_minimal.so.4"
+# Which of the measured choices the launcher applies (bench/results/cpu-config-smollm2-r50).
+ALL_CORES = False
+PRELOAD = False
+
+
+def cpu_backend() -> bool:
+    """Whether the installed vLLM is its CPU build (``vllm-cpu``)."""
+    try:
+        metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def preload_libraries() -> list[str]:
+    """tcmalloc (the system's, e.g. Debian's ``libtcmalloc-minimal4``) and Intel OpenMP (the
+    ``intel-openmp`` wheel vLLM's CPU build installs), those that are present."""
+    tcmalloc = [str(p) for p in Path("/usr/lib").glob(f"*-linux-gnu/{TCMALLOC}")]
+    if not tcmalloc and ctypes.util.find_library("tcmalloc_minimal"):
+        tcmalloc = [TCMALLOC]  # on the loader's path: the name is enough
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    return tcmalloc[:1] + ([str(iomp)] if iomp.is_file() else [])
+
+
+def all_cores(cpus: int | None = None) -> dict[str, str]:
+    """The worker's threads on every CPU this process may use, no core held back."""
+    allowed = sorted(os.sched_getaffinity(0)) if cpus is None else list(range(cpus))
+    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, allowed))}
+
+
+def defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """The settings to add to a server's environment ``env``: none off a CPU build of vLLM or
+    with ``GRASP_CPU_TUNING=0``, and none the environment already sets."""
+    if env.get(SWITCH, "1") == "0" or not cpu_backend():
+        return {}
+    chosen: dict[str, str] = {}
+    if ALL_CORES:
+        chosen.update(all_cores())
+    if PRELOAD and (libraries := preload_libraries()):
+        chosen["LD_PRELOAD"] = ":".join(libraries)
+    return {k: v for k, v in chosen.items() if k not in env}
+
+
+def shown(env: Mapping[str, str]) -> str:
+    """The CPU settings of a server's environment, as banners and reports print them."""
+    if not cpu_backend():
+        return ""
+    told = [f"{k}={env[k]}" for k in KEYS if env.get(k)]
+    return ", ".join(told) if told else "vLLM's own (no core binding or preload set)"
