@@ -41,9 +41,11 @@ def test_the_switch_and_a_gpu_build_leave_everything_to_vllm(tuned, monkeypatch)
     assert cpu.shown({"LD_PRELOAD": "x"}) == ""
 
 
-def test_no_preload_without_the_libraries(tuned, monkeypatch):
-    monkeypatch.setattr(cpu, "preload_libraries", lambda: [])
+@pytest.mark.parametrize("found", [[], ["/venv/lib/libiomp5.so"]])
+def test_no_preload_without_both_libraries(tuned, monkeypatch, found):
+    monkeypatch.setattr(cpu, "preload_libraries", lambda: found)
     assert "LD_PRELOAD" not in cpu.defaults({})
+    assert cpu.defaults({})["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_the_server_environment_carries_them_and_says_so(tuned, monkeypatch):
