@@ -23,8 +23,6 @@ configuration and concurrency, pooled over the repeats, and each against vLLM's 
 
 from __future__ import annotations
 
-import statistics
-
 from bench import harness
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import run_ab
@@ -34,7 +32,7 @@ from grasp_deploy.server import cpu
 
 def configurations() -> dict[str, dict[str, str]]:
     off = {cpu.SWITCH: "0"}
-    preload = {"LD_PRELOAD": ":".join(cpu.preload_libraries())}
+    preload = {"LD_PRELOAD": cpu.preload() or ""}  # the launcher's rule: both libraries
     return {"vllm": off, "preload": {**off, **preload}, "all-cores": {**off, **cpu.all_cores()},
             "all-cores+preload": {**off, **cpu.all_cores(), **preload}}
 
@@ -68,11 +66,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "Output tok/s pooled over the repeats; (xN) against vLLM's defaults for the same "
               "model and level.", ""]
-    spread = res.get("spread", {})
-    if spread:
-        lines += ["Per-repeat output tok/s (dense; pruned), to judge the noise:", ""]
-        lines += [f"- `{n}` c={c}: {v}" for (n, c), v in
-                  ((tuple(k.split("|")), v) for k, v in spread.items())]
+    lines += ["Per-repeat output tok/s (dense; pruned), to judge the noise:", ""]
+    lines += [f"- `{n}` c={c}: {text}" for n, by_level in res["spread"].items()
+              for c, text in by_level.items()]
     return "\n".join(lines)
 
 
@@ -110,14 +106,10 @@ def main(argv: list[str] | None = None) -> None:
            "repeats": args.repeats,
            "tok_s": {n: {who: {c: pooled(runs[n], who, c) for c in keys}
                          for who in ("dense", "pruned")} for n in configs},
-           "spread": {f"{n}|{c}": "; ".join(
+           "spread": {n: {c: "; ".join(
                f"{r['levels'][c]['dense']['output_throughput']:.1f}, "
                f"{r['levels'][c]['pruned']['output_throughput']:.1f}" for r in runs[n])
-               for n in configs for c in keys},
-           "median_ratio": {n: statistics.median(
-               runs[n][k]["levels"][c]["pruned"]["output_throughput"]
-               / runs[n][k]["levels"][c]["dense"]["output_throughput"]
-               for k in range(len(runs[n])) for c in keys) for n in configs}}
+               for c in keys} for n in configs}}
     for bulky in [*args.out.glob("runs/*/requests.jsonl"), *args.out.glob("runs/*/*.png"),
                   *args.out.glob("runs/*/prompts*.json")]:
         bulky.unlink()  # each run keeps its results.json/.md/.csv and server logs

@@ -43,6 +43,7 @@ from grasp_deploy.loadtest.step_profile import (
     PARTS,
     amdahl_bound,
     load_trace,
+    profiled,
     summarize,
     wait_for_traces,
 )
@@ -53,13 +54,9 @@ from grasp_deploy.server.net import http_request
 def profile_model(label: str, model: str, levels: list[int], args, out: Path, rep: int) -> None:
     """One server start: warm up, then one profiled run per level; traces under out/traces."""
     trace_root = Path(tempfile.mkdtemp(prefix=f"profile-{label}-"))
-    cfg = ServerConfig(model=model, served_name=label, port=free_port(), kv_cache_gb=1.0,
-                       max_model_len=args.max_model_len, dtype="auto",
-                       log_file=out / "logs" / f"{label}-{rep + 1}.log",
-                       env={"VLLM_CUSTOM_SCOPES_FOR_PROFILING": "1"},
-                       extra_args=("--profiler-config.profiler=torch",
-                                   f"--profiler-config.torch_profiler_dir={trace_root}",
-                                   "--profiler-config.torch_profiler_with_stack=false"))
+    cfg = profiled(ServerConfig(model=model, served_name=label, port=free_port(),
+                                kv_cache_gb=1.0, max_model_len=args.max_model_len, dtype="auto",
+                                log_file=out / "logs" / f"{label}-{rep + 1}.log"), trace_root)
     prompts = out / "prompts.json"
     with VllmServer(cfg, say=print) as server:
         run_locust(server.url, label, prompts, out / "warmup.jsonl", max(levels), 2 * max(levels),

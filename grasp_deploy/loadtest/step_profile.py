@@ -51,14 +51,19 @@ def read_events(path: Path) -> list[dict]:
     return [e for e in data.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
 
 
-def load_trace(directory: Path) -> list[dict]:
-    """The complete events ("X") of the trace under ``directory`` that has the model runner's
+def worker_trace(paths: list[Path], where: str) -> list[dict]:
+    """The complete events ("X") of the trace among ``paths`` that has the model runner's
     scopes (the worker's; the front end writes its own trace beside it)."""
-    for path in sorted(directory.rglob("*.json*"), key=lambda p: -p.stat().st_size):
+    for path in sorted(paths, key=lambda p: -p.stat().st_size):
         events = read_events(path)
         if any(e["name"].startswith(SCOPE) for e in events):
             return events
-    raise GraspError(f"no trace with vLLM's model-runner scopes under {directory}")
+    raise GraspError(f"no trace with vLLM's model-runner scopes {where}")
+
+
+def load_trace(directory: Path) -> list[dict]:
+    """The worker's trace among the files under ``directory``."""
+    return worker_trace(list(directory.rglob("*.json*")), f"under {directory}")
 
 
 def wait_for_traces(root: Path, before: set[Path], timeout: float = 300.0) -> list[Path]:
@@ -198,12 +203,9 @@ def profile_dense(server: ServerConfig, levels: list[int], decoder_ratio: float,
                 http_request(live.url + "/start_profile", body={}, timeout=600)
                 run(live.url, level, max(level, 4))
                 http_request(live.url + "/stop_profile", body={}, timeout=600)
-                events = [read_events(p) for p in wait_for_traces(traces, before)]
-                worker = [e for e in events if any(x["name"].startswith(SCOPE) for x in e)]
-                if not worker:
-                    raise GraspError(f"the profiler trace at concurrency {level} has no "
-                                     "model-runner scopes")
-                summary = summarize(worker[:1], level)
+                worker = worker_trace(wait_for_traces(traces, before),
+                                      f"in the profile at concurrency {level}")
+                summary = summarize([worker], level)
                 out[str(level)] = {**summary, **amdahl_bound(summary["ms"], decoder_ratio)}
                 say(f"  dense decode step at concurrency {level}: {summary['step_ms']:.1f} ms, "
                     f"decoder {100 * out[str(level)]['decoder_share']:.0f}% of it; Amdahl "
