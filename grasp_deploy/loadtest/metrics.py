@@ -38,12 +38,15 @@ class Sampler:
 
 
 class MetricsScraper(Sampler):
-    """Polls /metrics in a thread: KV usage, running/waiting requests, preemptions."""
+    """Polls /metrics in a thread: KV usage, running/waiting requests, preemptions, prefix
+    cache lookups and hits."""
 
     NAMES = {"kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
              "num_requests_running": "vllm:num_requests_running",
              "num_requests_waiting": "vllm:num_requests_waiting",
-             "num_preemptions": "vllm:num_preemptions"}
+             "num_preemptions": "vllm:num_preemptions",
+             "prefix_cache_queries": "vllm:prefix_cache_queries",  # prompt tokens looked up
+             "prefix_cache_hits": "vllm:prefix_cache_hits"}  # ... and found cached
 
     def __init__(self, url: str, period: float = 0.5) -> None:
         super().__init__(period)
@@ -85,12 +88,17 @@ class MetricsScraper(Sampler):
             col("num_requests_running"),
             col("num_requests_waiting"),
         )
-        pre = col("num_preemptions")
+        def grew(key):  # a counter's growth over the level
+            values = col(key)
+            return values[-1] - values[0] if len(values) >= 2 else 0.0
+
         return {"kv_cache_usage_peak": max(usage, default=float("nan")),
                 "kv_cache_usage_mean": sum(usage) / len(usage) if usage else float("nan"),
                 "running_peak": max(running, default=float("nan")),
                 "running_mean": sum(running) / len(running) if running else float("nan"),
                 "waiting_peak": max(waiting, default=float("nan")),
                 "waiting_mean": sum(waiting) / len(waiting) if waiting else float("nan"),
-                "preemptions": (pre[-1] - pre[0]) if len(pre) >= 2 else 0.0,
+                "preemptions": grew("num_preemptions"),
+                "prefix_cache_queries": grew("prefix_cache_queries"),
+                "prefix_cache_hits": grew("prefix_cache_hits"),
                 "metric_samples": len(self.samples)}

@@ -14,13 +14,14 @@ from ..core.versions import machine, package_versions
 from .plots import plots, soak_plot
 from .tables import bound_lines, level_name, level_value, spread_text, summary_rows, write_csv
 from .tables import ratio as _ratio
-from .workload import Workload
+from .workload import describe
 
 RESULTS_FILE = "results.json"
 
 def scheduler(results: dict[str, Any], label: str, level: int) -> dict[str, float]:
     """What vLLM's scheduler did at one level, over every repeat: requests running and waiting
-    (mean and peak of the /metrics samples), preemptions (summed), KV usage peak, and goodput."""
+    (mean and peak of the /metrics samples), preemptions (summed), KV usage peak, the share of
+    prompt tokens found in the prefix cache, and goodput."""
     runs = results["models"][label].get("metrics", {}).get(str(level), [])
     if not runs:
         return {}
@@ -40,6 +41,9 @@ def scheduler(results: dict[str, Any], label: str, level: int) -> dict[str, floa
            "waiting_mean": mean("waiting_mean"), "waiting_peak": peak("waiting_peak"),
            "preemptions": sum(r.get("preemptions", 0.0) for r in runs),
            "kv_usage_peak": peak("kv_cache_usage_peak")}
+    queries = sum(r.get("prefix_cache_queries", 0.0) for r in runs)  # tokens looked up
+    out["prefix_hits"] = sum(r.get("prefix_cache_hits", 0.0) for r in runs) / queries \
+        if queries else math.nan
     out["request_goodput"] = results["levels"].get(str(level), {}).get(label, {}).get(
         "request_goodput", math.nan)
     return out
@@ -50,6 +54,10 @@ def _busy(series: list[list[float]]) -> list[list[float]]:
     generator's start-up and the drained tail are not the server's steady state."""
     busy = [k for k, point in enumerate(series) if point[1] > 0 or point[2] > 0]
     return series[busy[0]:busy[-1] + 1] if busy else []
+
+
+def _percent(share: float) -> str:
+    return "-" if math.isnan(share) else f"{100 * share:.0f}%"
 
 
 def scheduler_markdown(results: dict[str, Any]) -> list[str]:
@@ -64,9 +72,9 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
         + "):",
         "",
         f"| {level_name(results)} | model | running mean | peak | waiting mean | peak "
-        "| preemptions | KV usage peak |"
+        "| preemptions | KV usage peak | prefix cache hits |"
         + (" goodput req/s |" if slo else ""),
-        "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else ""),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if slo else ""),
     ]
     for level in sorted((level_value(k) for k in results["levels"]), key=float):
         for label in ("dense", "pruned"):
@@ -76,22 +84,10 @@ def scheduler_markdown(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {level} | {label} | {s['running_mean']:.1f} | {s['running_peak']:.0f} | "
                 f"{s['waiting_mean']:.1f} | {s['waiting_peak']:.0f} | {s['preemptions']:.0f} | "
-                f"{100 * s['kv_usage_peak']:.0f}% |"
+                f"{100 * s['kv_usage_peak']:.0f}% | {_percent(s['prefix_hits'])} |"
                 + (f" {s['request_goodput']:.3f} |" if slo else "")
             )
     return lines if len(lines) > 5 else []
-
-
-def workload_text(cfg: dict[str, Any]) -> str:
-    """The requests in words, from a results file's config (older files: random ids)."""
-    spec = Workload.from_fields(cfg)
-    what = f"text from {spec.source}" if spec.source else "random token ids"
-    if spec.kind == "prefix":
-        what = (f"{spec.prefix_groups} shared prefix(es) of {spec.prefix_len} tokens ({what}), "
-                "then each prompt's own")
-    if spec.kind == "chat":
-        what = f"chat sessions of {spec.turns} turns, each with the history so far ({what})"
-    return f"{what}, input {spec.input_len} / output {spec.output_len} tokens"
 
 
 def _first(rate: float | list[float]) -> float:
@@ -119,7 +115,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         (
             f"Pruned `{cfg['pruned']}` vs dense `{cfg['dense']}`; {mode}; {cfg['requests']}"
-            f" requests per level x {cfg['repeats']} repeat(s); {workload_text(cfg)}."
+            f" requests per level x {cfg['repeats']} repeat(s); {describe(cfg)}."
         ),
         "",
         f"Configuration: {configuration(results)}.",
@@ -140,6 +136,10 @@ def markdown(results: dict[str, Any]) -> str:
             f" {r['pruned_median_ttft_ms']:.1f} | {spread_text(r, 'median_ttft_ms')} |"
             f" {r['ratio_p99_tpot_ms']:.3f} | {r['failed']} |"
         )
+    if cfg["repeats"] > 1:
+        lines += ["", "Ratios are pruned / dense over the pooled requests of every repeat; in "
+                  "brackets the lowest and highest of one repeat's own ratio (a median of the "
+                  "pooled requests need not lie between the repeats' medians)."]
     lines += ["", "| KV cache | dense | pruned | ratio |", "|---|---:|---:|---:|"]
     if kv_d and kv_p:
         tokens_d = kv_d.get("kv_cache_tokens", math.nan)
@@ -269,7 +269,7 @@ def soak_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Soak: `{cfg['pruned']}` ({results['status']})", "",
              f"{results['users']} concurrent users (closed loop) for {cfg['duration']:.0f} s"
              + (f" after {cfg['soak_warmup']:.0f} s of the same load as warm-up"
-                if cfg.get("soak_warmup") else "") + f"; {workload_text(cfg)}.", "",
+                if cfg.get("soak_warmup") else "") + f"; {describe(cfg)}.", "",
              f"Configuration: {configuration(results)}.", "",
              "| requests ok | failed | output tok/s | p50 TPOT ms | p99 TPOT ms | p99 TTFT ms |",
              "|---:|---:|---:|---:|---:|---:|",

@@ -191,3 +191,15 @@ def vllm_dataset(requests: Sequence[dict[str, Any]], decode: Callable[[list[int]
             f.write(json.dumps({"prompt": decode(r["prompt"]),
                                 "output_tokens": r["max_tokens"]}) + "\n")
     return path
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    """The requests in words, from a results file's config (older files: random ids)."""
+    spec = Workload.from_fields(cfg)
+    what = f"text from {spec.source}" if spec.source else "random token ids"
+    if spec.kind == "prefix":
+        what = (f"{spec.prefix_groups} shared prefix(es) of {spec.prefix_len} tokens ({what}), "
+                "then each prompt's own")
+    if spec.kind == "chat":
+        what = f"chat sessions of {spec.turns} turns, each with the history so far ({what})"
+    return f"{what}, input {spec.input_len} / output {spec.output_len} tokens"

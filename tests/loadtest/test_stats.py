@@ -80,6 +80,12 @@ def test_metrics_parser():
             'vllm:num_preemptions_total{engine="0",model_name="m"} 7.0\n')
     assert MetricsScraper.parse(text) == {"kv_cache_usage_perc": 0.25, "num_requests_running": 3.0,
                                           "num_requests_waiting": 1.0, "num_preemptions": 7.0}
+    scraper = MetricsScraper("http://127.0.0.1:1")
+    scraper.samples = [{"t": 0.0, **MetricsScraper.parse(
+        f'vllm:prefix_cache_queries_total{{engine="0"}} {q}\n'
+        f'vllm:prefix_cache_hits_total{{engine="0"}} {h}\n')} for q, h in ((100, 0), (900, 600))]
+    summary = scraper.summary()  # growth over the level: 600 of 800 prompt tokens were cached
+    assert (summary["prefix_cache_queries"], summary["prefix_cache_hits"]) == (800.0, 600.0)
     from grasp_deploy.server.launcher import parse_cache_info
 
     info = parse_cache_info('vllm:cache_config_info{block_size="128",num_gpu_blocks="40",'
