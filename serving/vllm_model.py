@@ -19,15 +19,9 @@ from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3Model
 from vllm.model_executor.models.utils import extract_layer_index
 
-from grasp_deploy.checkpoint.format import (
-    BIAS_FIELDS,
-    GROUP_SIZE_FIELD,
-    kv_heads_per_layer,
-    layer_config,
-)
+from grasp_deploy.checkpoint.format import BIAS_FIELDS, layer_config
 from grasp_deploy.checkpoint.hf.modeling_grasp import with_names
-
-from .tp import check_tp
+from grasp_deploy.checkpoint.parallel import parallel_problem
 
 
 class GraspLlamaDecoderLayer(LlamaDecoderLayer):
@@ -59,9 +53,12 @@ def _with_bias(layer: RowParallelLinear, quant_config: Any) -> RowParallelLinear
 
 
 def _check_tp(vllm_config: VllmConfig) -> None:
-    config = vllm_config.model_config.hf_config
-    check_tp(kv_heads_per_layer(config), int(getattr(config, GROUP_SIZE_FIELD, 1) or 1),
-             vllm_config.parallel_config.tensor_parallel_size)
+    """The same check ``serve`` makes before start-up, for servers started some other way."""
+    parallel = vllm_config.parallel_config
+    problem = parallel_problem(vllm_config.model_config.hf_config,
+                               parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
+    if problem:
+        raise ValueError(problem)
 
 
 class GraspLlamaForCausalLM(LlamaForCausalLM):

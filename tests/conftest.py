@@ -227,7 +227,7 @@ FFN_KEEP = (192, 150, 64, 97)
 KV_KEEP = ((0, 1), (1,), (0,), (0, 1))
 
 
-def serving_plan(model):
+def serving_plan(model, ffn_keep=FFN_KEEP):
     """A hand-made plan over SERVING_SHAPE with uneven widths and non-trivial scales."""
     import numpy as np
 
@@ -239,7 +239,7 @@ def serving_plan(model):
     shape = ModelShape.from_config(model.config)
     rng = np.random.default_rng(0)
     layers = []
-    for i, (n_ffn, kv) in enumerate(zip(FFN_KEEP, KV_KEEP, strict=True)):
+    for i, (n_ffn, kv) in enumerate(zip(ffn_keep, KV_KEEP, strict=True)):
         ffn = tuple(sorted(rng.choice(192, n_ffn, replace=False).tolist()))
         # Compensation biases (as FLAP adds) on some layers, so serving covers them too.
         o_bias = tuple(float(x) for x in 0.1 * rng.standard_normal(128)) if i in (1, 2) else None

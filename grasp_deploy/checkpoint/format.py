@@ -98,10 +98,6 @@ def layer_config(config: Any, index: int) -> Any:
     return layer
 
 
-def kv_heads_per_layer(config: Any) -> list[int]:
-    return [layer_config(config, i).num_key_value_heads for i in range(config.num_hidden_layers)]
-
-
 def weight_file_name(index: int, count: int) -> str:
     """Name of shard ``index`` (1-based) of ``count``, as transformers writes them."""
     return f"model-{index:05d}-of-{count:05d}.safetensors"

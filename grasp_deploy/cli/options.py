@@ -36,6 +36,20 @@ device_options = stack(
                       "bfloat16, float16 or float32."),
 )
 
+# vLLM's parallel sizes, given to the launcher (which binds each CPU rank its own cores): serve
+# and bench.
+PARALLEL_OPTIONS = (
+    click.option("--tensor-parallel-size", "-tp", "tensor_parallel", default=1,
+                 show_default=True, type=int,
+                 help="vLLM tensor parallelism: workers that each hold 1/N of every layer's heads "
+                      "and FFN channels. Every layer must split (checked before start-up; prune "
+                      "with --tp N to make it so); on CPU each worker gets its own cores."),
+    click.option("--pipeline-parallel-size", "-pp", "pipeline_parallel", default=1,
+                 show_default=True, type=int,
+                 help="vLLM pipeline parallelism: workers that each hold a run of whole layers."),
+)
+
+
 def _align(_ctx, _param, value: str) -> int | str:
     return parse_align(value)
 
@@ -105,7 +119,8 @@ prune_options = stack(
         default=1,
         show_default=True,
         type=int,
-        help="Keep every layer's KV-head count a multiple of this tensor-parallel degree.",
+        help="Tensor-parallel degree to serve at: every layer's KV-head count and FFN width "
+             "stay multiples of it, so that 'serve --tensor-parallel-size N' can split them.",
     ),
     device_options,
     click.option("--seed", default=0, show_default=True, type=int),
@@ -218,13 +233,8 @@ bench_options = stack(
                  help="--workload prefix: how many different prefixes (request i uses i mod N)."),
     click.option("--turns", default=1, show_default=True, type=int,
                  help="--workload chat: user turns per session (each turn is one request)."),
-    click.option(
-        "--repeats",
-        default=1,
-        show_default=True,
-        type=int,
-        help="Alternate dense/pruned this many times (ABAB).",
-    ),
+    click.option("--repeats", default=1, show_default=True, type=int,
+                 help="Alternate dense/pruned this many times (ABAB)."),
     click.option(
         "--request-rate",
         default=None,
@@ -234,20 +244,11 @@ bench_options = stack(
              "Several rates sweep: one level per rate over the largest --concurrency as the "
              "pool, a latency-throughput curve for both models (pareto.png).",
     ),
-    click.option(
-        "--warmup",
-        default=4,
-        show_default=True,
-        type=int,
-        help="Discarded requests after each server start.",
-    ),
-    click.option(
-        "--kv-cache-gb",
-        default=1.0,
-        show_default=True,
-        type=float,
-        help="KV-cache memory given to both servers.",
-    ),
+    click.option("--warmup", default=4, show_default=True, type=int,
+                 help="Discarded requests after each server start."),
+    click.option("--kv-cache-gb", default=1.0, show_default=True, type=float,
+                 help="KV-cache memory given to both servers."),
+    *PARALLEL_OPTIONS,
     click.option(
         "--max-model-len", default=None, type=int, help="vLLM --max-model-len for the servers."
     ),
@@ -276,8 +277,8 @@ bench_options = stack(
 
 BENCH_OPTIONS = ("concurrency", "requests", "input_len", "output_len", "workload", "prompts",
                  "prefix_len", "prefix_groups", "turns", "repeats", "request_rate", "warmup",
-                 "kv_cache_gb", "max_model_len", "vllm_dtype", "enforce_eager", "profile",
-                 "slo")
+                 "kv_cache_gb", "tensor_parallel", "pipeline_parallel", "max_model_len",
+                 "vllm_dtype", "enforce_eager", "profile", "slo")
 
 
 def bench_config(pruned: str, dense: str, out: Path, *, vllm_dtype, slo,

@@ -14,11 +14,13 @@ from . import show
 from .group import main, quiet_transformers
 from .options import (
     BENCH_OPTIONS,
+    PARALLEL_OPTIONS,
     bench_config,
     bench_options,
     no_verify_option,
     prune_config,
     prune_options,
+    stack,
 )
 from .parts import PartsCommand
 
@@ -56,10 +58,12 @@ def _say(message: str) -> None:
     "--enforce-eager", is_flag=True, help="Skip torch.compile / CUDA graphs (faster start)."
 )
 @click.option("--startup-timeout", default=900.0, show_default=True, type=float, help="Seconds.")
+@stack(*PARALLEL_OPTIONS)
 @no_verify_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_model_name,
-          enforce_eager, startup_timeout, no_verify, vllm_args):
+          enforce_eager, startup_timeout, tensor_parallel, pipeline_parallel, no_verify,
+          vllm_args):
     """Serve a pruned checkpoint or a dense model with vLLM's OpenAI-compatible server.
 
     Other vLLM flags go after '--', e.g.  grasp-deploy serve CKPT -- --max-num-seqs 32.
@@ -70,8 +74,9 @@ def serve(model, host, port, api_key, max_model_len, kv_cache_gb, dtype, served_
     config = resolve(ServerConfig(
         model=model or DEFAULT_MODEL, served_name=served_model_name, host=host, port=port,
         api_key=api_key, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, dtype=dtype,
-        enforce_eager=enforce_eager, startup_timeout=startup_timeout, extra_args=tuple(vllm_args)),
-        verify=not no_verify)
+        enforce_eager=enforce_eager, startup_timeout=startup_timeout,
+        tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+        extra_args=tuple(vllm_args)), verify=not no_verify)
     sys.exit(run_serve(config, lambda server: show.banner(server, kv_summary(server)), say=_say))
 
 

@@ -127,6 +127,8 @@ def banner(server, kv: str, once: bool = False) -> None:
         f"  api key   {config.masked_key} (required; set GRASP_API_KEY to it for the lines below)"
         if config.api_key else "  api key   none (anyone who can reach the port may call it)",
         f"  log       {server.log_path}",
+        *([f"  workers   {config.tensor_parallel} tensor x {config.pipeline_parallel} pipeline "
+             "parallel"] if config.ranks > 1 else []),
         *([f"  cpu       {config.cpu_settings()} ({CPU_SWITCH}=0: vLLM's own)"]
           if config.cpu_settings() else []),
         f"  curl {server.url}/v1/completions -H 'Content-Type: application/json'{auth} "

@@ -6,13 +6,14 @@ the same head_dim).
 
 All units of all layers live in one flat vector, laid out segment by segment
 (layer 0 FFN channels, layer 0 KV groups, layer 1 FFN channels, ...). A segment may demand
-that its kept count be a multiple of ``align`` (``--align`` for FFN widths, ``--tp`` for KV
-groups): its units are then ranked inside the segment and chunked into blocks of ``align``,
-and blocks are what the global ranking chooses among.
+that its kept count be a multiple of ``align`` (FFN widths: ``--align``, made a multiple of
+``--tp`` too; KV groups: ``--tp``): its units are then ranked inside the segment and chunked
+into blocks of ``align``, and blocks are what the global ranking chooses among.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,8 +52,9 @@ class UnitLayout:
         if align < 1 or tp < 1:
             raise GraspError(f"--align ({align}) and --tp ({tp}) must be positive integers")
         segments, start = [], 0
+        ffn_multiple = math.lcm(align, tp)  # vLLM gives each tensor-parallel rank 1/tp of it
         for i, layer in enumerate(shape.layers):
-            for kind, size, multiple in ((FFN, layer.intermediate_size, align),
+            for kind, size, multiple in ((FFN, layer.intermediate_size, ffn_multiple),
                                          (KV, layer.num_key_value_heads, tp)):
                 if size < multiple:
                     flag = "--align" if kind == FFN else "--tp"

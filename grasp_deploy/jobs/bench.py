@@ -16,7 +16,7 @@ from ..loadtest.config import BenchConfig
 from ..loadtest.report import RESULTS_FILE
 from ..loadtest.soak import run_soak
 from ..sources.text import parse_source
-from .serve import servable
+from .serve import check_parallel, servable
 
 BENCH_DIR = DirKind("bench", RESULTS_FILE)
 
@@ -24,8 +24,10 @@ BENCH_DIR = DirKind("bench", RESULTS_FILE)
 def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
     """``config`` with both models at the locations vLLM opens and the dense vocabulary size
     (prompts draw token ids from it); a model that cannot be served fails here."""
-    pruned, _, _ = servable(config.pruned, verify)
+    pruned, _, pruned_config = servable(config.pruned, verify)
     dense, _, dense_config = servable(config.dense, verify)
+    for model, hf_config in ((config.pruned, pruned_config), (config.dense, dense_config)):
+        check_parallel(model, hf_config, config.tensor_parallel, config.pipeline_parallel)
     if config.prompts:
         check_prompts(config.prompts)
     return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size),

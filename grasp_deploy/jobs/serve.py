@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.parallel import parallel_problem
+from ..core.errors import GraspError
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
 from ..server.net import check_bindable, is_loopback
 from ..sources import models
@@ -32,11 +34,20 @@ def servable(model: str | None, verify: bool = True) -> tuple[str, str, Any]:
     return location, name, config
 
 
+def check_parallel(model: str, hf_config: Any, tp: int, pp: int) -> None:
+    """A model whose layers the parallel ranks cannot split fails here, before any server."""
+    problem = parallel_problem(hf_config, tp, pp)
+    if problem:
+        raise GraspError(f"{model}: {problem}")
+
+
 def resolve(config: ServerConfig, verify: bool = True) -> ServerConfig:
     """``config`` for the location vLLM opens (the default model fetched once), with the
     served name defaulting to the directory's; checked before start-up."""
     check_bindable(config.host, config.port)  # a bad host or a taken port: say so first
-    location, name, _ = servable(config.model, verify)
+    location, name, hf_config = servable(config.model, verify)
+    check_parallel(config.model, hf_config, config.tensor_parallel, config.pipeline_parallel)
+    config.environment()  # enough CPUs for the ranks (server/cpu.py)
     if not is_loopback(config.host) and not config.api_key:
         log.warning("serving on %s with no --api-key: anyone who can reach this machine can use "
                     "the model; pass --api-key (or bind 127.0.0.1)", config.host)

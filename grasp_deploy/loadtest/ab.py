@@ -155,8 +155,9 @@ def server_config(config: BenchConfig, label: str, log_name: str) -> ServerConfi
                         log_file=Path(config.out) / "logs" / f"{log_name}.log",
                         kv_cache_gb=config.kv_cache_gb, max_model_len=config.max_model_len,
                         dtype=config.dtype, enforce_eager=config.enforce_eager,
-                        extra_args=config.extra_args, env=dict(config.server_env),
-                        startup_timeout=config.startup_timeout)
+                        tensor_parallel=config.tensor_parallel,
+                        pipeline_parallel=config.pipeline_parallel, extra_args=config.extra_args,
+                        env=dict(config.server_env), startup_timeout=config.startup_timeout)
 
 
 def _profile(config: BenchConfig, prompts_file: Path, say: Callable[[str], None],

@@ -31,6 +31,8 @@ class BenchConfig:
     max_model_len: int | None = None
     dtype: str = "auto"
     enforce_eager: bool = False
+    tensor_parallel: int = 1  # both servers: vLLM --tensor-parallel-size
+    pipeline_parallel: int = 1
     extra_args: tuple[str, ...] = ()
     server_env: dict[str, str] = field(default_factory=dict)  # added to both servers' env
     slo_ttft_ms: float | None = None
@@ -63,6 +65,8 @@ class BenchConfig:
                              f"fit --max-model-len {self.max_model_len}; shorten --input-len or "
                              "--output-len")
         check_number("--warmup", self.warmup, low=0, integer=True)
+        check_number("--tensor-parallel-size", self.tensor_parallel, low=1, integer=True)
+        check_number("--pipeline-parallel-size", self.pipeline_parallel, low=1, integer=True)
         check_number("--kv-cache-gb", self.kv_cache_gb, low=0, low_open=True)
         for flag, value in (
             ("--slo ttft", self.slo_ttft_ms),

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
+from ..core.errors import GraspError
+
 SWITCH = "GRASP_CPU_TUNING"  # "0": vLLM's own CPU settings
 KEYS = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD")
 TCMALLOC = "libtcmalloc_minimal.so.4"
@@ -54,21 +56,31 @@ def preload() -> str | None:
     return ":".join(libraries) if len(libraries) == 2 else None
 
 
-def all_cores(cpus: int | None = None) -> dict[str, str]:
-    """The worker's threads on every CPU this process may use, no core held back."""
+def all_cores(cpus: int | None = None, ranks: int = 1) -> dict[str, str]:
+    """The workers' threads on every CPU this process may use, no core held back: with several
+    ranks (tensor x pipeline parallel), each rank its own equal run of CPUs, as vLLM's
+    ``VLLM_CPU_OMP_THREADS_BIND`` spells it ("0,1|2,3")."""
     allowed = sorted(os.sched_getaffinity(0)) if cpus is None else list(range(cpus))
+    if ranks > len(allowed):
+        raise GraspError(f"{ranks} parallel ranks need a CPU each and this process may use "
+                         f"{len(allowed)}; use a smaller --tensor-parallel-size or "
+                         "--pipeline-parallel-size")
+    share = len(allowed) // ranks  # CPUs beyond ranks x share stay free for the engine
+    runs = [allowed[r * share:(r + 1) * share] for r in range(ranks)]
     return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, allowed))}
+            "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, run)) for run in runs)}
 
 
-def defaults(env: Mapping[str, str]) -> dict[str, str]:
-    """The settings to add to a server's environment ``env``: none off a CPU build of vLLM or
-    with ``GRASP_CPU_TUNING=0``, and none the environment already sets."""
+def defaults(env: Mapping[str, str], ranks: int = 1) -> dict[str, str]:
+    """The settings to add to a server's environment ``env`` for ``ranks`` worker processes:
+    none off a CPU build of vLLM or with ``GRASP_CPU_TUNING=0``, and none the environment
+    already sets."""
     if env.get(SWITCH, "1") == "0" or not cpu_backend():
         return {}
     chosen: dict[str, str] = {}
-    if ALL_CORES:
-        chosen.update(all_cores())
+    if ALL_CORES:  # a binding the user gives is theirs to fit to the ranks
+        chosen.update(all_cores(ranks=ranks) if "VLLM_CPU_OMP_THREADS_BIND" not in env
+                      else {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     if PRELOAD and (libraries := preload()):
         chosen["LD_PRELOAD"] = libraries
     return {k: v for k, v in chosen.items() if k not in env}

@@ -40,6 +40,9 @@ GIB = 2**30
 # would recompile; without AOT compilation vLLM's torch.compile cache loads from the second
 # start of a model on (docs/serving.md). The user's own setting of the variable wins.
 SERVER_ENV_DEFAULTS = {"VLLM_USE_AOT_COMPILE": "0"}
+# vLLM's spellings of the parallel sizes, which the launcher must know (server/cpu.py binds
+# threads per rank): refused among the pass-through arguments.
+PARALLEL_FLAGS = {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"}
 
 
 class ServerError(GraspError):
@@ -57,6 +60,8 @@ class ServerConfig:
     kv_cache_gb: float | None = None  # KV-cache memory, CPU or GPU (--kv-cache-memory-bytes)
     dtype: str = "auto"
     enforce_eager: bool = False
+    tensor_parallel: int = 1  # vLLM --tensor-parallel-size
+    pipeline_parallel: int = 1  # vLLM --pipeline-parallel-size
     extra_args: tuple[str, ...] = ()
     startup_timeout: float = 900.0
     log_file: Path | None = None
@@ -70,6 +75,18 @@ class ServerConfig:
         if self.max_model_len is not None:
             check_number("--max-model-len", self.max_model_len, low=1, integer=True)
         check_number("--startup-timeout", self.startup_timeout, low=0, low_open=True)
+        check_number("--tensor-parallel-size", self.tensor_parallel, low=1, integer=True)
+        check_number("--pipeline-parallel-size", self.pipeline_parallel, low=1, integer=True)
+        given = sorted({arg.split("=", 1)[0] for arg in self.extra_args} & PARALLEL_FLAGS)
+        if given:
+            raise ServerError(f"{given[0]} after '--' would leave the CPU threads bound for one "
+                              "worker; give --tensor-parallel-size / --pipeline-parallel-size "
+                              "as grasp-deploy's own options")
+
+    @property
+    def ranks(self) -> int:
+        """vLLM worker processes: one per tensor- and pipeline-parallel rank."""
+        return self.tensor_parallel * self.pipeline_parallel
 
     @property
     def masked_key(self) -> str | None:
@@ -82,7 +99,7 @@ class ServerConfig:
         """The server's environment: the API key travels here, never on the command line
         (where every local user can read it in ps)."""
         env = {**SERVER_ENV_DEFAULTS, **os.environ, **self.env}
-        env.update(cpu.defaults(env))  # what served fastest on CPU (server/cpu.py)
+        env.update(cpu.defaults(env, self.ranks))  # what served fastest on CPU (server/cpu.py)
         env.pop("VLLM_API_KEY", None)
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
@@ -106,6 +123,10 @@ class ServerConfig:
             cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gb * GIB))]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if self.tensor_parallel > 1:
+            cmd += ["--tensor-parallel-size", str(self.tensor_parallel)]
+        if self.pipeline_parallel > 1:
+            cmd += ["--pipeline-parallel-size", str(self.pipeline_parallel)]
         return cmd + list(self.extra_args)
 
 

@@ -4,6 +4,7 @@ remote code (shipped in every checkpoint) must agree."""
 import pytest
 
 from grasp_deploy.checkpoint import format as fmt
+from grasp_deploy.checkpoint.parallel import layer_sizes
 
 CASES = [
     # (dense fields, per-layer patches)
@@ -53,8 +54,9 @@ def test_remote_code_layer_config_agrees_with_the_format(fields, patches, family
         want = patches[str(i)] if patches else fields
         assert ours.intermediate_size == want["intermediate_size"]
         assert ours.num_attention_heads == want["num_key_value_heads"] * group
-    assert fmt.kv_heads_per_layer(config) == [config.layer_config(i).num_key_value_heads
-                                             for i in range(config.num_hidden_layers)]
+    assert layer_sizes(config) == [
+        (theirs.num_attention_heads, theirs.num_key_value_heads, theirs.intermediate_size)
+        for theirs in map(config.layer_config, range(config.num_hidden_layers))]
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])

@@ -114,3 +114,14 @@ def test_fill_keeps_each_layer_a_prefix_of_its_ranking():
         kept = mask[seg.start:seg.stop][ranked]
         n = int(kept.sum())
         assert kept[:n].all() and not kept[n:].any()
+
+
+@pytest.mark.parametrize("align,tp,multiple", [(1, 2, 2), (8, 2, 8), (3, 2, 6), (1, 1, 1)])
+def test_ffn_widths_split_over_the_tensor_parallel_ranks(align, tp, multiple):
+    """vLLM gives each rank 1/tp of every FFN: --tp makes the widths multiples of it too."""
+    layout = layout_for(ffn=96, kv=4, heads=8, align=align, tp=tp)
+    assert {seg.align for seg in layout.segments if seg.kind == FFN} == {multiple}
+    budget = int(0.5 * layout.total_cost())
+    mask = project(np.random.default_rng(tp).random(layout.num_units), layout, budget)
+    assert all(n % multiple == 0 for (_, kind), n in kept_counts(layout, mask).items()
+               if kind == FFN)

@@ -44,12 +44,13 @@ def test_every_prune_number_is_checked(flag, value, tiny_dir, tmp_path):
 
 SERVE_NUMBERS = [("--kv-cache-gb", v) for v in ("nan", "inf", "-1")] + [
     ("--startup-timeout", "nan"), ("--startup-timeout", "-3"), ("--port", "70000"),
-    ("--max-model-len", "-1")]
+    ("--max-model-len", "-1"), ("--tensor-parallel-size", "0"), ("--pipeline-parallel-size", "-2")]
 BENCH_NUMBERS = [("--kv-cache-gb", "nan"), ("--request-rate", "nan"), ("--request-rate", "inf"),
                  ("--request-rate", "-1"), ("--requests", "-4"), ("--warmup", "-1"),
                  ("--output-len", "1"), ("--repeats", "0"), ("--slo", "ttft:nan"),
                  ("--slo", "tpot:-5"), ("--duration", "nan"), ("--duration", "-10"),
-                 ("--concurrency", "0,4")]
+                 ("--concurrency", "0,4"), ("--tensor-parallel-size", "0"),
+                 ("--pipeline-parallel-size", "0")]
 
 
 @pytest.mark.parametrize("flag,value", SERVE_NUMBERS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from grasp_deploy.core.errors import GraspError
 from grasp_deploy.server import cpu
 from grasp_deploy.server.launcher import ServerConfig
 
@@ -25,6 +26,15 @@ def tuned(monkeypatch):
 def test_every_cpu_is_bound_and_none_reserved():
     assert cpu.all_cores(4) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
                                 "VLLM_CPU_OMP_THREADS_BIND": "0,1,2,3"}
+
+
+def test_each_parallel_rank_gets_its_own_cpus():
+    assert cpu.all_cores(2, ranks=2)["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert cpu.all_cores(4, ranks=2)["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+    assert cpu.all_cores(5, ranks=2)["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"  # 4 left free
+    with pytest.raises(GraspError, match="2 parallel ranks need a CPU each and this process "
+                                         "may use 1; use a smaller --tensor-parallel-size"):
+        cpu.all_cores(1, ranks=2)
 
 
 def test_the_defaults_fill_what_the_environment_leaves_unset(tuned):
@@ -64,3 +74,26 @@ def test_the_libraries_found_exist():
     """Each is a file, or a bare name the dynamic loader resolves (on its search path)."""
     for library in cpu.preload_libraries():
         assert Path(library).is_file() or "/" not in library, library
+
+
+def test_parallel_ranks_reach_the_command_and_the_binding(tuned, monkeypatch):
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    config = ServerConfig(model="m", tensor_parallel=2, pipeline_parallel=1)
+    assert config.ranks == 2
+    command = config.command()
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    assert "--pipeline-parallel-size" not in command
+    assert config.environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+    assert ServerConfig(model="m", pipeline_parallel=4).environment()[
+        "VLLM_CPU_OMP_THREADS_BIND"] == "0|1|2|3"
+    with pytest.raises(GraspError, match="8 parallel ranks need a CPU each"):
+        ServerConfig(model="m", tensor_parallel=4, pipeline_parallel=2).environment()
+
+
+@pytest.mark.parametrize("extra", [("-tp", "2"), ("--tensor-parallel-size=2",),
+                                   ("--pipeline-parallel-size", "2")])
+def test_parallel_sizes_after_the_dashes_are_refused(extra):
+    with pytest.raises(GraspError, match="would leave the CPU threads bound for one worker"):
+        ServerConfig(model="m", extra_args=extra)
+    with pytest.raises(GraspError, match="--tensor-parallel-size 0 must be an integer >= 1"):
+        ServerConfig(model="m", tensor_parallel=0)
