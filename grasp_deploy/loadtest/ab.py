@@ -89,7 +89,10 @@ def run_ab(config: BenchConfig, say: Callable[[str], None] = print) -> dict[str,
     """Run the A/B benchmark; returns the results dict (also written to ``config.out``)."""
     from .report import write_report
 
-    requests = make_requests(config, config.warmup + config.requests)  # bad text fails here
+    # The warm-up's requests, then each level's own (identical for both models): a level never
+    # repeats an earlier level's prompts, which vLLM's prefix cache would hold for the model
+    # with the room for them.
+    requests = make_requests(config, config.warmup + config.requests * len(config.levels()))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "requests.jsonl"
@@ -204,8 +207,9 @@ def _bench_one(config: BenchConfig, label: str, rep: int, results: dict, raw: Pa
                        config.level_timeout)
         all_prompts = json.loads(prompts_file.read_text())
         run_prompts = raw.with_name("prompts-run.json")
-        run_prompts.write_text(json.dumps(all_prompts[config.warmup:]))
-        for level, users, rate in config.levels():
+        for k, (level, users, rate) in enumerate(config.levels()):
+            first = config.warmup + k * config.requests
+            run_prompts.write_text(json.dumps(all_prompts[first:first + config.requests]))
             if not server.alive():
                 results["events"].append(
                     f"{label} server died before level {level} (repeat {rep}); "
