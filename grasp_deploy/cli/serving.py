@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..core.errors import GraspError
 from ..server.launcher import ServerConfig
 from ..sources.known import DEFAULT_MODEL
 from . import show
@@ -155,12 +156,14 @@ def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout,
 
     bench_opts = {key: options.pop(key) for key in BENCH_OPTIONS}
     bench = bench_config("", model or DEFAULT_MODEL, Path(""), **bench_opts)
-    prune_opts = options
+    prune_opts = _plan_for_ranks(options, bench.tensor_parallel)
     config = PipelineConfig(
         prune=prune_config(model, Path("unused"), True, quiet, **prune_opts),
         server=ServerConfig(model="", host=host, port=port, api_key=api_key,
                             max_model_len=bench.max_model_len, kv_cache_gb=bench.kv_cache_gb,
                             dtype=bench.dtype, enforce_eager=bench.enforce_eager,
+                            tensor_parallel=bench.tensor_parallel,
+                            pipeline_parallel=bench.pipeline_parallel,
                             startup_timeout=startup_timeout),
         work=work, bench=bench if do_bench else None, once=once)
     if quiet:
@@ -172,3 +175,16 @@ def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout,
         on_ready=lambda server: show.banner(server, kv_summary(server), once=once),
         on_sample=lambda prompt, text: click.echo(f"  sample: {prompt!r} -> {text!r}"))
     sys.exit(run_prune_and_serve(config, hooks))
+
+
+def _plan_for_ranks(prune_opts: dict, tensor_parallel: int) -> dict:
+    """prune-and-serve at --tensor-parallel-size N prunes a plan the N ranks can split
+    (--tp N) unless --tp says otherwise; a --tp the ranks cannot use is refused up front."""
+    if tensor_parallel == 1 or prune_opts["tp"] % tensor_parallel == 0:
+        return prune_opts
+    if prune_opts["tp"] != 1:
+        raise GraspError(f"--tp {prune_opts['tp']} makes a plan that --tensor-parallel-size "
+                         f"{tensor_parallel} cannot split; give --tp {tensor_parallel}")
+    _say(f"note: pruning with --tp {tensor_parallel} so that every layer splits over the "
+         f"{tensor_parallel} tensor-parallel ranks")
+    return {**prune_opts, "tp": tensor_parallel}

@@ -51,7 +51,8 @@ def run_locust(
         raise GraspError(f"load tests target loopback only, not {url}")
     env = {**os.environ, "GRASP_BENCH_PROMPTS": str(prompts_file), "GRASP_BENCH_MODEL": model,
            "GRASP_BENCH_OUTPUT": str(output_len or 0), "GRASP_BENCH_REQUESTS": str(requests),
-           "GRASP_BENCH_RECORDS": str(records), "GRASP_BENCH_RATE": str(rate or 0)}
+           "GRASP_BENCH_RECORDS": str(records), "GRASP_BENCH_RATE": str(rate or 0),
+           "GRASP_BENCH_USERS": str(users)}
     if api_key:
         env["GRASP_BENCH_API_KEY"] = api_key
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",

@@ -14,6 +14,8 @@ Configured by environment variables (the A/B runner sets them):
   GRASP_BENCH_RECORDS    JSONL file: one timed record per request
   GRASP_BENCH_API_KEY    optional bearer token
   GRASP_BENCH_RATE       optional: open loop, mean requests/s over all users (Poisson arrivals)
+  GRASP_BENCH_USERS      the user pool (locust's -u): each user's arrivals are Poisson at
+                         RATE / USERS, its first one included
   GRASP_BENCH_TIMEOUT    per-request timeout in seconds (default 600)
 """
 
@@ -48,6 +50,7 @@ class _Run:
     records = open(_cfg("RECORDS"), "a", buffering=1)
     api_key = os.environ.get("GRASP_BENCH_API_KEY")
     rate = float(os.environ.get("GRASP_BENCH_RATE", "0") or 0)
+    users = max(1, int(os.environ.get("GRASP_BENCH_USERS", "1") or 1))
     timeout = float(_cfg("TIMEOUT", "600"))
     chat = bool(prompts) and isinstance(prompts[0], dict) and "turns" in prompts[0]
 
@@ -55,8 +58,7 @@ class _Run:
 def _wait(user: OpenAIStreamUser) -> float:
     if _Run.rate <= 0:
         return 0.0  # closed loop: each user sends its next request at once
-    users = max(1, user.environment.runner.user_count if user.environment.runner else 1)
-    return user.rng.expovariate(_Run.rate / users)  # sum of users' arrivals ~ Poisson(rate)
+    return user.rng.expovariate(_Run.rate / _Run.users)  # all users' arrivals ~ Poisson(rate)
 
 
 class OpenAIStreamUser(FastHttpUser):
@@ -66,6 +68,8 @@ class OpenAIStreamUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = random.Random(hash(id(self)))
+        if _Run.rate > 0:  # open loop: the first request is an arrival like the others, not
+            gevent.sleep(_wait(self))  # a burst of every user at once
 
     @task
     def complete(self) -> None:

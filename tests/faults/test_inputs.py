@@ -149,3 +149,16 @@ def test_a_corrupt_parquet_file_is_one_line(tiny_dir, tmp_path):
     code, lines, proc = run("prune", tiny_dir, "-r", "0.3", "--calib", f"file:{bad}", "-l", 32,
                             "--out", tmp_path / "p")
     assert code == 2 and len(lines) == 1 and "not a readable parquet file" in lines[0], proc.stderr
+
+
+def test_prune_and_serve_prunes_a_plan_the_ranks_can_split(tiny_dir, tmp_path, capsys):
+    from grasp_deploy.cli.serving import _plan_for_ranks
+
+    assert _plan_for_ranks({"tp": 1}, 2) == {"tp": 2}  # --tp follows --tensor-parallel-size
+    assert "pruning with --tp 2" in capsys.readouterr().err
+    assert _plan_for_ranks({"tp": 4}, 2) == {"tp": 4} and _plan_for_ranks({"tp": 1}, 1) == {"tp": 1}
+    code, lines, proc = run("prune-and-serve", tiny_dir, "--work", tmp_path / "w", "-r", "0.3",
+                            "--tp", "3", "--tensor-parallel-size", "2")
+    assert code == 2 and len(lines) == 1, proc.stderr
+    assert "--tp 3 makes a plan that --tensor-parallel-size 2 cannot split" in lines[0]
+    assert listing(tmp_path) == []

@@ -54,10 +54,11 @@ def test_every_level_sends_its_own_requests_to_both_models(monkeypatch, tmp_path
     by_level: dict[int, list] = {}
     for model, users, prompts in sent:
         assert len(prompts) == 5
-        by_level.setdefault(users, []).append(prompts)
-    for runs in by_level.values():  # dense and pruned, every repeat: the same requests
-        assert all(prompts == runs[0] for prompts in runs)
-    seen = [tuple(r["prompt"]) for runs in by_level.values() for r in runs[0]]
+        by_level.setdefault(users, []).append((model, prompts))
+    for got in by_level.values():  # dense and pruned, every repeat: the same requests
+        assert sorted(model for model, _ in got) == ["dense", "dense", "pruned", "pruned"]
+        assert all(prompts == got[0][1] for _, prompts in got)
+    seen = [tuple(r["prompt"]) for got in by_level.values() for r in got[0][1]]
     assert len(set(seen)) == len(seen) == 15  # no prompt in two levels
     warmup = json.loads((tmp_path / "b" / "prompts.json").read_text())[:2]
     assert not {tuple(r["prompt"]) for r in warmup} & set(seen)
