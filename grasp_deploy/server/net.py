@@ -1,10 +1,12 @@
-"""Addresses and ports: can the server bind here, a free port, a host in a URL."""
+"""Addresses and ports (can the server bind here, a free port, a host in a URL) and the HTTP
+requests and pages the launcher reads from a running server."""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
 import json
+import re
 import socket
 import urllib.request
 from typing import Any
@@ -88,3 +90,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_cache_info(metrics: str) -> dict[str, float]:
+    """Labels of ``vllm:cache_config_info`` from a Prometheus text page, as numbers."""
+    line = next(
+        (line_ for line_ in metrics.splitlines() if line_.startswith("vllm:cache_config_info{")),
+        None,
+    )
+    if line is None:
+        return {}
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    out = {}
+    for key, value in labels.items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
