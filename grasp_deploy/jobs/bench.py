@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import format as fmt
+from ..checkpoint.parallel import layer_sizes
 from ..core.fsutil import DirKind, check_target
 from ..loadtest.ab import run_ab
 from ..loadtest.config import BenchConfig
@@ -32,7 +32,8 @@ def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
         check_prompts(config.prompts)
     return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size),
                    tokenizer=dense,
-                   labels={**config.labels, **_width_labels(Path(pruned), dense_config)})
+                   labels={**config.labels,
+                           **_width_labels(Path(pruned), pruned_config, dense_config)})
 
 
 def check_prompts(spec: str) -> None:
@@ -40,16 +41,21 @@ def check_prompts(spec: str) -> None:
     parse_source(spec, default_split="test", allow_self=False, flag="--prompts")
 
 
-def _width_labels(checkpoint: Path, dense_config: Any) -> dict[str, Any]:
-    """The FFN widths of both models (for the report and its hints when pruned is not faster)."""
-    manifest = checkpoint / fmt.MANIFEST
-    if not manifest.is_file():
+def _width_labels(checkpoint: Path, pruned_config: Any, dense_config: Any) -> dict[str, Any]:
+    """The FFN widths of both models (for the report and its hints when pruned is not faster),
+    read per layer: either side may be a pruned checkpoint (two plans compared)."""
+    if not (checkpoint / fmt.MANIFEST).is_file():
         return {}
-    widths = [w["intermediate_size"] for w in json.loads(manifest.read_text())["layers"]]
-    dense = int(dense_config.intermediate_size)
-    gcd = math.gcd(*widths)
-    return {"FFN widths": {"dense": f"{dense} (all layers)",
-                           "pruned": f"{min(widths)}..{max(widths)}, gcd {gcd}", "gcd": gcd}}
+
+    def widths(config: Any) -> tuple[list[int], str]:
+        ffn = [size[2] for size in layer_sizes(config)]
+        if len(set(ffn)) == 1:
+            return ffn, f"{ffn[0]} (all layers)"
+        return ffn, f"{min(ffn)}..{max(ffn)}, gcd {math.gcd(*ffn)}"
+
+    pruned, pruned_text = widths(pruned_config)
+    return {"FFN widths": {"dense": widths(dense_config)[1], "pruned": pruned_text,
+                           "gcd": math.gcd(*pruned)}}
 
 
 def run_bench(config: BenchConfig, force: bool = False, say: Callable[[str], None] = print,
