@@ -138,6 +138,10 @@ def markdown(res: dict) -> str:
               f"x{res['model_params']['dense'] / res['model_params']['pruned']:.3f}. The Amdahl "
               "bounds scale the dense step's shrinking parts by the decoder's kept-parameter "
               f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest."]
+    if res.get("step_ms_per_start"):
+        lines += ["", "Median step ms of each server start (in the order they ran): " + "; ".join(
+            f"{label} c={n}: " + ", ".join(f"{v:.1f}" for v in per[str(n)])
+            for label, per in res["step_ms_per_start"].items() for n in levels) + "."]
     return "\n".join(lines)
 
 
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2,
                     help="server starts per model, alternating dense and pruned (ABAB)")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="no servers: summarize the traces already under --out")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -164,12 +170,16 @@ def main(argv: list[str] | None = None) -> None:
            "levels": levels,
            "decoder_param_ratio": budget["prunable_kept"] / budget["prunable_dense"],
            "model_params": {"dense": budget["model_dense"], "pruned": budget["model_pruned"]}}
-    for rep in range(args.repeats):  # dense, pruned, dense, pruned, ...
+    for rep in range(0 if args.summarize_only else args.repeats):  # dense, pruned, dense, ...
         profile_model("dense", cfg.dense, levels, args, args.out, rep)
         profile_model("pruned", cfg.pruned, levels, args, args.out, rep)
     res["repeats"] = args.repeats
     res["dense"] = summarize_all(args.out, "dense", levels)
     res["pruned"] = summarize_all(args.out, "pruned", levels)
+    res["step_ms_per_start"] = {
+        label: {str(n): [summarize([load_trace(d)], n)["step_ms"]
+                         for d in sorted((args.out / "traces").glob(f"{label}-c{n}-r*"))]
+                for n in levels} for label in ("dense", "pruned")}
     res["amdahl"] = {str(n): amdahl(res["dense"][str(n)], res["pruned"][str(n)],
                                     res["decoder_param_ratio"]) for n in levels}
     print(harness.write(args.out, "profile", res, markdown(res), args.note).read_text())
