@@ -79,9 +79,14 @@ def profile_model(label: str, model: str, levels: list[int], args, out: Path, re
 
 
 def summarize_all(out: Path, label: str, levels: list[int]) -> dict:
-    traces = out / "traces"
-    return {str(n): summarize([load_trace(d) for d in sorted(traces.glob(f"{label}-c{n}-r*"))], n)
-            for n in levels}
+    """Per level: the summary over every server start's trace, with each start's own median
+    step time (``step_ms_per_start``, in the order they ran)."""
+    res = {}
+    for n in levels:
+        traces = [load_trace(d) for d in sorted((out / "traces").glob(f"{label}-c{n}-r*"))]
+        res[str(n)] = {**summarize(traces, n),
+                       "step_ms_per_start": [summarize([t], n)["step_ms"] for t in traces]}
+    return res
 
 
 def amdahl(dense: dict, pruned: dict, param_ratio: float) -> dict[str, float]:
@@ -140,10 +145,9 @@ def markdown(res: dict) -> str:
               f"x{res['model_params']['dense'] / res['model_params']['pruned']:.3f}. The Amdahl "
               "bounds scale the dense step's shrinking parts by the decoder's kept-parameter "
               f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest."]
-    if res.get("step_ms_per_start"):
-        lines += ["", "Median step ms of each server start (in the order they ran): " + "; ".join(
-            f"{label} c={n}: " + ", ".join(f"{v:.1f}" for v in per[str(n)])
-            for label, per in res["step_ms_per_start"].items() for n in levels) + "."]
+    lines += ["", "Median step ms of each server start (in the order they ran): " + "; ".join(
+        f"{label} c={n}: " + ", ".join(f"{v:.1f}" for v in res[label][str(n)]["step_ms_per_start"])
+        for label in ("dense", "pruned") for n in levels) + "."]
     return "\n".join(lines)
 
 
@@ -180,10 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     res["repeats"], res["eager"] = args.repeats, args.enforce_eager
     res["dense"] = summarize_all(args.out, "dense", levels)
     res["pruned"] = summarize_all(args.out, "pruned", levels)
-    res["step_ms_per_start"] = {
-        label: {str(n): [summarize([load_trace(d)], n)["step_ms"]
-                         for d in sorted((args.out / "traces").glob(f"{label}-c{n}-r*"))]
-                for n in levels} for label in ("dense", "pruned")}
     res["amdahl"] = {str(n): amdahl(res["dense"][str(n)], res["pruned"][str(n)],
                                     res["decoder_param_ratio"]) for n in levels}
     print(harness.write(args.out, "profile", res, markdown(res), args.note).read_text())

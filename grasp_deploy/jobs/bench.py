@@ -46,16 +46,16 @@ def _width_labels(checkpoint: Path, pruned_config: Any, dense_config: Any) -> di
     read per layer: either side may be a pruned checkpoint (two plans compared)."""
     if not (checkpoint / fmt.MANIFEST).is_file():
         return {}
-
-    def widths(config: Any) -> tuple[list[int], str]:
-        ffn = [size[2] for size in layer_sizes(config)]
-        if len(set(ffn)) == 1:
-            return ffn, f"{ffn[0]} (all layers)"
-        return ffn, f"{min(ffn)}..{max(ffn)}, gcd {math.gcd(*ffn)}"
-
-    pruned, pruned_text = widths(pruned_config)
-    return {"FFN widths": {"dense": widths(dense_config)[1], "pruned": pruned_text,
+    pruned = [size[2] for size in layer_sizes(pruned_config)]
+    dense = [size[2] for size in layer_sizes(dense_config)]
+    return {"FFN widths": {"dense": _widths_text(dense), "pruned": _widths_text(pruned),
                            "gcd": math.gcd(*pruned)}}
+
+
+def _widths_text(widths: list[int]) -> str:
+    if len(set(widths)) == 1:
+        return f"{widths[0]} (all layers)"
+    return f"{min(widths)}..{max(widths)}, gcd {math.gcd(*widths)}"
 
 
 def run_bench(config: BenchConfig, force: bool = False, say: Callable[[str], None] = print,
