@@ -12,16 +12,30 @@ server environment:
 - ``all-cores``: no reserved core, the worker's threads bound to every CPU;
 - ``all-cores+preload``: both.
 
+Two more place the model itself. vLLM runs it in a worker process beside the API server and the
+engine-core (scheduler) process; with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and one rank it runs
+in the engine-core process (UniProcExecutor), one process fewer to share the cores:
+
+- ``one-process``: ``all-cores+preload`` with the model in the engine-core process, its threads
+  left to the OS (vLLM applies its binding only to worker processes);
+- ``one-process+bind``: the same with the pinning vLLM gives a worker (``KMP_AFFINITY``...).
+
 Each repeat runs every configuration in turn, and each configuration is one A/B of the
 product (``loadtest.ab``: dense, then pruned, same flags, closed loop, no profile), so the
 configurations alternate as the models do. The table gives output tok/s per model, per
-configuration and concurrency, pooled over the repeats, and each against vLLM's defaults.
+configuration and concurrency, pooled over the repeats, and each against ``--baseline``
+(vLLM's defaults unless told).
 
     python -m bench.cpu_config --pruned runs/smollm2-r50-quick/ckpt --repeats 2 \\
         --out bench/results/cpu-config-smollm2-r50
+    python -m bench.cpu_config --pruned runs/smollm2-r50-quick/ckpt --repeats 2 \\
+        --baseline all-cores+preload --only one-process \\
+        --out bench/results/cpu-config-one-process-smollm2-r50
 """
 
 from __future__ import annotations
+
+import os
 
 from bench import harness
 from grasp_deploy.jobs.bench import resolve
@@ -33,8 +47,21 @@ from grasp_deploy.server import cpu
 def configurations() -> dict[str, dict[str, str]]:
     off = {cpu.SWITCH: "0"}
     preload = {"LD_PRELOAD": cpu.preload() or ""}  # the launcher's rule: both libraries
+    tuned = {**off, **cpu.all_cores(), **preload}
     return {"vllm": off, "preload": {**off, **preload}, "all-cores": {**off, **cpu.all_cores()},
-            "all-cores+preload": {**off, **cpu.all_cores(), **preload}}
+            "all-cores+preload": tuned,
+            "one-process": {**tuned, cpu.ONE_PROCESS: "0"},
+            "one-process+bind": {**tuned, cpu.ONE_PROCESS: "0", **omp_binding()}}
+
+
+def omp_binding() -> dict[str, str]:
+    """What vLLM's multiprocess executor sets for its worker with Intel OpenMP (one thread per
+    CPU, pinned; threads sleep 5 ms after a parallel region), for a model run in the engine-core
+    process, where vLLM sets none of it."""
+    allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return {"OMP_NUM_THREADS": str(allowed.count(",") + 1),
+            "KMP_AFFINITY": f"granularity=fine,explicit,proclist=[{allowed}]",
+            "KMP_BLOCKTIME": "5", "KMP_TPAUSE": "0"}
 
 
 def pooled(runs: list[dict], label: str, level: str) -> float:
@@ -61,11 +88,11 @@ def markdown(res: dict) -> str:
         cells = []
         for c in levels:
             d, p = res["tok_s"][n]["dense"][c], res["tok_s"][n]["pruned"][c]
-            vd, vp = (res["tok_s"]["vllm"][who][c] for who in ("dense", "pruned"))
+            vd, vp = (res["tok_s"][res["baseline"]][who][c] for who in ("dense", "pruned"))
             cells += [f"{d:.1f} (x{d / vd:.2f})", f"{p:.1f} (x{p / vp:.2f})", f"{p / d:.3f}"]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Output tok/s pooled over the repeats; (xN) against vLLM's defaults for the same "
-              "model and level.", ""]
+    lines += ["", f"Output tok/s pooled over the repeats; (xN) against `{res['baseline']}` for the "
+              "same model and level.", ""]
     lines += ["Per-repeat output tok/s (dense; pruned), to judge the noise:", ""]
     lines += [f"- `{n}` c={c}: {text}" for n, by_level in res["spread"].items()
               for c, text in by_level.items()]
@@ -83,10 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kv-cache-gb", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
+    ap.add_argument("--baseline", default="vllm", help="the configuration the others are "
+                    "measured against (always run)")
     args = ap.parse_args(argv)
     configs = configurations()
     if args.only:
-        configs = {n: configs[n] for n in ["vllm", *args.only.split(",")] if n in configs}
+        configs = {n: configs[n] for n in [args.baseline, *args.only.split(",")] if n in configs}
     levels = [int(x) for x in args.concurrency.split(",")]
     runs: dict[str, list[dict]] = {n: [] for n in configs}
     for rep in range(args.repeats):
@@ -101,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             runs[name].append(run_ab(cfg))
     keys = [str(c) for c in levels]
     res = {"pruned": args.pruned, "dense": args.dense, "levels": keys, "configurations": configs,
+           "baseline": args.baseline,
            "requests": args.requests, "input_len": args.input_len,
            "output_len": args.output_len, "kv_cache_gb": args.kv_cache_gb,
            "repeats": args.repeats,
@@ -111,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                f"{r['levels'][c]['pruned']['output_throughput']:.1f}" for r in runs[n])
                for c in keys} for n in configs}}
     for bulky in [*args.out.glob("runs/*/requests.jsonl"), *args.out.glob("runs/*/*.png"),
-                  *args.out.glob("runs/*/prompts*.json")]:
+                  *args.out.glob("runs/*/prompts*.json"), *args.out.glob("runs/*/warmup.jsonl")]:
         bulky.unlink()  # each run keeps its results.json/.md/.csv and server logs
     print(harness.write(args.out, "cpu_config", res, markdown(res), args.note).read_text())
 

@@ -1,13 +1,17 @@
 """The launcher's settings for vLLM's CPU backend.
 
-By default vLLM's CPU worker binds its OpenMP threads itself and, on x86, keeps one core per
-rank free for the engine's other processes (``VLLM_CPU_NUM_OF_RESERVED_CPU``): on a 2-core
-machine the model computes on one core. Its install guide recommends preloading tcmalloc and
-Intel OpenMP. ``bench/cpu_config.py`` measures these choices, dense and pruned; the settings
-that served fastest are the launcher's defaults (``DEFAULTS``), given to every vLLM server it
-starts on a CPU build of vLLM. A variable the user sets wins over the default, and
-``GRASP_CPU_TUNING=0`` leaves all of them to vLLM. What a server ran with is printed in the
-banner and in every report (``shown``).
+By default vLLM's CPU server runs the model in a worker process of its own, beside the API
+server and the engine-core (scheduler) process; it binds the worker's OpenMP threads itself and,
+on x86, keeps one core per rank free for those other processes (``VLLM_CPU_NUM_OF_RESERVED_CPU``):
+on a 2-core machine the model computes on one core. Its install guide also recommends preloading
+tcmalloc and Intel OpenMP. ``bench/cpu_config.py`` measures these choices, dense and pruned; the
+settings that served fastest are the launcher's defaults, given to every vLLM server it starts
+on a CPU build of vLLM: with one rank, the model in the engine-core process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, vLLM's UniProcExecutor, threads left to the OS); with
+several ranks, a worker per rank on its own cores, none reserved; tcmalloc and Intel OpenMP
+preloaded in both. A variable the user sets wins over the default, and ``GRASP_CPU_TUNING=0``
+leaves all of them to vLLM. What a server ran with is printed in the banner and in every report
+(``shown``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,21 @@ from pathlib import Path
 from ..core.errors import GraspError
 
 SWITCH = "GRASP_CPU_TUNING"  # "0": vLLM's own CPU settings
-KEYS = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD")
+# "0": the model runs in the engine-core process (vLLM's UniProcExecutor) instead of a worker
+# process of its own; vLLM then leaves the OpenMP threads to the environment (``omp_binding``).
+ONE_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
+KEYS = (ONE_PROCESS, "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD",
+        "OMP_NUM_THREADS", "KMP_AFFINITY")
 TCMALLOC = "libtcmalloc_minimal.so.4"
 # Which of the measured choices the launcher applies. bench/results/cpu-config-smollm2-r50 (2-core
 # AMD EPYC, AVX-512 BF16): both together served fastest over both models and both loads, output
 # tok/s x1.31 / x1.35 dense and x1.02 / x1.18 pruned at concurrency 8 / 32 against vLLM's own.
 ALL_CORES = True
+# bench/results/cpu-config-one-process-smollm2-r50: with one rank, the model in the engine-core
+# process (its threads unpinned) served faster than in a worker process of its own, dense and
+# pruned (figures there). vLLM reads its core binding only for worker processes, so with one
+# process ALL_CORES has nothing to bind; several ranks always get worker processes.
+ONE_PROCESS_DEFAULT = True
 PRELOAD = True  # only with both libraries found: the pair is what was measured
 
 
@@ -78,7 +91,9 @@ def defaults(env: Mapping[str, str], ranks: int = 1) -> dict[str, str]:
     if env.get(SWITCH, "1") == "0" or not cpu_backend():
         return {}
     chosen: dict[str, str] = {}
-    if ALL_CORES:  # a binding the user gives is theirs to fit to the ranks
+    if ONE_PROCESS_DEFAULT and ranks == 1 and env.get(ONE_PROCESS, "0") == "0":
+        chosen[ONE_PROCESS] = "0"
+    elif ALL_CORES:  # a binding the user gives is theirs to fit to the ranks
         chosen.update(all_cores(ranks=ranks) if "VLLM_CPU_OMP_THREADS_BIND" not in env
                       else {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     if PRELOAD and (libraries := preload()):

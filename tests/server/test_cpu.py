@@ -18,6 +18,7 @@ def tuned(monkeypatch):
     monkeypatch.setattr(cpu, "cpu_backend", lambda: True)
     monkeypatch.setattr(cpu, "ALL_CORES", True)
     monkeypatch.setattr(cpu, "PRELOAD", True)
+    monkeypatch.setattr(cpu, "ONE_PROCESS_DEFAULT", True)
     monkeypatch.setattr(cpu, "preload_libraries", lambda: ["/lib/tc.so", "/venv/lib/libiomp5.so"])
     for key in (*cpu.KEYS, cpu.SWITCH):
         monkeypatch.delenv(key, raising=False)
@@ -37,10 +38,18 @@ def test_each_parallel_rank_gets_its_own_cpus():
         cpu.all_cores(1, ranks=2)
 
 
-def test_the_defaults_fill_what_the_environment_leaves_unset(tuned):
-    chosen = cpu.defaults({"VLLM_CPU_OMP_THREADS_BIND": "1"})
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in chosen  # the user's binding stays
-    assert chosen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+def test_one_rank_runs_the_model_in_the_engine_process(tuned):
+    """No binding to give: vLLM binds threads only in worker processes."""
+    assert cpu.defaults({}) == {cpu.ONE_PROCESS: "0",
+                                "LD_PRELOAD": "/lib/tc.so:/venv/lib/libiomp5.so"}
+
+
+def test_several_ranks_or_the_users_word_get_worker_processes(tuned):
+    assert cpu.ONE_PROCESS not in cpu.defaults({}, ranks=2)
+    assert cpu.defaults({}, ranks=2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    chosen = cpu.defaults({cpu.ONE_PROCESS: "1", "VLLM_CPU_OMP_THREADS_BIND": "1"})
+    assert cpu.ONE_PROCESS not in chosen and "VLLM_CPU_OMP_THREADS_BIND" not in chosen
+    assert chosen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"  # the user's binding stays
     assert chosen["LD_PRELOAD"] == "/lib/tc.so:/venv/lib/libiomp5.so"
 
 
@@ -54,19 +63,22 @@ def test_the_switch_and_a_gpu_build_leave_everything_to_vllm(tuned, monkeypatch)
 @pytest.mark.parametrize("found", [[], ["/venv/lib/libiomp5.so"]])
 def test_no_preload_without_both_libraries(tuned, monkeypatch, found):
     monkeypatch.setattr(cpu, "preload_libraries", lambda: found)
-    assert "LD_PRELOAD" not in cpu.defaults({})
-    assert cpu.defaults({})["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert cpu.defaults({}) == {cpu.ONE_PROCESS: "0"}
 
 
 def test_the_server_environment_carries_them_and_says_so(tuned, monkeypatch):
-    config = ServerConfig(model="m", env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})
+    config = ServerConfig(model="m", env={cpu.ONE_PROCESS: "1",
+                                          "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})
     env = config.environment()
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"  # the config's own env wins too
     assert env["LD_PRELOAD"] == "/lib/tc.so:/venv/lib/libiomp5.so"
-    assert config.cpu_settings().startswith("VLLM_CPU_NUM_OF_RESERVED_CPU=1, "
+    assert config.cpu_settings().startswith(f"{cpu.ONE_PROCESS}=1, "
+                                            "VLLM_CPU_NUM_OF_RESERVED_CPU=1, "
                                             "VLLM_CPU_OMP_THREADS_BIND=")
+    assert ServerConfig(model="m").cpu_settings() == (
+        f"{cpu.ONE_PROCESS}=0, LD_PRELOAD=/lib/tc.so:/venv/lib/libiomp5.so")
     monkeypatch.setenv(cpu.SWITCH, "0")
-    assert config.cpu_settings() == "VLLM_CPU_NUM_OF_RESERVED_CPU=1"
+    assert config.cpu_settings() == f"{cpu.ONE_PROCESS}=1, VLLM_CPU_NUM_OF_RESERVED_CPU=1"
     assert ServerConfig(model="m").cpu_settings() == "vLLM's own (no core binding or preload set)"
 
 
