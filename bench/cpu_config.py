@@ -19,6 +19,9 @@ in the engine-core process (UniProcExecutor), one process fewer to share the cor
 - ``one-process``: ``all-cores+preload`` with the model in the engine-core process, its threads
   left to the OS (vLLM applies its binding only to worker processes);
 - ``one-process+bind``: the same with the pinning vLLM gives a worker (``KMP_AFFINITY``...).
+- ``one-process+blocktime0``: ``one-process`` with Intel OpenMP's threads asleep as soon as a
+  parallel region ends (``KMP_BLOCKTIME=0``; its default spins 200 ms, on cores the API server
+  and the scheduler also need).
 
 Each repeat runs every configuration in turn, and each configuration is one A/B of the
 product (``loadtest.ab``: dense, then pruned, same flags, closed loop, no profile), so the
@@ -51,7 +54,8 @@ def configurations() -> dict[str, dict[str, str]]:
     return {"vllm": off, "preload": {**off, **preload}, "all-cores": {**off, **cpu.all_cores()},
             "all-cores+preload": tuned,
             "one-process": {**tuned, cpu.ONE_PROCESS: "0"},
-            "one-process+bind": {**tuned, cpu.ONE_PROCESS: "0", **omp_binding()}}
+            "one-process+bind": {**tuned, cpu.ONE_PROCESS: "0", **omp_binding()},
+            "one-process+blocktime0": {**tuned, cpu.ONE_PROCESS: "0", "KMP_BLOCKTIME": "0"}}
 
 
 def omp_binding() -> dict[str, str]:

@@ -30,7 +30,7 @@ SWITCH = "GRASP_CPU_TUNING"  # "0": vLLM's own CPU settings
 # process of its own; vLLM then leaves the OpenMP threads to the environment (``omp_binding``).
 ONE_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
 KEYS = (ONE_PROCESS, "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD",
-        "OMP_NUM_THREADS", "KMP_AFFINITY")
+        "OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME")
 TCMALLOC = "libtcmalloc_minimal.so.4"
 # Which of the measured choices the launcher applies. bench/results/cpu-config-smollm2-r50 (2-core
 # AMD EPYC, AVX-512 BF16): both together served fastest over both models and both loads, output
