@@ -38,8 +38,6 @@ configuration and concurrency, pooled over the repeats, and each against ``--bas
 
 from __future__ import annotations
 
-import os
-
 from bench import harness
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import run_ab
@@ -51,20 +49,19 @@ def configurations() -> dict[str, dict[str, str]]:
     off = {cpu.SWITCH: "0"}
     preload = {"LD_PRELOAD": cpu.preload() or ""}  # the launcher's rule: both libraries
     tuned = {**off, **cpu.all_cores(), **preload}
+    one = {**tuned, cpu.ONE_PROCESS: "0"}
     return {"vllm": off, "preload": {**off, **preload}, "all-cores": {**off, **cpu.all_cores()},
-            "all-cores+preload": tuned,
-            "one-process": {**tuned, cpu.ONE_PROCESS: "0"},
-            "one-process+bind": {**tuned, cpu.ONE_PROCESS: "0", **omp_binding()},
-            "one-process+blocktime0": {**tuned, cpu.ONE_PROCESS: "0", "KMP_BLOCKTIME": "0"}}
+            "all-cores+preload": tuned, "one-process": one,
+            "one-process+bind": {**one, **omp_binding(tuned["VLLM_CPU_OMP_THREADS_BIND"])},
+            "one-process+blocktime0": {**one, "KMP_BLOCKTIME": "0"}}
 
 
-def omp_binding() -> dict[str, str]:
+def omp_binding(cpus: str) -> dict[str, str]:
     """What vLLM's multiprocess executor sets for its worker with Intel OpenMP (one thread per
-    CPU, pinned; threads sleep 5 ms after a parallel region), for a model run in the engine-core
-    process, where vLLM sets none of it."""
-    allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    return {"OMP_NUM_THREADS": str(allowed.count(",") + 1),
-            "KMP_AFFINITY": f"granularity=fine,explicit,proclist=[{allowed}]",
+    CPU of ``cpus``, "0,1", pinned; threads sleep 5 ms after a parallel region), for a model run
+    in the engine-core process, where vLLM sets none of it."""
+    return {"OMP_NUM_THREADS": str(len(cpus.split(","))),
+            "KMP_AFFINITY": f"granularity=fine,explicit,proclist=[{cpus}]",
             "KMP_BLOCKTIME": "5", "KMP_TPAUSE": "0"}
 
 
@@ -114,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kv-cache-gb", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
-    ap.add_argument("--baseline", default="vllm", help="the configuration the others are "
-                    "measured against (always run)")
+    ap.add_argument("--baseline", default="vllm", choices=list(configurations()),
+                    help="the configuration the others are measured against (always run)")
     args = ap.parse_args(argv)
     configs = configurations()
     if args.only:

@@ -27,7 +27,7 @@ from ..core.errors import GraspError
 
 SWITCH = "GRASP_CPU_TUNING"  # "0": vLLM's own CPU settings
 # "0": the model runs in the engine-core process (vLLM's UniProcExecutor) instead of a worker
-# process of its own; vLLM then leaves the OpenMP threads to the environment (``omp_binding``).
+# process of its own; vLLM then binds no OpenMP threads (its binding is for worker processes).
 ONE_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
 KEYS = (ONE_PROCESS, "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD",
         "OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME")
