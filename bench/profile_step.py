@@ -31,24 +31,32 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import tempfile
 from pathlib import Path
 
 from bench import harness
 from grasp_deploy.checkpoint import format as fmt
+from grasp_deploy.jobs import loading
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import run_locust
 from grasp_deploy.loadtest.config import BenchConfig, make_prompts
 from grasp_deploy.loadtest.step_profile import (
+    LINEAR,
     PARTS,
+    SCOPE,
     amdahl_bound,
+    inside,
     load_trace,
+    outermost,
     profiled,
     summarize,
     wait_for_traces,
 )
 from grasp_deploy.server.launcher import ServerConfig, VllmServer, free_port
 from grasp_deploy.server.net import http_request
+from grasp_deploy.sources import models
+from grasp_deploy.sources.device import resolve_dtype
 
 
 def profile_model(label: str, model: str, levels: list[int], args, out: Path, rep: int) -> None:
@@ -87,6 +95,78 @@ def summarize_all(out: Path, label: str, levels: list[int]) -> dict:
         res[str(n)] = {**summarize(traces, n),
                        "step_ms_per_start": [summarize([t], n)["step_ms"] for t in traces]}
     return res
+
+
+PROJECTIONS = ("qkv", "o", "gate_up", "down")  # the order vLLM's Llama/Qwen layers run them
+
+
+def projection_params(model: str) -> dict[str, int]:
+    """Parameters of each projection kind summed over the layers, from the model's config."""
+    shape = loading.model_shape(loading.load_config(models.resolve_source(model)))
+    heads = shape.hidden_size * shape.head_dim
+    out = dict.fromkeys(PROJECTIONS, 0)
+    for layer in shape.layers:
+        kv, w = layer.num_key_value_heads, layer.intermediate_size
+        out["qkv"] += heads * kv * (shape.group_size + 2)
+        out["o"] += heads * kv * shape.group_size
+        out["gate_up"] += 2 * shape.hidden_size * w
+        out["down"] += shape.hidden_size * w
+    return out
+
+
+def projection_ms(events: list[dict], level: int, layers: int) -> dict[str, float] | None:
+    """Median ms per full-batch decode step in each projection kind: the linear calls inside
+    the step's forward, four per layer in order (None when the trace does not show that)."""
+    events = sorted((e for e in events if e.get("tid") is not None), key=lambda e: e["ts"])
+    full = [e for e in events if e["name"].startswith(f"execute_context_0(0)_generation_{level}(")]
+    per_step = []
+    for fwd in (e for e in events if e["name"] == SCOPE + "forward"):
+        if not any(s["ts"] <= fwd["ts"] < s["ts"] + s["dur"] for s in full):
+            continue
+        ops = [e for e in inside(events, fwd) if e["tid"] == fwd["tid"]]
+        calls = outermost(ops, lambda n: any(k in n for k in LINEAR))
+        if len(calls) == 4 * layers:
+            per_step.append([sum(c["dur"] for c in calls[k::4]) / 1e3 for k in range(4)])
+    if not per_step:
+        return None
+    return {p: statistics.median(s[k] for s in per_step) for k, p in enumerate(PROJECTIONS)}
+
+
+def projections(out: Path, label: str, model: str, levels: list[int]) -> dict:
+    """Per level, each projection kind's ms per step (pooled over the starts' traces: the median
+    of the starts' medians) and its parameters."""
+    params = projection_params(model)
+    layers = len(loading.model_shape(loading.load_config(models.resolve_source(model))).layers)
+    res: dict = {"params": params}
+    for n in levels:
+        starts = [projection_ms(load_trace(d), n, layers)
+                  for d in sorted((out / "traces").glob(f"{label}-c{n}-r*"))]
+        found = [f for f in starts if f]
+        res[str(n)] = ({p: statistics.median(f[p] for f in found) for p in PROJECTIONS}
+                       if found else None)
+    return res
+
+
+def projection_table(res: dict) -> list[str]:
+    """Markdown: each projection's time, parameters and the weight bytes it reads per second."""
+    size = resolve_dtype("auto").itemsize
+    lines = ["", "Decoder linears by projection (ms per full-batch decode step, median over "
+             f"the starts; GB/s: the projection's weights, {size} bytes per parameter, read "
+             "once per step):", "",
+             "| level | projection | dense ms | M params | GB/s | pruned ms | M params | GB/s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for n in res["levels"]:
+        d, p = (res["projections"][who][str(n)] for who in ("dense", "pruned"))
+        if not d or not p:
+            continue
+        for proj in PROJECTIONS:
+            cells = []
+            for who, ms in (("dense", d), ("pruned", p)):
+                par = res["projections"][who]["params"][proj]
+                cells += [f"{ms[proj]:.2f}", f"{par / 1e6:.1f}",
+                          f"{par * size / ms[proj] / 1e6:.1f}"]
+            lines.append(f"| {n} | {proj} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def amdahl(dense: dict, pruned: dict, param_ratio: float) -> dict[str, float]:
@@ -145,6 +225,8 @@ def markdown(res: dict) -> str:
               f"x{res['model_params']['dense'] / res['model_params']['pruned']:.3f}. The Amdahl "
               "bounds scale the dense step's shrinking parts by the decoder's kept-parameter "
               f"ratio ({res['decoder_param_ratio']:.3f}) and keep the rest."]
+    if "projections" in res:
+        lines += projection_table(res)
     lines += ["", "Median step ms of each server start (in the order they ran): " + "; ".join(
         f"{label} c={n}: " + ", ".join(f"{v:.1f}" for v in res[label][str(n)]["step_ms_per_start"])
         for label in ("dense", "pruned") for n in levels) + "."]
@@ -184,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     res["repeats"], res["eager"] = args.repeats, args.enforce_eager
     res["dense"] = summarize_all(args.out, "dense", levels)
     res["pruned"] = summarize_all(args.out, "pruned", levels)
+    res["projections"] = {who: projections(args.out, who, getattr(cfg, who), levels)
+                          for who in ("dense", "pruned")}
     res["amdahl"] = {str(n): amdahl(res["dense"][str(n)], res["pruned"][str(n)],
                                     res["decoder_param_ratio"]) for n in levels}
     print(harness.write(args.out, "profile", res, markdown(res), args.note).read_text())

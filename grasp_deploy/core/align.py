@@ -6,8 +6,10 @@ A pruned model is served where it was pruned, as a rule, so ``auto`` follows the
 * CPU: 1. Measured with vLLM's own CPU GEMM (oneDNN, prepacked weights) on the FFN chain
   gate_up, SiLU x up, down, bf16 and fp32, 1 to 32 tokens: no multiple of 8 to 128 is faster
   per channel kept than unaligned widths by more than a few percent, and some are slower
-  (``python -m bench.align``; ``bench/results/align-cpu/align.md``). Alignment would only cost
-  quality there.
+  (``python -m bench.align``; ``bench/results/align-cpu/align.md``). With the weights streamed
+  from memory as in serving (``--stream``), and with oneDNN capped at AVX2 for CPUs without
+  native bf16, the best multiple gains under 6% (``bench/results/align-cpu-stream*/``).
+  Alignment would cost quality for little there. CPUs with AMX are unmeasured here.
 * CUDA: 64. 16-bit Tensor Core GEMMs are most efficient when the dimensions are multiples of
   128 bytes, 64 bf16/fp16 elements, on A100 and later; 8 is the minimum (NVIDIA, "Matrix
   Multiplication Background User's Guide", section "Tensor Core Requirements").
