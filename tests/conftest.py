@@ -283,8 +283,9 @@ def checkpoints(tmp_path_factory):
     return dense, pruned
 
 
-def random_plan(model, name, ratio=0.45, seed=0, scales=True):
-    """A valid plan with uneven per-layer widths and non-trivial scales (no training needed)."""
+def random_plan(model, name, ratio=0.45, seed=0, scales=True, align=1):
+    """A valid plan with uneven per-layer widths and non-trivial scales (no training needed);
+    ``align``: every FFN width a multiple of it."""
     import numpy as np
 
     from grasp_deploy.core.plan import Plan, SourceModel, budget_report, layers_from_mask
@@ -293,7 +294,7 @@ def random_plan(model, name, ratio=0.45, seed=0, scales=True):
     from grasp_deploy.sources import models
 
     shape = ModelShape.from_config(model.config)
-    layout = UnitLayout.from_shape(shape)
+    layout = UnitLayout.from_shape(shape, align=align)
     rng = np.random.default_rng(seed)
     mask = project(rng.random(layout.num_units), layout, int((1 - ratio) * layout.total_cost()))
     gamma = (1 + 0.5 * np.tanh(rng.normal(size=layout.num_units))).astype(np.float32)
@@ -308,6 +309,46 @@ def random_plan(model, name, ratio=0.45, seed=0, scales=True):
     )
 
 
+def _greedy(client, served: str, ids: list[int], steps: int) -> tuple[list[int], list[dict]]:
+    """vLLM's greedy tokens for prompt ``ids`` and its top-5 logprobs at each step."""
+    choice = client.completions.create(
+        model=served, prompt=ids, max_tokens=steps, temperature=0, logprobs=5,
+        extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}).choices[0]
+    return [int(t.split(":")[1]) for t in choice.logprobs.tokens], choice.logprobs.top_logprobs
+
+
+def _next_logprobs(model, seq: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([seq])).logits[0, -1].double(), -1)
+
+
+def _top_gap(top: dict, lp: torch.Tensor) -> float:
+    return max(abs(v - float(lp[int(t.split(":")[1])])) for t, v in top.items())
+
+
+def vllm_near_parity(client, served: str, ckpt: Path, prompts: list[list[int]],
+                     steps: int) -> tuple[float, float, int]:
+    """Like ``vllm_parity`` where vLLM computes in lower precision than the fp32 reference
+    (bf16 kernels): transformers follows vLLM's own tokens (teacher forcing), and returns the
+    largest shortfall of vLLM's chosen token's logprob from transformers' best at any step (0
+    where they agree), the largest |logprob difference| over vLLM's top-5, and the number of
+    steps whose token differs."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    shortfall, gap, differ = 0.0, 0.0, 0
+    for ids in prompts:
+        got, tops = _greedy(client, served, ids, steps)
+        seq = list(ids)
+        for token, top in zip(got, tops, strict=True):
+            lp = _next_logprobs(model, seq)
+            shortfall = max(shortfall, float(lp.max() - lp[token]))
+            differ += int(lp.argmax()) != token
+            gap = max(gap, _top_gap(top, lp))
+            seq.append(token)
+    return shortfall, gap, differ
+
+
 def vllm_parity(client, served: str, ckpt: Path, prompts: list[list[int]], steps: int) -> float:
     """Greedy completions of ``prompts`` from a vLLM server (``client``, model ``served``)
     against transformers on ``ckpt`` (fp32, recomputed from scratch each step): asserts the
@@ -318,15 +359,11 @@ def vllm_parity(client, served: str, ckpt: Path, prompts: list[list[int]], steps
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     gap = 0.0
     for ids in prompts:
-        choice = client.completions.create(
-            model=served, prompt=ids, max_tokens=steps, temperature=0, logprobs=5,
-            extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}).choices[0]
-        got = [int(t.split(":")[1]) for t in choice.logprobs.tokens]
+        got, tops = _greedy(client, served, ids, steps)
         seq = list(ids)
-        for top in choice.logprobs.top_logprobs:
-            with torch.no_grad():
-                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, -1].double(), -1)
+        for top in tops:
+            lp = _next_logprobs(model, seq)
             seq.append(int(lp.argmax()))
-            gap = max([gap] + [abs(v - float(lp[int(t.split(":")[1])])) for t, v in top.items()])
+            gap = max(gap, _top_gap(top, lp))
         assert got == seq[len(ids):], (ids, got, seq[len(ids):])
     return gap

@@ -36,6 +36,16 @@ def weights_note(manifest: dict[str, Any]) -> str:
     return ""
 
 
+def quantization_note(manifest: dict[str, Any]) -> str:
+    q = manifest.get("quantization")
+    if not q:
+        return ""
+    return (f"\n\nEvery decoder projection is quantized: `{q['scheme']}` (compressed-tensors "
+            f"preset {q['preset']}, format `{q['format']}`; {q['weight_bytes']:,} bytes of "
+            "weights in all). vLLM runs it with its own kernels; transformers needs the "
+            "`compressed-tensors` package and decompresses it on load.")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
     ffn = [layer["intermediate_size"] for layer in manifest["layers"]]
@@ -48,6 +58,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         else f"{calib.get('num_samples')} x {calib.get('seq_len')} tokens of {calib['source']}"
     )
     name, method = Path(manifest["source"]["model"]).name, manifest["method"]
+    notes = weights_note(manifest) + quantization_note(manifest)
     kv_ratio = kv["pruned"] / kv["dense"]
     return f"""# {name}, pruned with grasp-deploy ({method})
 
@@ -63,7 +74,7 @@ asked {b['prune_ratio']:.2%}{_kv_asked(b)}; calibration: {calib_text}; seed {man
 | KV heads per layer | {dense['num_key_value_heads']} | {min(heads)}..{max(heads)} | |
 
 Each layer has its own FFN width and KV-head count (`per_layer_config` in `config.json`); query
-heads per layer = KV heads x {dense[GROUP_SIZE_FIELD]}. {weights_note(manifest)}
+heads per layer = KV heads x {dense[GROUP_SIZE_FIELD]}. {notes}
 
 Load with plain transformers (no grasp-deploy needed):
 

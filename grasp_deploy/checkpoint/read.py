@@ -78,6 +78,11 @@ def weight_files(directory: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
+# Tensors compressed-tensors stores beside a quantized weight: not parameters of the model.
+QUANT_AUXILIARIES = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
+                     "input_scale")
+
+
 def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """Projection weight shapes each layer must have, from the config alone."""
     d, h, g = shape.hidden_size, shape.head_dim, shape.group_size
@@ -154,7 +159,11 @@ def _check_shapes(path: Path, want_shapes: dict[str, tuple[int, ...]]) -> int:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 shape = tuple(f.get_slice(key).get_shape())
-                count += int(torch.Size(shape).numel())
+                if key.endswith(".weight_packed"):  # 4-bit: the shape stored beside it
+                    key = key.removesuffix("_packed")
+                    shape = tuple(int(n) for n in f.get_tensor(key + "_shape").tolist())
+                if not key.endswith(QUANT_AUXILIARIES):  # a quantized weight's scales
+                    count += int(torch.Size(shape).numel())
                 if key in want_shapes and shape != want_shapes[key]:
                     raise GraspError(f"{key} has shape {shape} but config.json's per-layer "
                                      f"patches say {want_shapes[key]}; the config and the "
@@ -189,8 +198,14 @@ def inspect_checkpoint(directory: Path, verify: bool = True) -> dict[str, Any]:
         "kv_dtype_bytes": dtype,
         "verified_sha256": checked["verified"],
     }
-    if info.manifest is not None:
+    if info.manifest is not None and info.manifest.get("method") == "none":  # export --dense
         m = info.manifest
+        report.update(source=m.get("source"), method="none",
+                      quantization=m.get("quantization"))
+    elif info.manifest is not None:
+        m = info.manifest
+        if m.get("quantization"):
+            report["quantization"] = m["quantization"]
         try:
             report.update(source=m["source"], method=m["method"],
                           dense_parameters=int(m["parameters"]["dense"]),

@@ -17,6 +17,7 @@ from ..core.plan import Plan
 from ..core.versions import package_versions
 from . import format as fmt
 from .card import model_card
+from .quant import Quantized
 
 HF_DIR = Path(__file__).with_name("hf")
 
@@ -89,15 +90,23 @@ def write_checkpoint(
     dtype: torch.dtype,
     max_shard_bytes: int,
     dense_params: int,
+    quantized: Quantized | None = None,
 ) -> dict[str, Any]:
     """Weights, config, remote code and model card; returns the manifest, which ``seal``
-    writes once every other file (tokenizer, generation config, ONNX) is in place."""
-    files = write_weights(tensors, directory, max_shard_bytes)
+    writes once every other file (tokenizer, generation config, ONNX) is in place. With
+    ``quantized``, its tensors are written instead of ``tensors`` (which still give the
+    parameter count) and its configuration goes into config.json and the manifest."""
+    files = write_weights(quantized.tensors if quantized else tensors, directory,
+                          max_shard_bytes)
     cfg = pruned_config(source_config, plan, dtype)
+    if quantized:
+        cfg["quantization_config"] = quantized.config
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for name in fmt.kind_of(plan.source.shape.model_type).remote_code:
         shutil.copyfile(HF_DIR / name, directory / name)
     manifest = build_manifest(plan, tensors, files, directory, dtype, dense_params)
+    if quantized:
+        manifest["quantization"] = quantized.record
     (directory / fmt.CARD).write_text(model_card(manifest))
     return manifest
 

@@ -48,22 +48,37 @@ def prune(model, out, force, quiet, **options):
               help="Weight dtype: source (as the source checkpoint), bfloat16, float16, float32.")
 @click.option("--max-shard-size", default="5GB", show_default=True,
               help="Split weights into shards (with an index) above this size.")
+@click.option("--quantize", default=None, metavar="SCHEME",
+              help="Also quantize every decoder projection, written in compressed-tensors' "
+                   "format for vLLM and transformers: int8 (W8A8: int8 weights per channel, "
+                   "int8 activations per token at run time). Default: no quantization.")
+@click.option("--dense", is_flag=True,
+              help="No plan: export MODEL itself, quantized (needs --quantize); the baseline a "
+                   "quantized pruned model is compared with. A plain checkpoint of MODEL's "
+                   "architecture.")
 @click.option("--force", is_flag=True, help="Replace an existing CKPT_DIR.")
-def export(args, out, fmt, dtype, max_shard_size, force):
+def export(args, out, fmt, dtype, max_shard_size, quantize, dense, force):
     """Materialise a plan: a smaller dense checkpoint with per-layer widths.
 
     MODEL defaults to the plan's source model. The directory loads with
     AutoModelForCausalLM.from_pretrained(CKPT, trust_remote_code=True) in stock transformers,
     and with grasp-deploy serve (vLLM).
     """
-    from ..jobs.export import ExportConfig, run_export
+    from ..jobs.export import ExportConfig, run_dense_export, run_export
 
+    if dense:
+        if len(args) != 1:
+            raise GraspError(f"export --dense takes MODEL alone, got {len(args)} arguments")
+        show.export_summary(run_dense_export(ExportConfig(
+            plan_dir=Path(args[0]), out=out, model=args[0], format=fmt, dtype=dtype,
+            max_shard_size=max_shard_size, force=force, quantize=quantize)))
+        return
     if len(args) > 2:
         raise GraspError(f"export takes [MODEL] PLAN_DIR, got {len(args)} arguments")
     model, plan_dir = (None, args[0]) if len(args) == 1 else args
     show.export_summary(run_export(ExportConfig(
         plan_dir=Path(plan_dir), out=out, model=model, format=fmt, dtype=dtype,
-        max_shard_size=max_shard_size, force=force)))
+        max_shard_size=max_shard_size, force=force, quantize=quantize)))
 
 
 @main.command()

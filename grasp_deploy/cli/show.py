@@ -57,12 +57,17 @@ def prune_summary(result) -> None:
 
 def export_summary(result) -> None:
     m = result.manifest
-    p, kv = m["parameters"], m["kv_cache_bytes_per_token"]
+    p, kv = m["parameters"], m.get("kv_cache_bytes_per_token")
     lines = [f"checkpoint written to {result.directory}",
-             f"  parameters   {p['dense']:,} -> {p['pruned']:,} (-{p['reduction']:.2%})",
-             f"  KV bytes/tok {kv['dense']:,} -> {kv['pruned']:,} ({kv['dtype']}, "
-             f"x{kv['pruned'] / kv['dense']:.3f})",
-             f"  weights      {', '.join(m['weights'])}"]
+             f"  parameters   {p['dense']:,} -> {p['pruned']:,} (-{p['reduction']:.2%})"]
+    if kv:
+        lines.append(f"  KV bytes/tok {kv['dense']:,} -> {kv['pruned']:,} ({kv['dtype']}, "
+                     f"x{kv['pruned'] / kv['dense']:.3f})")
+    lines.append(f"  weights      {', '.join(m['weights'])}")
+    if "quantization" in m:
+        q = m["quantization"]
+        lines.append(f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}): "
+                     f"{q['projections']} projections, {q['weight_bytes'] / 2**20:,.1f} MiB")
     if result.onnx:
         lines.append(f"  onnx         {result.onnx['file']}; max |logits diff| vs PyTorch "
                      f"{result.onnx['max_abs_logits_diff']:.2e}")
@@ -71,7 +76,11 @@ def export_summary(result) -> None:
 
 def inspect_report(r: dict[str, Any]) -> None:
     lines = [f"{r['directory']}: {r['architecture']}, {len(r['layers'])} layers"]
-    if "source" in r:
+    q = r.get("quantization")
+    if q:
+        lines.append(f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}), "
+                     f"{q['weight_bytes']:,} bytes of weights")
+    if "source" in r and r.get("method") != "none":
         lines.append(f"  source       {r['source']['model']} ({r['source']['fingerprint']}), "
                      f"method {r['method']}")
         lines.append(f"  parameters   {r['dense_parameters']:,} dense -> {r['parameters']:,} "

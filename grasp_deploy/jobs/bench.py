@@ -16,7 +16,7 @@ from ..loadtest.config import BenchConfig
 from ..loadtest.report import RESULTS_FILE
 from ..loadtest.soak import run_soak
 from ..sources.text import parse_source
-from .serve import check_parallel, servable
+from .serve import check_parallel, check_quantized, servable
 
 BENCH_DIR = DirKind("bench", RESULTS_FILE)
 
@@ -28,6 +28,7 @@ def resolve(config: BenchConfig, verify: bool = True) -> BenchConfig:
     dense, _, dense_config = servable(config.dense, verify)
     for model, hf_config in ((config.pruned, pruned_config), (config.dense, dense_config)):
         check_parallel(model, hf_config, config.tensor_parallel, config.pipeline_parallel)
+        check_quantized(model, hf_config, config.dtype)
     if config.prompts:
         check_prompts(config.prompts)
     return replace(config, pruned=pruned, dense=dense, vocab_size=int(dense_config.vocab_size),

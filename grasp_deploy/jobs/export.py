@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import format as fmt
-from ..checkpoint.write import seal, write_checkpoint
-from ..core.dtypes import dtype_from_config
+from ..checkpoint import quant
+from ..checkpoint.write import seal, write_checkpoint, write_weights
+from ..core.dtypes import dtype_from_config, dtype_name
 from ..core.errors import GraspError
-from ..core.fsutil import DirKind, atomic_dir, check_target
+from ..core.fsutil import DirKind, atomic_dir, check_target, sha256_file
 from ..core.plan import load_plan
 from ..core.slicing import materialize
+from ..core.versions import package_versions
 from ..sources import models
 from ..sources.device import resolve_dtype
 from . import loading
@@ -34,11 +37,17 @@ class ExportConfig:
     dtype: str = "source"  # "source" keeps the source checkpoint's dtype
     max_shard_size: str = "5GB"
     force: bool = False
+    quantize: str | None = None  # checkpoint.quant.SCHEMES
 
     def __post_init__(self) -> None:
         if self.format not in ("safetensors", "onnx"):
             raise GraspError(f"--format {self.format!r} is unknown; use safetensors or onnx")
         parse_size(self.max_shard_size)
+        if self.quantize is not None:
+            quant.check_scheme(self.quantize)
+            if self.format == "onnx":
+                raise GraspError("--quantize writes a compressed-tensors checkpoint for vLLM and "
+                                 "transformers, not ONNX; drop --format onnx or --quantize")
 
 
 @dataclass(frozen=True)
@@ -65,15 +74,56 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _dtype(config: ExportConfig, source_config: Any) -> torch.dtype:
+    if config.dtype != "source":
+        return resolve_dtype(config.dtype)
+    return dtype_from_config(getattr(source_config, "dtype", None)
+                             or getattr(source_config, "torch_dtype", None))
+
+
+def run_dense_export(config: ExportConfig) -> ExportResult:
+    """The source model itself, quantized (``export MODEL --dense --quantize S``): the baseline
+    a pruned model is measured against, through the same quantizer. A plain checkpoint of the
+    source's architecture (vLLM's own model serves it) with a manifest of every file's sha256."""
+    if not config.quantize:
+        raise GraspError("--dense without --quantize would copy the model unchanged; "
+                         "add --quantize int8, or serve the model as it is")
+    check_target(Path(config.out), config.force, CHECKPOINT_DIR)
+    source = models.resolve_source(config.model or str(config.plan_dir))
+    source_config = loading.load_config(source)
+    dtype = _dtype(config, source_config)
+    tokenizer = models.load_tokenizer(source)
+    model = loading.load_model(source, dtype=dtype, device="cpu")
+    tensors = {k: v for k, v in model.state_dict().items()
+               if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    quantized = quant.quantize(tensors, config.quantize)
+    cfg = source_config.to_dict()
+    for key in ("_name_or_path", "auto_map"):
+        cfg.pop(key, None)
+    cfg.update(dtype=dtype_name(dtype), quantization_config=quantized.config)
+    with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
+        files = write_weights(quantized.tensors, tmp, parse_size(config.max_shard_size))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        params = models.count_parameters(model)
+        manifest = seal(tmp, {
+            "format": fmt.MANIFEST_FORMAT, "method": "none",
+            "source": {"model": source.spec, "fingerprint": models.fingerprint(model)},
+            "parameters": {"dense": params, "pruned": params, "reduction": 0.0},
+            "quantization": quantized.record, "versions": package_versions(),
+            "weights": {name: sha256_file(tmp / name) for name in files}})
+    return ExportResult(Path(config.out), manifest)
+
+
 def run_export(config: ExportConfig) -> ExportResult:
     check_target(Path(config.out), config.force, CHECKPOINT_DIR)
     plan = load_plan(config.plan_dir)
     source = models.resolve_source(config.model or plan.source.name)
     source_config = loading.load_config(source)
     loading.check_plan_shape(plan, source_config, source.spec)
-    dtype = (dtype_from_config(getattr(source_config, "dtype", None)
-                               or getattr(source_config, "torch_dtype", None))
-             if config.dtype == "source" else resolve_dtype(config.dtype))
+    dtype = _dtype(config, source_config)
     max_shard = parse_size(config.max_shard_size)
     tokenizer = models.load_tokenizer(source)
     # Slice from float32 weights so that folding the scales loses nothing before the cast.
@@ -84,9 +134,10 @@ def run_export(config: ExportConfig) -> ExportResult:
     if bad is not None:
         raise GraspError(f"{bad} has non-finite values after slicing (plan {config.plan_dir}); "
                          "re-run grasp-deploy prune")
+    quantized = quant.quantize(tensors, config.quantize) if config.quantize else None
     with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
         manifest = write_checkpoint(tmp, plan, source_config, tensors, dtype, max_shard,
-                                    models.count_parameters(model))
+                                    models.count_parameters(model), quantized)
         tokenizer.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..checkpoint.parallel import parallel_problem
 from ..core.errors import GraspError
+from ..server import cpu
 from ..server.launcher import ServerConfig, VllmServer, require_vllm
 from ..server.net import check_bindable, is_loopback
 from ..sources import models
@@ -41,12 +42,26 @@ def check_parallel(model: str, hf_config: Any, tp: int, pp: int) -> None:
         raise GraspError(f"{model}: {problem}")
 
 
+def check_quantized(model: str, hf_config: Any, dtype: str) -> None:
+    """A 4-bit checkpoint (``export --quantize w4a16``) that vLLM's CPU kernel would be asked
+    to compute in float32, which it does not implement: refused before any server starts."""
+    quant = getattr(hf_config, "quantization_config", None)
+    packed = isinstance(quant, dict) and quant.get("format") == "pack-quantized"
+    stored = str(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", ""))
+    float32 = dtype == "float32" or (dtype == "auto" and stored.endswith("float32"))
+    if packed and float32 and cpu.cpu_backend():
+        raise GraspError(f"{model} holds 4-bit weights (w4a16), which vLLM's CPU kernel computes "
+                         "in bfloat16 or float16 only, not float32; serve it with --dtype "
+                         "bfloat16")
+
+
 def resolve(config: ServerConfig, verify: bool = True) -> ServerConfig:
     """``config`` for the location vLLM opens (the default model fetched once), with the
     served name defaulting to the directory's; checked before start-up."""
     check_bindable(config.host, config.port)  # a bad host or a taken port: say so first
     location, name, hf_config = servable(config.model, verify)
     check_parallel(config.model, hf_config, config.tensor_parallel, config.pipeline_parallel)
+    check_quantized(config.model, hf_config, config.dtype)
     config.environment()  # enough CPUs for the ranks (server/cpu.py)
     if not is_loopback(config.host) and not config.api_key:
         log.warning("serving on %s with no --api-key: anyone who can reach this machine can use "

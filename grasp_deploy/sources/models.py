@@ -8,6 +8,7 @@ Loading only: whether a config is one grasp-deploy can prune or serve is decided
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -126,13 +127,29 @@ def load_model(source: ModelSource, dtype: torch.dtype = torch.float32,
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    path = ensure_available(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(ensure_available(source), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **_decompressed(path))
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise GraspError(f"cannot load model {source.spec}: {_first_line(err)}; check that its "
                          "weight files are complete") from err
     model.to(device).eval().requires_grad_(False)
     return model
+
+
+def _decompressed(path: str | Path) -> dict[str, Any]:
+    """For a compressed-tensors checkpoint (``export --quantize``): load its weights
+    decompressed, so that every job computes with the dequantized weights the file holds."""
+    config = Path(path) / "config.json"
+    try:
+        quant = json.loads(config.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if quant.get("quant_method") != "compressed-tensors":
+        return {}
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
