@@ -131,7 +131,10 @@ def test_w4a16_exports_an_aligned_plan_that_transformers_decompresses(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["parameters"] == manifest["parameters"]["pruned"]
     if importlib.util.find_spec("vllm"):  # refused before any server starts
-        r = CliRunner().invoke(main, ["serve", str(ckpt), "--dtype", "float32"])
+        from grasp_deploy.server.net import free_port
+
+        r = CliRunner().invoke(main, ["serve", str(ckpt), "--dtype", "float32",
+                                      "--port", str(free_port())])
         assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
         assert "--dtype bfloat16" in r.output and "w4a16" in r.output, r.output
     from compressed_tensors.compressors import BaseCompressor
