@@ -37,6 +37,8 @@ from pathlib import Path
 
 from bench import harness
 from grasp_deploy.checkpoint import format as fmt
+from grasp_deploy.checkpoint.read import expected_shapes
+from grasp_deploy.core.shape import ModelShape
 from grasp_deploy.jobs import loading
 from grasp_deploy.jobs.bench import resolve
 from grasp_deploy.loadtest.ab import run_locust
@@ -100,18 +102,16 @@ def summarize_all(out: Path, label: str, levels: list[int]) -> dict:
 PROJECTIONS = ("qkv", "o", "gate_up", "down")  # the order vLLM's Llama/Qwen layers run them
 
 
-def projection_params(model: str) -> dict[str, int]:
-    """Parameters of each projection kind summed over the layers, from the model's config."""
-    shape = loading.model_shape(loading.load_config(models.resolve_source(model)))
-    heads = shape.hidden_size * shape.head_dim
-    out = dict.fromkeys(PROJECTIONS, 0)
-    for layer in shape.layers:
-        kv, w = layer.num_key_value_heads, layer.intermediate_size
-        out["qkv"] += heads * kv * (shape.group_size + 2)
-        out["o"] += heads * kv * shape.group_size
-        out["gate_up"] += 2 * shape.hidden_size * w
-        out["down"] += shape.hidden_size * w
-    return out
+# projection kind -> the weights vLLM runs as one GEMM (it merges q/k/v and gate/up)
+MERGED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+
+
+def projection_params(shape: ModelShape) -> dict[str, int]:
+    """Parameters of each projection kind summed over the layers."""
+    sizes = {k: math.prod(v) for k, v in expected_shapes(shape).items()}
+    return {kind: sum(n for k, n in sizes.items() if k.split(".")[-2] in names)
+            for kind, names in MERGED.items()}
 
 
 def projection_ms(events: list[dict], level: int, layers: int) -> dict[str, float] | None:
@@ -135,9 +135,9 @@ def projection_ms(events: list[dict], level: int, layers: int) -> dict[str, floa
 def projections(out: Path, label: str, model: str, levels: list[int]) -> dict:
     """Per level, each projection kind's ms per step (pooled over the starts' traces: the median
     of the starts' medians) and its parameters."""
-    params = projection_params(model)
-    layers = len(loading.model_shape(loading.load_config(models.resolve_source(model))).layers)
-    res: dict = {"params": params}
+    shape = loading.model_shape(loading.load_config(models.resolve_source(model)))
+    layers = shape.num_layers
+    res: dict = {"params": projection_params(shape)}
     for n in levels:
         starts = [projection_ms(load_trace(d), n, layers)
                   for d in sorted((out / "traces").glob(f"{label}-c{n}-r*"))]

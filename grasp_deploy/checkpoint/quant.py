@@ -35,6 +35,9 @@ GROUPS = (128, 64, 32)  # w4a16: the largest that divides every input width
 KERNEL_MULTIPLE = 32  # vLLM's CPU W4A16 kernel: input and output widths
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = ["lm_head"]
+# What compressed-tensors stores beside a quantized weight: not parameters of the model.
+AUXILIARIES = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
+               "input_scale")
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,11 @@ def is_projection(name: str) -> bool:
     return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in PROJECTIONS
 
 
-def group_size(tensors: dict[str, torch.Tensor]) -> int:
-    """w4a16's group: the largest of ``GROUPS`` dividing every projection's input width, once
-    every width is one vLLM's CPU kernel takes."""
-    shapes = {k: tuple(t.shape) for k, t in tensors.items() if is_projection(k)}
+def group_size(shapes: dict[str, tuple[int, ...]]) -> int:
+    """w4a16's group for projections of these (rows, columns) shapes: the largest of ``GROUPS``
+    dividing every input width, once every width is one vLLM's CPU kernel takes. Needs only
+    the shapes, so a plan's can be checked before any weights load."""
+    shapes = {k: v for k, v in shapes.items() if is_projection(k)}
     for key, (rows, cols) in shapes.items():
         if rows % KERNEL_MULTIPLE or cols % KERNEL_MULTIPLE:
             raise GraspError(f"--quantize w4a16: {key} is {rows} x {cols}, and vLLM's 4-bit CPU "
@@ -100,7 +104,8 @@ def quantize(tensors: dict[str, torch.Tensor], name: str) -> Quantized:
     from compressed_tensors.config import CompressionFormat
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
 
-    group = group_size(tensors) if check_scheme(name) == "w4a16" else None
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    group = group_size(shapes) if check_scheme(name) == "w4a16" else None
     scheme = _scheme(name, group)
     fmt = CompressionFormat(FORMATS[name])
     compressor = BaseCompressor.get_value_from_registry(fmt.value)

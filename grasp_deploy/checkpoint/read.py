@@ -14,6 +14,7 @@ from ..core.errors import GraspError
 from ..core.fsutil import sha256_file
 from ..core.shape import ModelShape
 from . import format as fmt
+from . import quant
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,6 @@ def weight_files(directory: Path) -> list[str]:
             raise GraspError(f"{index} points at {name!r}, outside the checkpoint directory; "
                              "refusing to load it")
     return sorted(set(weight_map.values()))
-
-
-# Tensors compressed-tensors stores beside a quantized weight: not parameters of the model.
-QUANT_AUXILIARIES = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
-                     "input_scale")
 
 
 def expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
@@ -162,7 +158,7 @@ def _check_shapes(path: Path, want_shapes: dict[str, tuple[int, ...]]) -> int:
                 if key.endswith(".weight_packed"):  # 4-bit: the shape stored beside it
                     key = key.removesuffix("_packed")
                     shape = tuple(int(n) for n in f.get_tensor(key + "_shape").tolist())
-                if not key.endswith(QUANT_AUXILIARIES):  # a quantized weight's scales
+                if not key.endswith(quant.AUXILIARIES):  # a quantized weight's scales
                     count += int(torch.Size(shape).numel())
                 if key in want_shapes and shape != want_shapes[key]:
                     raise GraspError(f"{key} has shape {shape} but config.json's per-layer "

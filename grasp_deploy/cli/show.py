@@ -55,6 +55,11 @@ def prune_summary(result) -> None:
     click.echo("\n".join(lines))
 
 
+def quantized_line(q: dict[str, Any]) -> str:
+    return (f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}): "
+            f"{q['projections']} projections, {q['weight_bytes'] / 2**20:,.1f} MiB of weights")
+
+
 def export_summary(result) -> None:
     m = result.manifest
     p, kv = m["parameters"], m.get("kv_cache_bytes_per_token")
@@ -65,9 +70,7 @@ def export_summary(result) -> None:
                      f"x{kv['pruned'] / kv['dense']:.3f})")
     lines.append(f"  weights      {', '.join(m['weights'])}")
     if "quantization" in m:
-        q = m["quantization"]
-        lines.append(f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}): "
-                     f"{q['projections']} projections, {q['weight_bytes'] / 2**20:,.1f} MiB")
+        lines.append(quantized_line(m["quantization"]))
     if result.onnx:
         lines.append(f"  onnx         {result.onnx['file']}; max |logits diff| vs PyTorch "
                      f"{result.onnx['max_abs_logits_diff']:.2e}")
@@ -76,10 +79,8 @@ def export_summary(result) -> None:
 
 def inspect_report(r: dict[str, Any]) -> None:
     lines = [f"{r['directory']}: {r['architecture']}, {len(r['layers'])} layers"]
-    q = r.get("quantization")
-    if q:
-        lines.append(f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}), "
-                     f"{q['weight_bytes']:,} bytes of weights")
+    if r.get("quantization"):
+        lines.append(quantized_line(r["quantization"]))
     if "source" in r and r.get("method") != "none":
         lines.append(f"  source       {r['source']['model']} ({r['source']['fingerprint']}), "
                      f"method {r['method']}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,13 @@ import torch
 
 from ..checkpoint import format as fmt
 from ..checkpoint import quant
+from ..checkpoint.read import expected_shapes
 from ..checkpoint.write import seal, write_checkpoint, write_weights
 from ..core.dtypes import dtype_from_config, dtype_name
 from ..core.errors import GraspError
 from ..core.fsutil import DirKind, atomic_dir, check_target, sha256_file
 from ..core.plan import load_plan
+from ..core.shape import LayerShape, ModelShape
 from ..core.slicing import materialize
 from ..core.versions import package_versions
 from ..sources import models
@@ -81,6 +83,18 @@ def _dtype(config: ExportConfig, source_config: Any) -> torch.dtype:
                              or getattr(source_config, "torch_dtype", None))
 
 
+def pruned_shape(plan: Any) -> ModelShape:
+    """The shape of the checkpoint a plan exports to: its source's, with the kept widths."""
+    return replace(plan.source.shape, layers=tuple(LayerShape(**w) for w in plan.widths()))
+
+
+def _save_beside(directory: Path, tokenizer: Any, model: Any) -> None:
+    """The tokenizer and the generation config, as the source model has them."""
+    tokenizer.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+
+
 def run_dense_export(config: ExportConfig) -> ExportResult:
     """The source model itself, quantized (``export MODEL --dense --quantize S``): the baseline
     a pruned model is measured against, through the same quantizer. A plain checkpoint of the
@@ -104,9 +118,7 @@ def run_dense_export(config: ExportConfig) -> ExportResult:
     with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
         files = write_weights(quantized.tensors, tmp, parse_size(config.max_shard_size))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        tokenizer.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
+        _save_beside(tmp, tokenizer, model)
         params = models.count_parameters(model)
         manifest = seal(tmp, {
             "format": fmt.MANIFEST_FORMAT, "method": "none",
@@ -123,6 +135,8 @@ def run_export(config: ExportConfig) -> ExportResult:
     source = models.resolve_source(config.model or plan.source.name)
     source_config = loading.load_config(source)
     loading.check_plan_shape(plan, source_config, source.spec)
+    if config.quantize == "w4a16":  # widths the 4-bit kernel refuses: before any weights load
+        quant.group_size(expected_shapes(pruned_shape(plan)))
     dtype = _dtype(config, source_config)
     max_shard = parse_size(config.max_shard_size)
     tokenizer = models.load_tokenizer(source)
@@ -138,9 +152,7 @@ def run_export(config: ExportConfig) -> ExportResult:
     with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
         manifest = write_checkpoint(tmp, plan, source_config, tensors, dtype, max_shard,
                                     models.count_parameters(model), quantized)
-        tokenizer.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
+        _save_beside(tmp, tokenizer, model)
         onnx_report = None
         if config.format == "onnx":
             from .onnx import export_onnx
