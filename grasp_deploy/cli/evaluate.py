@@ -46,10 +46,16 @@ from .options import device_options, no_verify_option
 )
 @click.option("--max-tokens", default=512, show_default=True, type=int,
               help="With --tasks humaneval: the longest completion.")
+@click.option("--served", is_flag=True,
+              help="Perplexity as vLLM serves MODEL: starts a server (--dtype is vLLM's) and "
+                   "scores each window from the engine's prompt logprobs, tokenized by the "
+                   "server, so quantized and pruned checkpoints are scored by the kernels that "
+                   "serve them.")
 @click.option("--url", default=None,
-              help="With --tasks humaneval: score the OpenAI-compatible server running at this "
-                   "URL (e.g. the endpoint prune-and-serve printed) instead of starting one; "
-                   "MODEL, if given, is its served model name  [default: the first it lists]")
+              help="Score the vLLM server running at this URL (e.g. the endpoint prune-and-serve "
+                   "printed) instead of starting one: perplexity as with --served, or --tasks "
+                   "humaneval; MODEL, if given, is its served model name  [default: the first "
+                   "it lists]")
 @click.option("--api-key", default=None, envvar="GRASP_API_KEY",
               help="With --url: the server's bearer token (better: set GRASP_API_KEY).")
 @click.option(
@@ -66,8 +72,8 @@ from .options import device_options, no_verify_option
 @no_verify_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tokens, url,
-             api_key, limit, num_fewshot, include_path, device, dtype, no_verify, as_json,
+def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tokens, served,
+             url, api_key, limit, num_fewshot, include_path, device, dtype, no_verify, as_json,
              quiet):
     """Perplexity of MODEL (dense, exported checkpoint, or with --plan) on a text.
 
@@ -88,9 +94,9 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
         _humaneval(HumanEvalConfig(model=model, url=url, api_key=api_key, limit=limit,
                                    max_tokens=max_tokens, verify=not no_verify), as_json)
         return
-    if url is not None:
-        raise GraspError("--url is for --tasks humaneval (a served model); perplexity loads "
-                         "MODEL here")
+    if served and (tasks is not None or url is not None):
+        raise GraspError("--served is for perplexity; with --tasks humaneval or --url the model "
+                         "is served already: drop --served")
     if tasks is not None:  # zero-shot accuracy instead of perplexity
         result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
                                        limit=limit, num_fewshot=num_fewshot,
@@ -101,10 +107,22 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
     if limit is not None or num_fewshot or include_path is not None:
         raise GraspError("--limit, --num-fewshot and --include-path apply to --tasks; for "
                          "perplexity use --max-windows")
-    result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
-                                 max_windows=max_windows, batch_size=batch_size, device=device,
-                                 dtype=dtype, progress=not (quiet or as_json),
-                                 verify=not no_verify))
+    if served or url is not None:
+        if plan is not None:
+            raise GraspError("--served scores a checkpoint as vLLM serves it: export the plan "
+                             "first (grasp-deploy export) and pass the checkpoint")
+        from ..jobs.served_eval import ServedEvalConfig, run_served_eval
+
+        say = (lambda _msg: None) if as_json else click.echo
+        result = run_served_eval(ServedEvalConfig(
+            model=model, url=url, api_key=api_key, data=data, seq_len=seq_len,
+            max_windows=max_windows, dtype=dtype, progress=not (quiet or as_json),
+            verify=not no_verify), say=say)
+    else:
+        result = run_eval(EvalConfig(model=model, plan=plan, data=data, seq_len=seq_len,
+                                     max_windows=max_windows, batch_size=batch_size,
+                                     device=device, dtype=dtype, progress=not (quiet or as_json),
+                                     verify=not no_verify))
     click.echo(json.dumps(result.to_json())) if as_json else show.perplexity_line(result)
 
 

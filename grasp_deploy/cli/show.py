@@ -110,8 +110,8 @@ def inspect_report(r: dict[str, Any]) -> None:
 def perplexity_line(result) -> None:
     click.echo(f"perplexity {result.perplexity:.4f} on {result.data}: {result.windows} windows "
                f"x {result.seq_len} tokens ({result.tokens:,}), {result.model}"
-               f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}, "
-               f"{result.seconds:.1f}s")
+               f"{' + plan ' + result.plan if result.plan else ''}, {result.dtype}"
+               f"{', served by vLLM' if result.engine == 'vllm' else ''}, {result.seconds:.1f}s")
 
 
 def tasks_lines(result) -> None:

@@ -61,6 +61,7 @@ class EvalResult:
     data: str
     dtype: str
     seconds: float
+    engine: str = "transformers"  # or "vllm": scored through a served endpoint
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
