@@ -46,6 +46,19 @@ def quantization_note(manifest: dict[str, Any]) -> str:
             "`compressed-tensors` package and decompresses it on load.")
 
 
+def healing_note(manifest: dict[str, Any]) -> str:
+    """What healing did (``grasp-deploy heal``), from the manifest's record."""
+    h = manifest.get("healing")
+    if not h:
+        return ""
+    kl = h["held_out_kl"]
+    return (f"\n\nHealed after pruning: {h['steps']} steps ({h['seconds'] / 60:.1f} min, "
+            f"{h['tokens']:,} tokens of {h['data']}) of distillation from the dense teacher "
+            f"`{h['teacher']['model']}` ({h['teacher']['fingerprint']}), training {h['train']}; "
+            f"KL to the teacher on {kl['blocks']} held-out blocks {kl['before']:.4f} before, "
+            f"{kl['after']:.4f} after.")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     p, kv, b = manifest["parameters"], manifest["kv_cache_bytes_per_token"], manifest["budget"]
     ffn = [layer["intermediate_size"] for layer in manifest["layers"]]
@@ -58,7 +71,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         else f"{calib.get('num_samples')} x {calib.get('seq_len')} tokens of {calib['source']}"
     )
     name, method = Path(manifest["source"]["model"]).name, manifest["method"]
-    notes = weights_note(manifest) + quantization_note(manifest)
+    notes = weights_note(manifest) + healing_note(manifest) + quantization_note(manifest)
     kv_ratio = kv["pruned"] / kv["dense"]
     return f"""# {name}, pruned with grasp-deploy ({method})
 

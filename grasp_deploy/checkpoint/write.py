@@ -111,6 +111,31 @@ def write_checkpoint(
     return manifest
 
 
+def rewrite_weights(source: Path, target: Path, updated: dict[str, torch.Tensor],
+                    files: list[str]) -> None:
+    """Every file of the checkpoint ``source`` copied into ``target`` (the manifest aside,
+    which the caller writes), its weight ``files`` rewritten with the tensors of ``updated`` in
+    place of theirs: same names, shapes, dtypes and shards, so the index stays true."""
+    from safetensors.torch import load_file, save_file
+
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if path.is_dir() or rel.as_posix() == fmt.MANIFEST:
+            continue
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.as_posix() not in files:
+            shutil.copyfile(path, target / rel)
+            continue
+        tensors = load_file(str(path))
+        for name, old in tensors.items():
+            if name in updated:
+                new = updated[name]
+                if tuple(new.shape) != tuple(old.shape):
+                    raise ValueError(f"{name}: shape {tuple(new.shape)} != {tuple(old.shape)}")
+                tensors[name] = new.detach().to(old.dtype).contiguous()
+        save_file(tensors, str(target / rel), metadata={"format": "pt"})
+
+
 def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Record the sha256 of every file of the checkpoint (code, config, tokenizer, weights,
     index, card) in the manifest and write it: verification covers all of them."""

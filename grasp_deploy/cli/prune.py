@@ -51,7 +51,8 @@ def prune(model, out, force, quiet, **options):
 @click.option("--quantize", default=None, metavar="SCHEME",
               help="Also quantize every decoder projection, written in compressed-tensors' "
                    "format for vLLM and transformers: int8 (W8A8: int8 weights per channel, "
-                   "int8 activations per token at run time). Default: no quantization.")
+                   "int8 activations per token at run time) or w4a16 (4-bit weights in groups, "
+                   "16-bit activations; widths multiples of 32). Default: no quantization.")
 @click.option("--dense", is_flag=True,
               help="No plan: export MODEL itself, quantized (needs --quantize); the baseline a "
                    "quantized pruned model is compared with. A plain checkpoint of MODEL's "
@@ -60,11 +61,13 @@ def prune(model, out, force, quiet, **options):
 def export(args, out, fmt, dtype, max_shard_size, quantize, dense, force):
     """Materialise a plan: a smaller dense checkpoint with per-layer widths.
 
-    MODEL defaults to the plan's source model. The directory loads with
+    MODEL defaults to the plan's source model. Given a checkpoint instead of a plan (a healed
+    one, say) and --quantize, that checkpoint is quantized as it stands. The directory loads with
     AutoModelForCausalLM.from_pretrained(CKPT, trust_remote_code=True) in stock transformers,
     and with grasp-deploy serve (vLLM).
     """
-    from ..jobs.export import ExportConfig, run_dense_export, run_export
+    from ..checkpoint.format import MANIFEST
+    from ..jobs.export import ExportConfig, run_checkpoint_export, run_dense_export, run_export
 
     if dense:
         if len(args) != 1:
@@ -75,6 +78,11 @@ def export(args, out, fmt, dtype, max_shard_size, quantize, dense, force):
         return
     if len(args) > 2:
         raise GraspError(f"export takes [MODEL] PLAN_DIR, got {len(args)} arguments")
+    if len(args) == 1 and (Path(args[0]) / MANIFEST).is_file():  # a checkpoint: quantize it
+        show.export_summary(run_checkpoint_export(ExportConfig(
+            plan_dir=Path(args[0]), out=out, format=fmt, dtype=dtype,
+            max_shard_size=max_shard_size, force=force, quantize=quantize)))
+        return
     model, plan_dir = (None, args[0]) if len(args) == 1 else args
     show.export_summary(run_export(ExportConfig(
         plan_dir=Path(plan_dir), out=out, model=model, format=fmt, dtype=dtype,

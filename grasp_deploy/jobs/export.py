@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 
 from ..checkpoint import format as fmt
 from ..checkpoint import quant
-from ..checkpoint.read import expected_shapes
+from ..checkpoint.card import model_card
+from ..checkpoint.read import expected_shapes, read_checkpoint, verify_checkpoint, weight_files
 from ..checkpoint.write import seal, write_checkpoint, write_weights
 from ..core.dtypes import dtype_from_config, dtype_name
 from ..core.errors import GraspError
@@ -161,3 +163,47 @@ def run_export(config: ExportConfig) -> ExportResult:
             manifest["onnx"] = onnx_report
         manifest = seal(tmp, manifest)
     return ExportResult(Path(config.out), manifest, onnx_report)
+
+
+def run_checkpoint_export(config: ExportConfig) -> ExportResult:
+    """An exported checkpoint (a healed one, say) quantized as it stands
+    (``export CKPT_DIR --quantize S``): its weights compressed, every other file copied, the
+    manifest extended with the scheme."""
+    from safetensors.torch import load_file
+
+    source = Path(config.plan_dir)
+    if not config.quantize:
+        raise GraspError(f"{source} is a checkpoint already: export rewrites one only to "
+                         "quantize it; add --quantize int8 or w4a16")
+    if config.format != "safetensors" or config.dtype != "source":
+        raise GraspError("a checkpoint is quantized in its own dtype, as safetensors; drop "
+                         "--format and --dtype")
+    check_target(Path(config.out), config.force, CHECKPOINT_DIR)
+    info = read_checkpoint(source)
+    manifest = info.manifest or {}
+    if manifest.get("method") in (None, "none") or manifest.get("quantization"):
+        raise GraspError(f"{source} is not an unquantized pruned checkpoint of grasp-deploy; "
+                         "export a plan, or quantize the checkpoint it came from")
+    verify_checkpoint(info)
+    if config.quantize == "w4a16":  # widths the 4-bit kernel refuses: before any weights load
+        quant.group_size(expected_shapes(info.shape))
+    old_files = weight_files(source)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in old_files:
+        tensors.update(load_file(str(source / name)))
+    quantized = quant.quantize(tensors, config.quantize)
+    skip = {fmt.MANIFEST, fmt.INDEX_FILE, "config.json", fmt.CARD, *old_files}
+    with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if path.is_file() and rel.as_posix() not in skip:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, tmp / rel)
+        files = write_weights(quantized.tensors, tmp, parse_size(config.max_shard_size))
+        cfg = {**info.config, "quantization_config": quantized.config}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        new = {**manifest, "quantization": quantized.record,
+               "weights": {name: sha256_file(tmp / name) for name in files}}
+        (tmp / fmt.CARD).write_text(model_card(new))
+        new = seal(tmp, new)
+    return ExportResult(Path(config.out), new)

@@ -156,3 +156,31 @@ def test_w4a16_exports_an_aligned_plan_that_transformers_decompresses(tmp_path):
 
 def plan_widths(manifest, i):
     return range(manifest["layers"][i]["intermediate_size"])
+
+
+def test_a_checkpoint_quantizes_as_it_stands_like_its_plan(quantized, tmp_path):
+    """``export CKPT --quantize`` (for a healed checkpoint, say) writes the tensors that
+    quantizing the plan's export writes, with every other file and the manifest carried."""
+    from safetensors.torch import load_file
+
+    from grasp_deploy.checkpoint.read import inspect_checkpoint
+
+    from_plan, plain, _ = quantized
+    r = CliRunner().invoke(main, ["export", str(plain), "--quantize", "int8", "--out",
+                                  str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    a = load_file(str(from_plan / "model.safetensors"))
+    b = load_file(str(tmp_path / "q" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    m_plain = json.loads((plain / "grasp_manifest.json").read_text())
+    m_q = json.loads((tmp_path / "q" / "grasp_manifest.json").read_text())
+    assert m_q["quantization"]["scheme"] == "int8" and m_q["layers"] == m_plain["layers"]
+    tokenizer = (tmp_path / "q" / "tokenizer.json").read_bytes()
+    assert tokenizer == (plain / "tokenizer.json").read_bytes()
+    assert inspect_checkpoint(tmp_path / "q", verify=True)["quantization"]["scheme"] == "int8"
+    before = listing(tmp_path)
+    for source, extra, message in ((plain, [], "add --quantize"),
+                                   (from_plan, ["--quantize", "int8"], "not an unquantized")):
+        r = CliRunner().invoke(main, ["export", str(source), *extra, "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2 and message in r.output, r.output
+    assert listing(tmp_path) == before

@@ -1,0 +1,100 @@
+"""Healing against time: perplexity of a pruned checkpoint before and after `grasp-deploy heal`
+for each cell, on the full WikiText-2 test text, with a plot of perplexity against healing time.
+
+A cell is TRAIN:MINUTES:STEPS (``all:60:540``: every kept weight, cosine schedule over 540
+steps, stopped at 60 minutes if not done). Each cell heals CKPT into WORK/NAME-TRAIN-MINUTES
+(kept, and reused when it is there: the script resumes), then scores it with ``grasp-deploy
+eval`` (transformers, dtype auto). Healing time is the training time the healing record holds
+(loading and the held-out KL excluded).
+
+    python -m bench.heal --checkpoint runs/r50-reselect-ckpt --name r50-reselect \
+        --cells all:60:540,all:15:135,lora:15:135 --out bench/results/heal-smollm2-r50
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import harness
+from bench.harness import WIKI
+
+
+def _eval(ckpt: Path, data: str) -> dict[str, Any]:
+    _, out = harness.run([*harness.grasp_deploy(), "eval", str(ckpt), "--data", data, "--json"])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _heal(ckpt: Path, out: Path, train: str, minutes: float, steps: int, args: Any) -> None:
+    if (out / "grasp_manifest.json").is_file():
+        print(f"reusing {out}")
+        return
+    cmd = [*harness.grasp_deploy(), "heal", str(ckpt), "--out", str(out), "--data", args.data,
+           "--eval-data", args.test, "--train", train, "--max-minutes", str(minutes),
+           "--steps", str(steps), "--json"]
+    harness.run(cmd + (["--lr", str(args.lr)] if args.lr else []))
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    base = next(r for r in rows if r["train"] == "none")
+    for train in sorted({r["train"] for r in rows} - {"none"}):
+        pts = sorted((r["minutes"], r["perplexity"]) for r in rows if r["train"] == train)
+        ax.plot([0] + [m for m, _ in pts], [base["perplexity"]] + [p for _, p in pts], "o-",
+                label=f"heal --train {train}")
+    ax.axhline(base["dense"], color="grey", ls="--", label="dense")
+    ax.set_xlabel("healing time (minutes of training, this CPU)")
+    ax.set_ylabel("WikiText-2 test perplexity")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, None)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--name", required=True, help="a short name for the checkpoint")
+    ap.add_argument("--cells", default="all:15:135,lora:15:135,all:60:540")
+    ap.add_argument("--work", type=Path, default=Path("runs/heal"))
+    ap.add_argument("--data", default=f"file:{WIKI / 'wiki.valid.tokens'}")
+    ap.add_argument("--test", default=f"file:{WIKI / 'wiki.test.raw'}")
+    ap.add_argument("--dense", default=None, help="dense model [default: the checkpoint's source]")
+    ap.add_argument("--lr", type=float, default=None)
+    args = ap.parse_args(argv)
+    harness.require(WIKI, "the shared WikiText-2 files")
+    manifest = json.loads((args.checkpoint / "grasp_manifest.json").read_text())
+    dense = _eval(Path(args.dense or manifest["source"]["model"]), args.test)["perplexity"]
+    rows = [{"train": "none", "minutes": 0, "steps": 0, "dense": dense,
+             "perplexity": _eval(args.checkpoint, args.test)["perplexity"]}]
+    for cell in args.cells.split(","):
+        train, minutes, steps = cell.split(":")
+        out = args.work / f"{args.name}-{train}-{minutes}"
+        _heal(args.checkpoint, out, train, float(minutes), int(steps), args)
+        record = json.loads((out / "grasp_manifest.json").read_text())["healing"]
+        rows.append({"train": train, "minutes": record["seconds"] / 60, "steps": record["steps"],
+                     "lr": record["lr"], "held_out_kl": record["held_out_kl"], "dense": dense,
+                     "perplexity": _eval(out, args.test)["perplexity"]})
+    lines = ["| healing | steps | minutes | held-out KL | WikiText-2 test ppl | x dense |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        kl = r.get("held_out_kl")
+        kl_text = f"{kl['before']:.3f} -> {kl['after']:.3f}" if kl else ""
+        lines.append(f"| {r['train']} | {r['steps']} | {r['minutes']:.1f} | {kl_text} | "
+                     f"{r['perplexity']:.2f} | {r['perplexity'] / dense:.2f} |")
+    body = (f"# Healing {args.name} by distillation\n\nDense perplexity {dense:.2f}.\n\n"
+            + "\n".join(lines) + "\n\n![perplexity against healing time](heal.png)\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot(rows, args.out / "heal.png", f"{args.name}: perplexity against healing time")
+    harness.write(args.out, "heal", {"checkpoint": str(args.checkpoint), "rows": rows}, body,
+                  args.note)
+
+
+if __name__ == "__main__":
+    main()
