@@ -21,9 +21,20 @@ from bench import harness
 from bench.harness import WIKI
 
 
-def _eval(ckpt: Path, data: str) -> dict[str, Any]:
-    _, out = harness.run([*harness.grasp_deploy(), "eval", str(ckpt), "--data", data, "--json"])
-    return json.loads(out.strip().splitlines()[-1])
+def _eval(ckpt: Path, data: str, cache: Path) -> dict[str, Any]:
+    """``grasp-deploy eval --json`` of ``ckpt``, kept in ``cache`` (keyed by the checkpoint's
+    manifest, or its path for a dense model) so that a re-run scores each model once."""
+    manifest = ckpt / "grasp_manifest.json"
+    key = f"{ckpt}|{data}|" + (json.dumps(json.loads(manifest.read_text())["weights"])
+                               if manifest.is_file() else "")
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in done:
+        _, out = harness.run([*harness.grasp_deploy(), "eval", str(ckpt), "--data", data,
+                              "--json"])
+        done[key] = json.loads(out.strip().splitlines()[-1])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(done, indent=1) + "\n")
+    return done[key]
 
 
 def _heal(ckpt: Path, out: Path, train: str, minutes: float, steps: int, args: Any) -> None:
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__, None)
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--name", required=True, help="a short name for the checkpoint")
-    ap.add_argument("--cells", default="all:15:135,lora:15:135,all:60:540")
+    ap.add_argument("--cells", default="all:15:135,lora:15:135,all:60:540",
+                    help="TRAIN:MINUTES:STEPS, comma-separated; '-' for no cell (the baseline)")
     ap.add_argument("--work", type=Path, default=Path("runs/heal"))
     ap.add_argument("--data", default=f"file:{WIKI / 'wiki.valid.tokens'}")
     ap.add_argument("--test", default=f"file:{WIKI / 'wiki.test.raw'}")
@@ -70,17 +82,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     harness.require(WIKI, "the shared WikiText-2 files")
     manifest = json.loads((args.checkpoint / "grasp_manifest.json").read_text())
-    dense = _eval(Path(args.dense or manifest["source"]["model"]), args.test)["perplexity"]
+    cache = args.work / "evals.json"
+    dense_model = Path(args.dense or manifest["source"]["model"])
+    dense = _eval(dense_model, args.test, cache)["perplexity"]
     rows = [{"train": "none", "minutes": 0, "steps": 0, "dense": dense,
-             "perplexity": _eval(args.checkpoint, args.test)["perplexity"]}]
-    for cell in args.cells.split(","):
+             "perplexity": _eval(args.checkpoint, args.test, cache)["perplexity"]}]
+    for cell in [c for c in args.cells.split(",") if c not in ("", "-")]:
         train, minutes, steps = cell.split(":")
         out = args.work / f"{args.name}-{train}-{minutes}"
         _heal(args.checkpoint, out, train, float(minutes), int(steps), args)
         record = json.loads((out / "grasp_manifest.json").read_text())["healing"]
         rows.append({"train": train, "minutes": record["seconds"] / 60, "steps": record["steps"],
                      "lr": record["lr"], "held_out_kl": record["held_out_kl"], "dense": dense,
-                     "perplexity": _eval(out, args.test)["perplexity"]})
+                     "perplexity": _eval(out, args.test, cache)["perplexity"]})
     lines = ["| healing | steps | minutes | held-out KL | WikiText-2 test ppl | x dense |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -143,10 +143,21 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
     is_flag=True,
     help="Start the server, print the endpoint and one sample completion, then stop.",
 )
+@click.option("--heal-minutes", type=float, default=None,
+              help="Heal the checkpoint by distillation from the dense model for this long "
+                   "(grasp-deploy heal, its defaults) before serving it.")
+@click.option("--heal-steps", type=int, default=None,
+              help="Heal for this many steps (with --heal-minutes: whichever comes first).")
+@click.option("--heal-data", default=None,
+              help="Text to heal on  [default: the --calib text]")
+@click.option("--quantize", default=None, metavar="SCHEME",
+              help="Serve the checkpoint (healed, if asked) quantized: int8 or w4a16 "
+                   "(see grasp-deploy export --help).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once, quiet,
-                    **options):
-    """Prune MODEL, export it, optionally A/B it against the dense model, and serve it.
+def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once,
+                    heal_minutes, heal_steps, heal_data, quantize, quiet, **options):
+    """Prune MODEL, export it, optionally heal and quantize it, optionally A/B it against the
+    dense model, and serve it.
 
     Outputs are reused when the model and prune settings are unchanged, so re-running the
     same command goes straight to serving.
@@ -165,7 +176,8 @@ def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout,
                             tensor_parallel=bench.tensor_parallel,
                             pipeline_parallel=bench.pipeline_parallel,
                             startup_timeout=startup_timeout),
-        work=work, bench=bench if do_bench else None, once=once)
+        work=work, bench=bench if do_bench else None, once=once, heal_minutes=heal_minutes,
+        heal_steps=heal_steps, heal_data=heal_data, quantize=quantize)
     if quiet:
         quiet_transformers()
     hooks = PipelineHooks(

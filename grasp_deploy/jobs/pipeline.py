@@ -4,6 +4,9 @@ WORK/
   inputs.json   what the plan and checkpoint were made from (the reuse key)
   plan/         grasp-deploy prune output
   ckpt/         grasp-deploy export output
+  healed/       grasp-deploy heal output (with --heal-minutes / --heal-steps)
+  ckpt-SCHEME/  the served checkpoint quantized (with --quantize)
+  derived.json  what healed/ and ckpt-SCHEME/ were made with (their reuse key)
   bench/        grasp-deploy bench output (with --bench)
 """
 
@@ -21,6 +24,8 @@ from typing import Any
 import torch
 
 from ..checkpoint import format as fmt
+from ..checkpoint.quant import check_scheme
+from ..core.checks import check_number
 from ..core.errors import GraspError
 from ..core.plan import PLAN_FILE, load_plan
 from ..loadtest.ab import run_ab
@@ -30,11 +35,13 @@ from ..server.net import check_bindable
 from ..sources import models
 from ..sources.known import DEFAULT_MODEL
 from . import bench, loading, serve
-from .export import ExportConfig, run_export
+from .export import ExportConfig, run_checkpoint_export, run_export
+from .heal import HealConfig, run_heal
 from .prune import PruneConfig, PruneResult, run_prune
 from .prune_config import post_step_of
 
 INPUTS = "inputs.json"
+DERIVED = "derived.json"
 SAMPLE_PROMPT = "The capital of France is"
 SAMPLE_CHAT = "What is the capital of France?"
 
@@ -46,6 +53,25 @@ class PipelineConfig:
     work: Path | None = None  # default: runs/<model>-<method>-r<R>-<key>
     bench: BenchConfig | None = None  # its ``pruned`` and ``out`` come from WORK
     once: bool = False  # serve, complete one prompt, stop
+    heal_minutes: float | None = None  # heal the checkpoint (jobs.heal) for this long
+    heal_steps: int | None = None  # or this many steps (both: whichever comes first)
+    heal_data: str | None = None  # default: the calibration text
+    quantize: str | None = None  # then quantize it (checkpoint.quant.SCHEMES)
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None:
+            check_scheme(self.quantize)
+        if self.heal_minutes is not None:
+            check_number("--heal-minutes", self.heal_minutes, low=0, low_open=True)
+        if self.heal_steps is not None:
+            check_number("--heal-steps", self.heal_steps, low=1, integer=True)
+        if self.healing and (self.heal_data or self.prune.calib) == "self":
+            raise GraspError("--calib self leaves no text to heal on; give --heal-data "
+                             "file:PATH or wikitext2")
+
+    @property
+    def healing(self) -> bool:
+        return self.heal_minutes is not None or self.heal_steps is not None
 
 
 @dataclass(frozen=True)
@@ -145,6 +171,47 @@ def _prepare(config: PruneConfig, work: Path, say: Callable[[str], None]) -> dic
     return out
 
 
+def derive(config: PipelineConfig, ckpt: Path, fresh: bool, say: Callable[[str], None]) -> Path:
+    """The checkpoint to serve: ``ckpt``, healed and/or quantized as asked, each step made anew
+    when its settings or what it starts from changed, reused otherwise."""
+    work = ckpt.parent
+    recorded = json.loads((work / DERIVED).read_text()) if (work / DERIVED).is_file() else {}
+    wanted: dict[str, Any] = {}
+    if config.healing:
+        data = config.heal_data or config.prune.calib
+        wanted["heal"] = {"minutes": config.heal_minutes, "steps": config.heal_steps,
+                          "data": data}
+        healed = work / "healed"
+        if not fresh and recorded.get("heal") == wanted["heal"] \
+                and (healed / fmt.MANIFEST).is_file():
+            say(f"reusing the healed checkpoint in {healed}")
+        else:
+            (work / DERIVED).unlink(missing_ok=True)
+            result = run_heal(HealConfig(
+                checkpoint=ckpt, out=healed, data=data, steps=config.heal_steps,
+                max_minutes=config.heal_minutes, force=True,
+                progress=config.prune.progress), say=say)
+            kl = result.record["held_out_kl"]
+            say(f"healed: held-out KL to the dense model {kl['before']:.4f} -> "
+                f"{kl['after']:.4f} in {result.record['seconds'] / 60:.1f} min")
+            fresh = True
+        ckpt = healed
+    if config.quantize:
+        wanted["quantize"] = config.quantize
+        quantized = work / f"ckpt-{config.quantize}"
+        if not fresh and recorded.get("quantize") == config.quantize \
+                and recorded.get("heal") == wanted.get("heal") \
+                and (quantized / fmt.MANIFEST).is_file():
+            say(f"reusing the quantized checkpoint in {quantized}")
+        else:
+            (work / DERIVED).unlink(missing_ok=True)
+            run_checkpoint_export(ExportConfig(plan_dir=ckpt, out=quantized,
+                                               quantize=config.quantize, force=True))
+        ckpt = quantized
+    (work / DERIVED).write_text(json.dumps(wanted, indent=2) + "\n")
+    return ckpt
+
+
 def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
     """The whole chain; returns the serve exit code (0 after Ctrl-C or ``once``)."""
     require_vllm()
@@ -155,7 +222,7 @@ def run_prune_and_serve(config: PipelineConfig, hooks: PipelineHooks) -> int:
     made = prepare_checkpoint(config.prune, work, hooks.say)
     if made.get("prune_result") is not None:
         hooks.on_prune(made["prune_result"])
-    ckpt = Path(made["checkpoint"])
+    ckpt = derive(config, Path(made["checkpoint"]), made["exported"], hooks.say)
     hooks.on_checkpoint(ckpt)
     if config.bench is not None:
         out = work / "bench"

@@ -65,3 +65,29 @@ def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
         line for line in proc.stdout.splitlines() if "sample: 'chat: What is the capital" in line
     ]
     assert len(chat) == 1 and chat[0].split("->", 1)[1].strip() not in ("", "''"), proc.stdout
+
+
+def test_prune_and_serve_heals_and_quantizes_then_reuses_both(checkpoints, text_file, tmp_path):
+    dense, _ = checkpoints
+    work = tmp_path / "work"
+    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
+            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e",
+            "1", "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype",
+            "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q",
+            "--heal-steps", "3", "--quantize", "int8"]
+    first = subprocess.run(base + ["--port", str(free_port())], capture_output=True, text=True,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "healed: held-out KL to the dense model" in first.stderr
+    assert "serving ckpt-int8 at http://127.0.0.1:" in first.stdout, first.stdout
+    served = json.loads((work / "ckpt-int8" / "grasp_manifest.json").read_text())
+    assert served["quantization"]["scheme"] == "int8" and served["healing"]["steps"] == 3
+    second = subprocess.run(base + ["--port", str(free_port())], capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the healed checkpoint" in second.stderr
+    assert "reusing the quantized checkpoint" in second.stderr
+    assert json.loads((work / "ckpt-int8" / "grasp_manifest.json").read_text()) == served
+    bad = subprocess.run(base[:-4] + ["--heal-minutes", "-1", "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--heal-minutes" in bad.stderr, bad.stderr[-2000:]
