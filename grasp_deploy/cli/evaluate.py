@@ -87,6 +87,9 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
 
     if quiet or as_json:
         quiet_transformers()
+    if served and (tasks is not None or url is not None):
+        raise GraspError("--served is for perplexity; --tasks scores otherwise and with --url "
+                         "the model is served already: drop --served")
     if tasks is not None and tasks.strip().lower() == "humaneval":
         if plan is not None:
             raise GraspError("--tasks humaneval scores a served model: export the plan first "
@@ -94,9 +97,6 @@ def eval_cmd(model, plan, data, seq_len, max_windows, batch_size, tasks, max_tok
         _humaneval(HumanEvalConfig(model=model, url=url, api_key=api_key, limit=limit,
                                    max_tokens=max_tokens, verify=not no_verify), as_json)
         return
-    if served and (tasks is not None or url is not None):
-        raise GraspError("--served is for perplexity; with --tasks humaneval or --url the model "
-                         "is served already: drop --served")
     if tasks is not None:  # zero-shot accuracy instead of perplexity
         result = run_tasks(TasksConfig(model=model, tasks=parse_tasks(tasks), plan=plan,
                                        limit=limit, num_fewshot=num_fewshot,

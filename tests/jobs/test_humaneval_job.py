@@ -34,7 +34,7 @@ def test_eval_humaneval_serves_the_model_and_prints_pass_at_1(monkeypatch):
     assert json.loads(r.output)["rows"][0]["task_id"] == "T/0"
 
 
-def test_a_running_server_is_scored_without_starting_one(monkeypatch):
+def test_a_running_server_is_scored_without_starting_one(monkeypatch, tmp_path):
     monkeypatch.setattr(job, "check_sandbox", lambda: None)
     monkeypatch.setattr(job, "load_problems", lambda limit: [{"task_id": "T/0"}])
     monkeypatch.setattr(job, "VllmServer", lambda *a, **k: AssertionError("started a server"))
@@ -47,8 +47,13 @@ def test_a_running_server_is_scored_without_starting_one(monkeypatch):
         r = invoke("eval", *([model] if model else []), *args)
         assert r.exit_code == 0, r.output
         assert scored[-1] == Endpoint("http://127.0.0.1:9", name, "k")
-    r = invoke("eval", "m", "--url", "http://127.0.0.1:9")
-    assert r.exit_code == 2 and "--url is for --tasks humaneval" in r.output
+    # without --tasks, --url scores perplexity through that server (port 9: nothing there)
+    text = tmp_path / "text.txt"
+    text.write_text("some words to score\n" * 50)
+    r = invoke("eval", "m", "--url", "http://127.0.0.1:9", "--data", f"file:{text}")
+    assert r.exit_code == 2 and "http://127.0.0.1:9 cannot be reached" in r.output, r.output
+    r = invoke("eval", "m", "--served", "--tasks", "humaneval")
+    assert r.exit_code == 2 and "--served is for perplexity" in r.output, r.output
 
 
 def test_bad_humaneval_input_is_one_line_before_any_work(monkeypatch, tmp_path):
