@@ -202,6 +202,8 @@ def inspect_checkpoint(directory: Path, verify: bool = True) -> dict[str, Any]:
         m = info.manifest
         if m.get("quantization"):
             report["quantization"] = m["quantization"]
+        if m.get("healing"):
+            report["healing"] = {k: v for k, v in m["healing"].items() if k != "loss_curve"}
         try:
             report.update(source=m["source"], method=m["method"],
                           dense_parameters=int(m["parameters"]["dense"]),

@@ -91,6 +91,11 @@ def inspect_report(r: dict[str, Any]) -> None:
             f"{r['kv_cache_bytes_per_token']:,} "
             f"(x{r['kv_cache_bytes_per_token'] / r['dense_kv_cache_bytes_per_token']:.3f})"
         )
+        if r.get("healing"):
+            h, kl = r["healing"], r["healing"]["held_out_kl"]
+            lines.append(f"  healed       {h['steps']} steps ({h['seconds'] / 60:.1f} min) from "
+                         f"{h['teacher']['model']} on {h['data']}; held-out KL "
+                         f"{kl['before']:.4f} -> {kl['after']:.4f}")
         b = r["budget"]
         lines.append(f"  budgets      prunable parameters: {b['prune_ratio']:.2%} removal asked, "
                      f"{b['achieved_ratio']:.2%} achieved; {kv_budget_text(b)}")

@@ -59,7 +59,10 @@ def test_healing_lowers_the_held_out_kl_and_keeps_shapes_and_budget(pruned, tmp_
     assert m_new["healing"]["teacher"]["fingerprint"] == m_old["source"]["fingerprint"]
     assert len(m_new["healing"]["loss_curve"]) == 30
     assert "Healed after pruning: 30 steps" in (tmp_path / "healed" / "README.md").read_text()
-    inspect_checkpoint(tmp_path / "healed", verify=True)  # every file's sha256 holds
+    report = inspect_checkpoint(tmp_path / "healed", verify=True)  # every file's sha256 holds
+    assert report["healing"]["steps"] == 30 and "loss_curve" not in report["healing"]
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "healed")])
+    assert shown.exit_code == 0 and "healed       30 steps" in shown.output, shown.output
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(pruned, tmp_path, monkeypatch):
