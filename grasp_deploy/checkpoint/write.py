@@ -118,22 +118,26 @@ def rewrite_weights(source: Path, target: Path, updated: dict[str, torch.Tensor]
     place of theirs: same names, shapes, dtypes and shards, so the index stays true."""
     from safetensors.torch import load_file, save_file
 
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if path.is_dir() or rel.as_posix() == fmt.MANIFEST:
-            continue
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        if rel.as_posix() not in files:
-            shutil.copyfile(path, target / rel)
-            continue
-        tensors = load_file(str(path))
+    copy_files(source, target, skip={fmt.MANIFEST, *files})
+    for file in files:
+        tensors = load_file(str(source / file))
         for name, old in tensors.items():
             if name in updated:
                 new = updated[name]
                 if tuple(new.shape) != tuple(old.shape):
                     raise ValueError(f"{name}: shape {tuple(new.shape)} != {tuple(old.shape)}")
                 tensors[name] = new.detach().to(old.dtype).contiguous()
-        save_file(tensors, str(target / rel), metadata={"format": "pt"})
+        save_file(tensors, str(target / file), metadata={"format": "pt"})
+
+
+def copy_files(source: Path, target: Path, skip: set[str]) -> None:
+    """Every file of the checkpoint ``source`` into ``target``, but those named in ``skip``
+    (paths relative to ``source``)."""
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if path.is_file() and rel.as_posix() not in skip:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / rel)
 
 
 def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

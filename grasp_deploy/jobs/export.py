@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from ..checkpoint import format as fmt
 from ..checkpoint import quant
 from ..checkpoint.card import model_card
 from ..checkpoint.read import expected_shapes, read_checkpoint, verify_checkpoint, weight_files
-from ..checkpoint.write import seal, write_checkpoint, write_weights
+from ..checkpoint.write import copy_files, seal, write_checkpoint, write_weights
 from ..core.dtypes import dtype_from_config, dtype_name
 from ..core.errors import GraspError
 from ..core.fsutil import DirKind, atomic_dir, check_target, sha256_file
@@ -194,11 +193,7 @@ def run_checkpoint_export(config: ExportConfig) -> ExportResult:
     quantized = quant.quantize(tensors, config.quantize)
     skip = {fmt.MANIFEST, fmt.INDEX_FILE, "config.json", fmt.CARD, *old_files}
     with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
-        for path in sorted(source.rglob("*")):
-            rel = path.relative_to(source)
-            if path.is_file() and rel.as_posix() not in skip:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, tmp / rel)
+        copy_files(source, tmp, skip)
         files = write_weights(quantized.tensors, tmp, parse_size(config.max_shard_size))
         cfg = {**info.config, "quantization_config": quantized.config}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
