@@ -14,14 +14,19 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'grasp-de
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
+def _tiny_run(dense, text_file, work) -> list[str]:
+    """prune-and-serve of the tiny model at 0.3, eager float32, served once."""
+    return [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
+            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e",
+            "1", "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype",
+            "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
+
+
 @pytest.mark.slow
 def test_prune_and_serve_runs_once_and_reuses_its_outputs(checkpoints, text_file, tmp_path):
     dense, _ = checkpoints
     work = tmp_path / "work"
-    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
-            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e",
-            "1", "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype",
-            "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q"]
+    base = _tiny_run(dense, text_file, work)
     first = subprocess.run(base + ["--port", str(free_port()), "--bench", "--concurrency", "1",
                                    "--requests", "2", "--output-len", "4", "--input-len", "8",
                                    "--warmup", "0", "--no-profile"],
@@ -70,11 +75,7 @@ def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
 def test_prune_and_serve_heals_and_quantizes_then_reuses_both(checkpoints, text_file, tmp_path):
     dense, _ = checkpoints
     work = tmp_path / "work"
-    base = [sys.executable, "-m", "grasp_deploy.cli", "prune-and-serve", str(dense),
-            "--prune-ratio", "0.3", "--calib", f"file:{text_file}", "-n", "2", "-l", "32", "-e",
-            "1", "--dtype", "float32", "--work", str(work), "--enforce-eager", "--vllm-dtype",
-            "float32", "--kv-cache-gb", "0.02", "--max-model-len", "256", "--once", "-q",
-            "--heal-steps", "3", "--quantize", "int8"]
+    base = _tiny_run(dense, text_file, work) + ["--heal-steps", "3", "--quantize", "int8"]
     first = subprocess.run(base + ["--port", str(free_port())], capture_output=True, text=True,
                            timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
