@@ -19,7 +19,13 @@ from .options import device_options, no_verify_option
               help="The dense teacher; its fingerprint must match the checkpoint's source  "
                    "[default: the checkpoint's source model]")
 @click.option("--data", default="wikitext2", show_default=True,
-              help="Training text: wikitext2[:SPLIT] (train split by default) or file:PATH.")
+              help="Training text: wikitext2[:SPLIT] (train split by default), file:PATH, or "
+                   "self: data-free, only text the teacher samples itself (see --samples).")
+@click.option("--samples", type=int, default=None,
+              help="Blocks of --seq-len tokens the teacher samples itself (temperature 1, top-p "
+                   "0.95; through a vLLM server of the teacher where vLLM is installed, else "
+                   "transformers), added to --data's blocks; cached for later runs  "
+                   "[default: 1024 with --data self, else none]")
 @click.option("--eval-data", default=None,
               help="The text you will evaluate on (e.g. file:wiki.test.raw): refused if it "
                    "overlaps --data.")
@@ -56,9 +62,9 @@ from .options import device_options, no_verify_option
 @click.option("--force", is_flag=True, help="Replace an existing CKPT_DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print the healing record as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def heal(checkpoint, out, teacher, data, eval_data, steps, max_minutes, train, lora_rank, lr,
-         batch_size, seq_len, temperature, ce_weight, held_out, warmup, save_every, seed,
-         gradient_checkpointing, device, dtype, no_verify, force, as_json, quiet):
+def heal(checkpoint, out, teacher, data, samples, eval_data, steps, max_minutes, train,
+         lora_rank, lr, batch_size, seq_len, temperature, ce_weight, held_out, warmup, save_every,
+         seed, gradient_checkpointing, device, dtype, no_verify, force, as_json, quiet):
     """Heal a pruned checkpoint by distillation from its dense source model.
 
     The kept projection weights (or LoRA adapters on them) train with AdamW (norms, embeddings
@@ -74,7 +80,8 @@ def heal(checkpoint, out, teacher, data, eval_data, steps, max_minutes, train, l
     if quiet or as_json:
         quiet_transformers()
     config = HealConfig(
-        checkpoint=checkpoint, out=out, teacher=teacher, data=data, eval_data=eval_data,
+        checkpoint=checkpoint, out=out, teacher=teacher, data=data, samples=samples,
+        eval_data=eval_data,
         steps=steps, max_minutes=max_minutes, train=train, lora_rank=lora_rank, lr=lr,
         batch_size=batch_size, seq_len=seq_len,
         temperature=temperature, ce_weight=ce_weight, held_out=held_out, warmup=warmup,

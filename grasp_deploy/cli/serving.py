@@ -149,7 +149,8 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
 @click.option("--heal-steps", type=int, default=None,
               help="Heal for this many steps (with --heal-minutes: whichever comes first).")
 @click.option("--heal-data", default=None,
-              help="Text to heal on  [default: the --calib text]")
+              help="Text to heal on; self: text the dense model samples itself (data-free, "
+                   "as heal --data self)  [default: the --calib text]")
 @click.option("--quantize", default=None, metavar="SCHEME",
               help="Serve the checkpoint (healed, if asked) quantized: int8 or w4a16 "
                    "(see grasp-deploy export --help).")

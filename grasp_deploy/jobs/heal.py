@@ -28,9 +28,9 @@ from ..core.dtypes import dtype_name
 from ..core.errors import GraspError
 from ..core.fsutil import atomic_dir, check_target, sha256_file
 from ..methods import distill
-from ..sources import models, text
+from ..sources import models
 from ..sources.device import resolve_device, resolve_dtype
-from . import loading
+from . import heal_data, loading
 from .export import CHECKPOINT_DIR
 from .resume import ResumeStore, run_key
 
@@ -43,7 +43,8 @@ class HealConfig:
     checkpoint: Path
     out: Path
     teacher: str | None = None  # default: the checkpoint's source model
-    data: str = "wikitext2"  # its train split by default
+    data: str = "wikitext2"  # its train split by default; "self": the teacher's samples only
+    samples: int | None = None  # blocks the teacher samples itself [--data self: 1024]
     eval_data: str | None = None  # the evaluation text, checked not to overlap --data
     steps: int | None = None
     max_minutes: float | None = None
@@ -74,6 +75,8 @@ class HealConfig:
             check_number("--max-minutes", self.max_minutes, low=0, low_open=True)
         if self.train not in distill.DEFAULT_LR:
             raise GraspError(f"--train {self.train!r} is unknown; use all or lora")
+        if self.samples is not None:
+            check_number("--samples", self.samples, low=1, integer=True)
         if self.lr is not None:
             check_number("--lr", self.lr, low=0, low_open=True)
         check_number("--temperature", self.temperature, low=0, low_open=True)
@@ -105,17 +108,6 @@ def _manifest(checkpoint: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_overlap(config: HealConfig, train: str) -> None:
-    """Evaluation text inside the training text (or the reverse) would make the result a lie."""
-    if config.eval_data is None:
-        return
-    held = text.load_text(text.parse_source(config.eval_data, default_split="test",
-                                            allow_self=False, flag="--eval-data"))
-    if held.strip() and (held.strip() in train or train.strip() in held):
-        raise GraspError(f"--eval-data {config.eval_data} overlaps --data {config.data} (one holds "
-                         "the other): heal on text the evaluation does not use")
-
-
 def _teacher(config: HealConfig, manifest: dict[str, Any], dtype: torch.dtype,
              device: torch.device) -> tuple[Any, str]:
     source = models.resolve_source(config.teacher or manifest["source"]["model"])
@@ -127,25 +119,20 @@ def _teacher(config: HealConfig, manifest: dict[str, Any], dtype: torch.dtype,
     return teacher, source.spec
 
 
-def _blocks(config: HealConfig, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out blocks, training blocks), disjoint, in a seeded order."""
-    source = text.parse_source(config.data, default_split="train", allow_self=False,
-                               flag="--data")
-    if source.scheme == "wikitext2" and source.split == "test":
-        raise GraspError(f"--data {config.data} is the evaluation split; heal on wikitext2 (train) "
-                         "or file:PATH")
-    train_text = text.load_text(source)
-    _check_overlap(config, train_text)
-    ids = text.tokenize(tokenizer, train_text)
-    available = ids.numel() // config.seq_len
-    held, rest = text.cut_blocks(ids, config.seq_len, (config.held_out,
-                                                       max(0, available - config.held_out)),
-                                 config.seed, what=f"--data {config.data}")
-    if rest.shape[0] < config.batch_size:
-        raise GraspError(f"--data {config.data} leaves {rest.shape[0]} training blocks of "
-                         f"{config.seq_len} tokens after {config.held_out} held out; give more "
-                         "text, a shorter --seq-len or fewer --held-out")
-    return held, rest
+def sample_count(config: HealConfig) -> int:
+    """Blocks the teacher samples: ``--samples``, or 1024 with ``--data self`` and no count."""
+    return config.samples or (1024 if config.data == "self" else 0)
+
+
+def _samples(config: HealConfig, manifest: dict[str, Any], teacher_name: str, teacher: Any,
+             tokenizer: Any, say: Callable[[str], None],
+             ) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    count = sample_count(config)
+    if not count:
+        return None, None
+    spec = heal_data.SampleSpec(teacher_name, manifest["source"]["fingerprint"], count,
+                                config.seq_len, config.seed)
+    return heal_data.teacher_samples(spec, teacher, tokenizer, config.progress, say)
 
 
 def _batch(blocks: torch.Tensor, step: int, size: int, seed: int) -> torch.Tensor:
@@ -250,8 +237,12 @@ def run_heal(config: HealConfig, say: Callable[[str], None] = print) -> HealResu
     loading.check_checkpoint(source, config.verify)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    held, train = _blocks(config, models.load_tokenizer(source))
+    tokenizer = models.load_tokenizer(source)
+    ids = heal_data.text_ids(config.data, config.eval_data, tokenizer)
     teacher, teacher_name = _teacher(config, manifest, dtype, device)
+    samples, sampled = _samples(config, manifest, teacher_name, teacher, tokenizer, say)
+    held, train = heal_data.split_blocks(ids, samples, config.seq_len, config.held_out,
+                                         config.batch_size, config.seed, config.data)
     student = loading.load_model(source, dtype=torch.float32, device=device, verify=False)
     before = distill.mean_kl(student, teacher, held, config.batch_size, dtype)
     say(f"held-out KL to the teacher before healing: {before:.4f} ({held.shape[0]} blocks)")
@@ -272,6 +263,8 @@ def run_heal(config: HealConfig, say: Callable[[str], None] = print) -> HealResu
     after = distill.mean_kl(student, teacher, held, config.batch_size, dtype)
     record = _record(config, manifest, teacher_name, run, dtype,
                      {"blocks": held.shape[0], "before": before, "after": after})
+    if sampled:
+        record["samples"] = sampled
     _write(config, manifest, student, record)
     store.clear()
     return HealResult(Path(config.out), record)

@@ -55,7 +55,7 @@ class PipelineConfig:
     once: bool = False  # serve, complete one prompt, stop
     heal_minutes: float | None = None  # heal the checkpoint (jobs.heal) for this long
     heal_steps: int | None = None  # or this many steps (both: whichever comes first)
-    heal_data: str | None = None  # default: the calibration text
+    heal_data: str | None = None  # default: the calibration text ("self": data-free)
     quantize: str | None = None  # then quantize it (checkpoint.quant.SCHEMES)
 
     def __post_init__(self) -> None:
@@ -65,9 +65,6 @@ class PipelineConfig:
             check_number("--heal-minutes", self.heal_minutes, low=0, low_open=True)
         if self.heal_steps is not None:
             check_number("--heal-steps", self.heal_steps, low=1, integer=True)
-        if self.healing and (self.heal_data or self.prune.calib) == "self":
-            raise GraspError("--calib self leaves no text to heal on; give --heal-data "
-                             "file:PATH or wikitext2")
 
     @property
     def healing(self) -> bool:

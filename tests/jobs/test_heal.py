@@ -15,6 +15,7 @@ from grasp_deploy.checkpoint.read import inspect_checkpoint
 from grasp_deploy.cli import main
 from grasp_deploy.core.errors import GraspError
 from grasp_deploy.jobs import heal as heal_job
+from grasp_deploy.jobs import heal_data
 from grasp_deploy.jobs.export import ExportConfig, run_export
 from grasp_deploy.jobs.heal import HealConfig, run_heal
 from grasp_deploy.sources import models
@@ -141,3 +142,44 @@ def test_lora_adapters_train_and_merge_into_the_same_weights_names_and_shapes(pr
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.endswith("proj.weight") for k in changed), changed
     inspect_checkpoint(tmp_path / "lora", verify=True)
+
+
+def test_data_free_healing_trains_on_the_teachers_own_samples(pruned, tmp_path, monkeypatch):
+    """--data self: blocks the teacher samples (transformers here; vLLM in tests/serving), cached
+    under the teacher's fingerprint and reused; the held-out KL on unseen samples falls."""
+    dense, ckpt, _ = pruned
+    monkeypatch.setenv("GRASP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    source = models.resolve_source(str(dense))
+    teacher, tokenizer = models.load_model(source), models.load_tokenizer(source)
+    manifest = json.loads((ckpt / "grasp_manifest.json").read_text())
+    spec = heal_data.SampleSpec(str(dense), manifest["source"]["fingerprint"], count=40,
+                                seq_len=32, seed=0, engine="transformers")
+    ids, record = heal_data.teacher_samples(spec, teacher, tokenizer, progress=False,
+                                            say=lambda _m: None)
+    assert ids.shape == (40, 32) and record["engine"] == "transformers"
+    assert (ids[:, 0] == tokenizer.bos_token_id).all()
+    assert len({tuple(r) for r in ids.tolist()}) == 40  # drawn, not repeated
+    assert spec.path().is_file()
+    result = run_heal(HealConfig(checkpoint=ckpt, out=tmp_path / "free", data="self",
+                                 samples=40, steps=30, **QUICK), say=lambda _m: None)
+    kl, used = result.record["held_out_kl"], result.record["samples"]
+    print(f"data-free: held-out KL {kl['before']:.4f} -> {kl['after']:.4f}")
+    assert kl["after"] < 0.8 * kl["before"], kl
+    assert used["cached"] == str(spec.path()) and used["engine"] == "transformers"
+    assert result.record["data"] == "self" and kl["blocks"] == QUICK["held_out"]
+
+
+def test_samples_join_the_text_and_too_few_are_refused(pruned, tmp_path, monkeypatch):
+    dense, ckpt, text = pruned
+    monkeypatch.setenv("GRASP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    tokenizer = models.load_tokenizer(models.resolve_source(str(dense)))
+    ids = heal_data.text_ids(f"file:{text}", None, tokenizer)
+    samples = torch.zeros(10, 32, dtype=torch.long)
+    held, train = heal_data.split_blocks(ids, samples, 32, 4, 2, 0, "file")
+    assert held.shape == (4, 32) and not (held == 0).all(dim=1).any()  # held out from the text
+    assert train.shape[0] == ids.numel() // 32 - 4 + 10
+    with pytest.raises(GraspError, match="--samples 4 leaves no training block"):
+        heal_data.split_blocks(None, samples[:4], 32, 4, 2, 0, "self")
+    r = CliRunner().invoke(main, ["heal", str(ckpt), "--out", str(tmp_path / "o"), "--data",
+                                  "self", "--samples", "0", "--steps", "2"])
+    assert r.exit_code == 2 and "--samples" in r.output and not (tmp_path / "o").exists()
