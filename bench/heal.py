@@ -1,11 +1,12 @@
 """Healing against time: perplexity of a pruned checkpoint before and after `grasp-deploy heal`
 for each cell, on the full WikiText-2 test text, with a plot of perplexity against healing time.
 
-A cell is TRAIN:MINUTES:STEPS (``all:60:540``: every kept weight, cosine schedule over 540
-steps, stopped at 60 minutes if not done). Each cell heals CKPT into WORK/NAME-TRAIN-MINUTES
-(kept, and reused when it is there: the script resumes), then scores it with ``grasp-deploy
-eval`` (transformers, dtype auto). Healing time is the training time the healing record holds
-(loading and the held-out KL excluded).
+A cell is TRAIN:MINUTES:STEPS[:self] (``all:60:540``: every kept weight, cosine schedule over
+540 steps, stopped at 60 minutes if not done; ``:self``: data-free, on ``--samples`` blocks the
+teacher samples itself instead of ``--data``). Each cell heals CKPT into
+WORK/NAME-TRAIN-MINUTES[-self] (kept, and reused when it is there: the script resumes), then
+scores it with ``grasp-deploy eval`` (transformers, dtype auto). Healing time is the training
+time the healing record holds (loading, sampling and the held-out KL excluded).
 
     python -m bench.heal --checkpoint runs/r50-reselect-ckpt --name r50-reselect \
         --cells all:60:540,all:15:135,lora:15:135 --out bench/results/heal-smollm2-r50
@@ -37,13 +38,16 @@ def _eval(ckpt: Path, data: str, cache: Path) -> dict[str, Any]:
     return done[key]
 
 
-def _heal(ckpt: Path, out: Path, train: str, minutes: float, steps: int, args: Any) -> None:
+def _heal(ckpt: Path, out: Path, cell: list[str], args: Any) -> None:
     if (out / "grasp_manifest.json").is_file():
         print(f"reusing {out}")
         return
-    cmd = [*harness.grasp_deploy(), "heal", str(ckpt), "--out", str(out), "--data", args.data,
-           "--eval-data", args.test, "--train", train, "--max-minutes", str(minutes),
-           "--steps", str(steps), "--json"]
+    train, minutes, steps, *data = cell
+    source = ["--data", "self", "--samples", str(args.samples)] if data == ["self"] else \
+        ["--data", args.data]
+    cmd = [*harness.grasp_deploy(), "heal", str(ckpt), "--out", str(out), *source,
+           "--eval-data", args.test, "--train", train, "--max-minutes", minutes,
+           "--steps", steps, "--json"]
     harness.run(cmd + (["--lr", str(args.lr)] if args.lr else []))
 
 
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test", default=f"file:{WIKI / 'wiki.test.raw'}")
     ap.add_argument("--dense", default=None, help="dense model [default: the checkpoint's source]")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--samples", type=int, default=1024, help="teacher samples of a :self cell")
     args = ap.parse_args(argv)
     harness.require(WIKI, "the shared WikiText-2 files")
     manifest = json.loads((args.checkpoint / "grasp_manifest.json").read_text())
@@ -87,19 +92,22 @@ def main(argv: list[str] | None = None) -> None:
     dense = _eval(dense_model, args.test, cache)["perplexity"]
     rows = [{"train": "none", "minutes": 0, "steps": 0, "dense": dense,
              "perplexity": _eval(args.checkpoint, args.test, cache)["perplexity"]}]
-    for cell in [c for c in args.cells.split(",") if c not in ("", "-")]:
-        train, minutes, steps = cell.split(":")
-        out = args.work / f"{args.name}-{train}-{minutes}"
-        _heal(args.checkpoint, out, train, float(minutes), int(steps), args)
+    for cell in [c.split(":") for c in args.cells.split(",") if c not in ("", "-")]:
+        out = args.work / "-".join([args.name, cell[0], *cell[1:2], *cell[3:]])
+        _heal(args.checkpoint, out, cell, args)
         record = json.loads((out / "grasp_manifest.json").read_text())["healing"]
+        train = cell[0] + (" (data-free)" if cell[3:] == ["self"] else "")
         rows.append({"train": train, "minutes": record["seconds"] / 60, "steps": record["steps"],
                      "lr": record["lr"], "held_out_kl": record["held_out_kl"], "dense": dense,
+                     "samples": record.get("samples"),
                      "perplexity": _eval(out, args.test, cache)["perplexity"]})
     lines = ["| healing | steps | minutes | held-out KL | WikiText-2 test ppl | x dense |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         kl = r.get("held_out_kl")
         kl_text = f"{kl['before']:.3f} -> {kl['after']:.3f}" if kl else ""
+        if r.get("samples"):  # data-free: held out from the teacher's samples, not from --data
+            kl_text += " (on samples)"
         lines.append(f"| {r['train']} | {r['steps']} | {r['minutes']:.1f} | {kl_text} | "
                      f"{r['perplexity']:.2f} | {r['perplexity'] / dense:.2f} |")
     body = (f"# Healing {args.name} by distillation\n\nDense perplexity {dense:.2f}.\n\n"
