@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..core.errors import GraspError
@@ -100,13 +101,11 @@ def teacher_samples(spec: SampleSpec, teacher: Any, tokenizer: Any, progress: bo
                     say: Callable[[str], None] = print) -> tuple[torch.Tensor, dict[str, Any]]:
     """(count, seq_len) token ids the teacher sampled, and where they came from."""
     path = spec.path()
-    if path.is_file():
-        from safetensors import safe_open
-
+    if path.is_file():  # one read: the ids and the record beside them
         with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["record"])
+            meta, ids = json.loads((f.metadata() or {})["record"]), f.get_tensor("ids")
         say(f"reusing {spec.count} teacher samples from {path}")
-        return load_file(str(path))["ids"].long(), {**meta, "cached": str(path)}
+        return ids.long(), {**meta, "cached": str(path)}
     engine = spec.engine if spec.engine != "auto" else (
         "vllm" if importlib.util.find_spec("vllm") is not None else "transformers")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
