@@ -8,7 +8,7 @@ WORK/NAME-TRAIN-MINUTES[-self] (kept, and reused when it is there: the script re
 scores it with ``grasp-deploy eval`` (transformers, dtype auto). Healing time is the training
 time the healing record holds (loading, sampling and the held-out KL excluded).
 
-    python -m bench.heal --checkpoint runs/r50-reselect-ckpt --name r50-reselect \
+    python -m bench.heal --checkpoint runs/r50-reselect-ckpt --name r50-reselect \\
         --cells all:60:540,all:15:135,lora:15:135 --out bench/results/heal-smollm2-r50
 """
 

@@ -13,7 +13,7 @@ with ``--humaneval``, HumanEval pass@1 as served (sandboxed: needs root).
 Each measurement is saved in WORK/state.json as it is made: a stopped run goes on where it
 stopped, and ``--stages`` runs a part (build, serve, quality, report).
 
-    python -m bench.quant --model smollm2-135m --pruned r30=runs/q/r30-plan,r50=runs/q/r50-plan \
+    python -m bench.quant --model smollm2-135m --pruned r30=runs/q/r30-plan,r50=runs/q/r50-plan \\
         --work runs/quant-smollm2 --out bench/results/quant-smollm2
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import harness
 from bench.harness import PYTHON_CODE, WIKI
+from bench.quant_report import plot, ratios, table
 from grasp_deploy.loadtest.ab import run_locust, summarize_level
 from grasp_deploy.loadtest.config import BenchConfig, make_requests
 from grasp_deploy.server.launcher import ServerConfig, VllmServer
@@ -170,76 +171,12 @@ def summary(v: Variant, work: Path, state: dict, config: BenchConfig) -> dict[st
         kv = next(iter(runs.values()))["kv"]
         row["kv_bytes_per_token"] = config.kv_cache_gb * 2**30 / kv["kv_cache_tokens"]
         levels = {level for run in runs.values() for level in run["levels"]}
-        row["levels"] = {level: summarize_level(
-            [r for run in runs.values() for r in run["levels"].get(level, [])], config)
+        row["levels"] = {level: {**summarize_level(
+            [r for run in runs.values() for r in run["levels"].get(level, [])], config),
+            "repeats": [summarize_level(run["levels"][level], config)["output_throughput"]
+                        for run in runs.values() if run["levels"].get(level)]}
             for level in sorted(levels, key=int)}
     return row
-
-
-def _cell(value: Any, fmt: str) -> str:
-    return "" if value is None or value != value else format(value, fmt)  # None or NaN: blank
-
-
-def table(rows: list[dict[str, Any]], levels: list[int], at: int) -> str:
-    """One line per variant: sizes, speed per level, latency at level ``at``, quality."""
-    head = (["variant", "weights MiB", "KV bytes/token"]
-            + [f"tok/s c={c}" for c in levels]
-            + [f"p50 TPOT ms c={at}", f"p50 TTFT ms c={at}", "WikiText ppl", "code ppl",
-               "HumanEval pass@1"])
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    for r in rows:
-        lv = r.get("levels", {})
-        cells = [r["variant"], _cell(r["weight_bytes"] / 2**20, ".1f"),
-                 _cell(r.get("kv_bytes_per_token"), ".0f"),
-                 *[_cell(lv.get(str(c), {}).get("output_throughput"), ".1f") for c in levels],
-                 _cell(lv.get(str(at), {}).get("median_tpot_ms"), ".1f"),
-                 _cell(lv.get(str(at), {}).get("median_ttft_ms"), ".1f"),
-                 _cell(r.get("wikitext", {}).get("perplexity"), ".2f"),
-                 _cell(r.get("code", {}).get("perplexity"), ".2f"),
-                 _cell(r.get("humaneval", {}).get("pass_at_1"), ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def pareto(points: list[tuple[float, float]], high: bool) -> list[tuple[float, float]]:
-    """The (x, perplexity) points no other point beats: lower perplexity at no worse x (higher
-    x better when ``high``), in x order."""
-    sign = 1 if high else -1
-    return sorted(p for p in points if not any(
-        q != p and q[1] <= p[1] and sign * q[0] >= sign * p[0] for q in points))
-
-
-def plot(rows: list[dict[str, Any]], path: Path, at: int, title: str) -> None:
-    """WikiText perplexity against output tok/s at level ``at`` and against weight bytes, the
-    Pareto front of each joined by a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, high, label in ((axes[0], True, f"output tok/s at concurrency {at}"),
-                            (axes[1], False, "weight MiB (as served)")):
-        pts = []
-        for r in rows:
-            ppl = r.get("wikitext", {}).get("perplexity")
-            x = (r.get("levels", {}).get(str(at), {}).get("output_throughput") if high
-                 else r["weight_bytes"] / 2**20)
-            if ppl is not None and x is not None:
-                pts.append((x, ppl))
-                ax.scatter(x, ppl)
-                ax.annotate(r["variant"], (x, ppl), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        front = pareto(pts, high)
-        ax.plot([x for x, _ in front], [y for _, y in front], "--", color="grey",
-                label="Pareto front")
-        ax.set_xlabel(label)
-        ax.set_ylabel("WikiText-2 perplexity as served")
-        ax.set_yscale("log")
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -291,7 +228,9 @@ def report(vs: list[Variant], args: Any, state: dict) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "pareto.png", at, f"{args.model}: quality against speed and size")
     body = (f"# Pruning against quantizing, and both: {args.model}\n\n"
-            + table(rows, args.concurrency, at) + "\n\n![Pareto](pareto.png)\n")
+            "Output tok/s pooled over the repeats, each repeat's own in brackets.\n\n"
+            + table(rows, args.concurrency, at) + "\n\nOutput tok/s against dense bf16:\n\n"
+            + ratios(rows, args.concurrency, "dense-bf16") + "\n\n![Pareto](pareto.png)\n")
     harness.write(args.out, "quant", {"rows": rows, "variants": [v.name for v in vs]}, body,
                   args.note)
 
