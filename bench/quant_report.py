@@ -15,6 +15,12 @@ def _cell(value: Any, fmt: str) -> str:
     return "" if value is None or value != value else format(value, fmt)  # None or NaN: blank
 
 
+def _markdown(head: list[str], body: list[list[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
 def _speed(level: dict[str, Any]) -> str:
     """Pooled output tok/s, with the lowest and highest repeat's own in brackets."""
     pooled = _cell(level.get("output_throughput"), ".1f")
@@ -30,19 +36,18 @@ def table(rows: list[dict[str, Any]], levels: list[int], at: int) -> str:
             + [f"tok/s c={c}" for c in levels]
             + [f"p50 TPOT ms c={at}", f"p50 TTFT ms c={at}", "WikiText ppl", "code ppl",
                "HumanEval pass@1"])
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    body = []
     for r in rows:
         lv = r.get("levels", {})
-        cells = [r["variant"], _cell(r["weight_bytes"] / 2**20, ".1f"),
+        body.append([r["variant"], _cell(r["weight_bytes"] / 2**20, ".1f"),
                  _cell(r.get("kv_bytes_per_token"), ".0f"),
                  *[_speed(lv.get(str(c), {})) for c in levels],
                  _cell(lv.get(str(at), {}).get("median_tpot_ms"), ".1f"),
                  _cell(lv.get(str(at), {}).get("median_ttft_ms"), ".1f"),
                  _cell(r.get("wikitext", {}).get("perplexity"), ".2f"),
                  _cell(r.get("code", {}).get("perplexity"), ".3f"),
-                 _cell(r.get("humaneval", {}).get("pass_at_1"), ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                 _cell(r.get("humaneval", {}).get("pass_at_1"), ".3f")])
+    return _markdown(head, body)
 
 
 def ratios(rows: list[dict[str, Any]], levels: list[int], base: str) -> str:
@@ -51,15 +56,11 @@ def ratios(rows: list[dict[str, Any]], levels: list[int], base: str) -> str:
     if base not in by_name:
         return ""
     head = ["variant", *[f"x {base} c={c}" for c in levels]]
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(levels) + "|"]
-    for r in rows:
-        cells = [r["variant"]]
-        for c in levels:
-            mine = by_name[r["variant"]].get(str(c), {}).get("output_throughput")
-            theirs = by_name[base].get(str(c), {}).get("output_throughput")
-            cells.append(_cell(mine / theirs if mine and theirs else None, ".3f"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    speed = {name: {c: lv.get(str(c), {}).get("output_throughput") for c in levels}
+             for name, lv in by_name.items()}
+    return _markdown(head, [[name, *[_cell(mine[c] / speed[base][c] if mine[c] and speed[base][c]
+                                            else None, ".3f") for c in levels]]
+                            for name, mine in speed.items()])
 
 
 def pareto(points: list[tuple[float, float]], high: bool) -> list[tuple[float, float]]:
