@@ -10,6 +10,11 @@ time the healing record holds (loading, sampling and the held-out KL excluded).
 
     python -m bench.heal --checkpoint runs/r50-reselect-ckpt --name r50-reselect \\
         --cells all:60:540,all:15:135,lora:15:135 --out bench/results/heal-smollm2-r50
+
+``--code-test`` adds a second perplexity (held-out code), ``--humaneval`` adds HumanEval pass@1
+through vLLM (``grasp-deploy eval --tasks humaneval``), ``--max-windows`` scores the first N
+windows of each text instead of all of it, and ``--dense-scores`` takes the dense model's figures
+from an earlier record of the same protocol instead of measuring them again.
 """
 
 from __future__ import annotations
@@ -22,20 +27,36 @@ from bench import harness
 from bench.harness import WIKI
 
 
-def _eval(ckpt: Path, data: str, cache: Path) -> dict[str, Any]:
-    """``grasp-deploy eval --json`` of ``ckpt``, kept in ``cache`` (keyed by the checkpoint's
-    manifest, or its path for a dense model) so that a re-run scores each model once."""
-    manifest = ckpt / "grasp_manifest.json"
-    key = f"{ckpt}|{data}|" + (json.dumps(json.loads(manifest.read_text())["weights"])
-                               if manifest.is_file() else "")
+def _eval(ckpt: Path | str, task: list[str], cache: Path) -> dict[str, Any]:
+    """``grasp-deploy eval CKPT TASK --json`` of ``ckpt``, kept in ``cache`` (keyed by the
+    checkpoint's manifest, or its path for a dense model) so that a re-run scores each model
+    once."""
+    manifest = Path(ckpt) / "grasp_manifest.json"
+    key = f"{ckpt}|{' '.join(task)}|" + (
+        json.dumps(json.loads(manifest.read_text())["weights"]) if manifest.is_file() else "")
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in done:
-        _, out = harness.run([*harness.grasp_deploy(), "eval", str(ckpt), "--data", data,
-                              "--json"])
-        done[key] = json.loads(out.strip().splitlines()[-1])
+        seconds, out = harness.run([*harness.grasp_deploy(), "eval", str(ckpt), *task, "--json"])
+        result = json.loads(out.strip().splitlines()[-1])
+        result.pop("rows", None)  # HumanEval's per-problem rows: the counts are enough here
+        done[key] = {**result, "seconds": seconds}
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(done, indent=1) + "\n")
     return done[key]
+
+
+def _scores(ckpt: Path | str, args: Any) -> dict[str, float]:
+    """The figures the table shows for one model: "wiki" (``--test``), and "code" and
+    "humaneval" when asked for."""
+    windows = ["--max-windows", str(args.max_windows), "--seq-len", str(args.eval_seq_len)] \
+        if args.max_windows else []
+    cache = args.work / "evals.json"
+    texts = {"wiki": args.test, **({"code": args.code_test} if args.code_test else {})}
+    scores = {name: _eval(ckpt, ["--data", data, *windows], cache)["perplexity"]
+              for name, data in texts.items()}
+    if args.humaneval:
+        scores["humaneval"] = _eval(ckpt, ["--tasks", "humaneval"], cache)["pass_at_1"]
+    return scores
 
 
 def _heal(ckpt: Path, out: Path, cell: list[str], args: Any) -> None:
@@ -46,7 +67,7 @@ def _heal(ckpt: Path, out: Path, cell: list[str], args: Any) -> None:
     source = ["--data", "self", "--samples", str(args.samples)] if data == ["self"] else \
         ["--data", args.data]
     cmd = [*harness.grasp_deploy(), "heal", str(ckpt), "--out", str(out), *source,
-           "--eval-data", args.test, "--train", train, "--max-minutes", minutes,
+           "--eval-data", args.code_test or args.test, "--train", train, "--max-minutes", minutes,
            "--steps", steps, "--json"]
     harness.run(cmd + (["--lr", str(args.lr)] if args.lr else []))
 
@@ -84,38 +105,60 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dense", default=None, help="dense model [default: the checkpoint's source]")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--samples", type=int, default=1024, help="teacher samples of a :self cell")
+    ap.add_argument("--code-test", default=None, help="a second text to score, e.g. held-out code")
+    ap.add_argument("--humaneval", action="store_true", help="HumanEval pass@1 through vLLM too")
+    ap.add_argument("--max-windows", type=int, default=None, help="score the first N windows")
+    ap.add_argument("--eval-seq-len", type=int, default=2048, help="window length with the above")
+    ap.add_argument("--dense-scores", type=Path, default=None,
+                    help="the dense model's bench.calib_domain cell record (same protocol: 32 "
+                    "windows of 2048, HumanEval) instead of scoring it again")
     args = ap.parse_args(argv)
     harness.require(WIKI, "the shared WikiText-2 files")
     manifest = json.loads((args.checkpoint / "grasp_manifest.json").read_text())
-    cache = args.work / "evals.json"
-    dense_model = Path(args.dense or manifest["source"]["model"])
-    dense = _eval(dense_model, args.test, cache)["perplexity"]
-    rows = [{"train": "none", "minutes": 0, "steps": 0, "dense": dense,
-             "perplexity": _eval(args.checkpoint, args.test, cache)["perplexity"]}]
+    if args.dense_scores:  # a bench.calib_domain cell: same windows, same HumanEval
+        cell = json.loads(args.dense_scores.read_text())
+        dense = {"wiki": cell["wiki_ppl"], "code": cell["code_ppl"],
+                 "humaneval": cell["humaneval"]["pass_at_1"]}
+    else:
+        dense = _scores(args.dense or manifest["source"]["model"], args)
+    rows = [{"train": "none", "minutes": 0, "steps": 0, "dense": dense["wiki"],
+             "scores": (before := _scores(args.checkpoint, args)), "perplexity": before["wiki"]}]
     for cell in [c.split(":") for c in args.cells.split(",") if c not in ("", "-")]:
         out = args.work / "-".join([args.name, cell[0], *cell[1:2], *cell[3:]])
         _heal(args.checkpoint, out, cell, args)
         record = json.loads((out / "grasp_manifest.json").read_text())["healing"]
         train = cell[0] + (" (data-free)" if cell[3:] == ["self"] else "")
+        scores = _scores(out, args)
         rows.append({"train": train, "minutes": record["seconds"] / 60, "steps": record["steps"],
-                     "lr": record["lr"], "held_out_kl": record["held_out_kl"], "dense": dense,
-                     "samples": record.get("samples"),
-                     "perplexity": _eval(out, args.test, cache)["perplexity"]})
-    lines = ["| healing | steps | minutes | held-out KL | WikiText-2 test ppl | x dense |",
-             "|---|---:|---:|---:|---:|---:|"]
+                     "lr": record["lr"], "held_out_kl": record["held_out_kl"],
+                     "dense": dense["wiki"], "samples": record.get("samples"),
+                     "scores": scores, "perplexity": scores["wiki"]})
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot(rows, args.out / "heal.png", f"{args.name}: perplexity against healing time")
+    harness.write(args.out, "heal", {"checkpoint": str(args.checkpoint), "dense_scores": dense,
+                                     "rows": rows}, _table(rows, dense, args), args.note)
+
+
+def _table(rows: list[dict[str, Any]], dense: dict[str, float], args: Any) -> str:
+    extra = [k for k in ("code", "humaneval") if k in rows[0]["scores"]]
+    heads = {"code": "code ppl", "humaneval": "HumanEval pass@1"}
+    test = "WikiText-2 test ppl" + (f" ({args.max_windows} windows)" if args.max_windows else "")
+    lines = ["| healing | steps | minutes | held-out KL | " + " | ".join(
+                 [test, "x dense", *(heads[k] for k in extra)]) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra)]
     for r in rows:
         kl = r.get("held_out_kl")
         kl_text = f"{kl['before']:.3f} -> {kl['after']:.3f}" if kl else ""
         if r.get("samples"):  # data-free: held out from the teacher's samples, not from --data
             kl_text += " (on samples)"
+        cells = [f"{r['scores'][k]:.3f}" for k in extra]
         lines.append(f"| {r['train']} | {r['steps']} | {r['minutes']:.1f} | {kl_text} | "
-                     f"{r['perplexity']:.2f} | {r['perplexity'] / dense:.2f} |")
-    body = (f"# Healing {args.name} by distillation\n\nDense perplexity {dense:.2f}.\n\n"
+                     f"{r['perplexity']:.2f} | {r['perplexity'] / dense['wiki']:.2f} | "
+                     + "".join(c + " | " for c in cells).rstrip())
+    dense_text = ", ".join(f"{heads.get(k, 'WikiText-2 ppl')} {v:.3f}" for k, v in dense.items())
+    source = f" (from `{args.dense_scores}`)" if args.dense_scores else ""
+    return (f"# Healing {args.name} by distillation\n\nDense: {dense_text}{source}.\n\n"
             + "\n".join(lines) + "\n\n![perplexity against healing time](heal.png)\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    _plot(rows, args.out / "heal.png", f"{args.name}: perplexity against healing time")
-    harness.write(args.out, "heal", {"checkpoint": str(args.checkpoint), "rows": rows}, body,
-                  args.note)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,15 @@ def quantization_note(manifest: dict[str, Any]) -> str:
     return (f"\n\nEvery decoder projection is quantized: `{q['scheme']}` (compressed-tensors "
             f"preset {q['preset']}, format `{q['format']}`; {q['weight_bytes']:,} bytes of "
             "weights in all). vLLM runs it with its own kernels; transformers needs the "
-            "`compressed-tensors` package and decompresses it on load.")
+            "`compressed-tensors` package and decompresses it on load." + _rounding(q))
+
+
+def _rounding(q: dict[str, Any]) -> str:
+    if q.get("rounding") != "gptq":
+        return ""
+    c = q["calibration"]
+    return (f" The 4-bit weights were chosen by GPTQ on {c['num_samples']} blocks of "
+            f"{c['seq_len']} tokens of `{c['source']}`.")
 
 
 def healing_note(manifest: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ dtype. The weights keep their per-layer shapes, so the same plugin serves them.
   symmetric, rounded to nearest; activations int8 per token, their scales computed by the
   kernel at run time (dynamic), so export needs no calibration text.
 * ``w4a16``: the W4A16 preset. Weights 4-bit integers, symmetric, one scale per group of
-  input columns, rounded to nearest, packed eight to an int32; activations stay 16-bit. The
+  input columns, rounded to nearest or, given calibration text, by GPTQ (``checkpoint.gptq``),
+  packed eight to an int32; activations stay 16-bit. The
   group is the largest of 128, 64 and 32 that divides every projection's input width, and
   vLLM's CPU kernel needs every input and output width a multiple of 32 (prune with
   ``--align 32``).
@@ -97,8 +98,19 @@ def weight_scale(weight: torch.Tensor, args: Any) -> torch.Tensor:
     return scale
 
 
-def quantize(tensors: dict[str, torch.Tensor], name: str) -> Quantized:
-    """The checkpoint's tensors with every projection compressed by scheme ``name``."""
+def weight_args(name: str, group: int | None) -> Any:
+    """compressed-tensors' weight arguments of scheme ``name`` (bits, symmetry, group)."""
+    return _scheme(check_scheme(name), group).weights
+
+
+def quantize(tensors: dict[str, torch.Tensor], name: str,
+             rounded: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+             calibration: dict[str, Any] | None = None) -> Quantized:
+    """The checkpoint's tensors with every projection compressed by scheme ``name``, rounded to
+    nearest; a projection in ``rounded`` (weight name -> (weight already on the grid, its
+    scales), from ``checkpoint.gptq``) is packed as given. ``calibration`` describes the text
+    those were chosen on, for the manifest."""
+    rounded = rounded or {}
     import compressed_tensors
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.config import CompressionFormat
@@ -117,7 +129,10 @@ def quantize(tensors: dict[str, torch.Tensor], name: str) -> Quantized:
             continue
         # The scale as stored (the checkpoint's dtype, as llm-compressor writes it) is the one
         # the integers are rounded with, so that weight x scale is exactly what loaders get.
-        scale = weight_scale(tensor, scheme.weights).to(tensor.dtype)
+        if key in rounded:
+            tensor, scale = rounded[key]
+        else:
+            scale = weight_scale(tensor, scheme.weights).to(tensor.dtype)
         packed = compressor.compress({"weight": tensor.float(), "weight_scale": scale.float()},
                                      scheme)
         prefix = key[: -len("weight")]
@@ -135,6 +150,8 @@ def quantize(tensors: dict[str, torch.Tensor], name: str) -> Quantized:
               **qconfig.model_dump(exclude={"quant_method"})}
     record = {"scheme": name, "preset": SCHEMES[name], "format": fmt.value, "projections": count,
               "group_size": group,
+              "rounding": "gptq" if rounded else "nearest",
+              **({"calibration": calibration} if calibration else {}),
               "library": f"compressed-tensors {compressed_tensors.__version__}",
               "weight_bytes": sum(t.numel() * t.element_size() for t in out.values())}
     return Quantized(out, config, record)

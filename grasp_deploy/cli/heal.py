@@ -75,7 +75,7 @@ def heal(checkpoint, out, teacher, data, samples, eval_data, steps, max_minutes,
     held-out KL, and its model card says it was healed. Give --steps or --max-minutes.
     --dtype is the compute dtype (autocast); master weights stay float32.
     """
-    from ..jobs.heal import HealConfig, run_heal
+    from ..jobs.heal import HealConfig, run_heal, warning
 
     if quiet or as_json:
         quiet_transformers()
@@ -98,3 +98,5 @@ def heal(checkpoint, out, teacher, data, samples, eval_data, steps, max_minutes,
     click.echo(f"healed {checkpoint} -> {result.directory}: {record['steps']} steps, "
                f"{record['tokens']:,} tokens, {record['seconds'] / 60:.1f} min; held-out KL "
                f"{kl['before']:.4f} -> {kl['after']:.4f} ({kl['blocks']} blocks)")
+    if (line := warning(record)) is not None:
+        click.echo(line, err=True)

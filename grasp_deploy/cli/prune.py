@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,8 +58,18 @@ def prune(model, out, force, quiet, **options):
               help="No plan: export MODEL itself, quantized (needs --quantize); the baseline a "
                    "quantized pruned model is compared with. A plain checkpoint of MODEL's "
                    "architecture.")
+@click.option("--calib", default=None, metavar="TEXT",
+              help="With --quantize w4a16: choose the 4-bit weights by GPTQ on this text "
+                   "(wikitext2[:SPLIT] or file:PATH), so that each layer's output on it changes "
+                   "least, instead of rounding each weight to nearest. Default: nearest.")
+@click.option("--num-samples", "-n", default=128, show_default=True, type=int,
+              help="GPTQ's calibration blocks (with --calib).")
+@click.option("--seq-len", "-l", default=256, show_default=True, type=int,
+              help="Tokens per GPTQ calibration block (with --calib).")
 @click.option("--force", is_flag=True, help="Replace an existing CKPT_DIR.")
-def export(args, out, fmt, dtype, max_shard_size, quantize, dense, force):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def export(args, out, fmt, dtype, max_shard_size, quantize, dense, calib, num_samples, seq_len,
+           force, quiet):
     """Materialise a plan: a smaller dense checkpoint with per-layer widths.
 
     MODEL defaults to the plan's source model. Given a checkpoint instead of a plan (a healed
@@ -69,24 +80,26 @@ def export(args, out, fmt, dtype, max_shard_size, quantize, dense, force):
     from ..checkpoint.format import MANIFEST
     from ..jobs.export import ExportConfig, run_checkpoint_export, run_dense_export, run_export
 
+    gptq: dict[str, Any] = dict(calib=calib, num_samples=num_samples, seq_len=seq_len,
+                                progress=not quiet)
     if dense:
         if len(args) != 1:
             raise GraspError(f"export --dense takes MODEL alone, got {len(args)} arguments")
         show.export_summary(run_dense_export(ExportConfig(
             plan_dir=Path(args[0]), out=out, model=args[0], format=fmt, dtype=dtype,
-            max_shard_size=max_shard_size, force=force, quantize=quantize)))
+            max_shard_size=max_shard_size, force=force, quantize=quantize, **gptq)))
         return
     if len(args) > 2:
         raise GraspError(f"export takes [MODEL] PLAN_DIR, got {len(args)} arguments")
     if len(args) == 1 and (Path(args[0]) / MANIFEST).is_file():  # a checkpoint: quantize it
         show.export_summary(run_checkpoint_export(ExportConfig(
             plan_dir=Path(args[0]), out=out, format=fmt, dtype=dtype,
-            max_shard_size=max_shard_size, force=force, quantize=quantize)))
+            max_shard_size=max_shard_size, force=force, quantize=quantize, **gptq)))
         return
     model, plan_dir = (None, args[0]) if len(args) == 1 else args
     show.export_summary(run_export(ExportConfig(
         plan_dir=Path(plan_dir), out=out, model=model, format=fmt, dtype=dtype,
-        max_shard_size=max_shard_size, force=force, quantize=quantize)))
+        max_shard_size=max_shard_size, force=force, quantize=quantize, **gptq)))
 
 
 @main.command()

@@ -56,7 +56,8 @@ def prune_summary(result) -> None:
 
 
 def quantized_line(q: dict[str, Any]) -> str:
-    return (f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}): "
+    gptq = (f", GPTQ on {q['calibration']['source']}" if q.get("rounding") == "gptq" else "")
+    return (f"  quantized    {q['scheme']} ({q['preset']}, {q['format']}{gptq}): "
             f"{q['projections']} projections, {q['weight_bytes'] / 2**20:,.1f} MiB of weights")
 
 

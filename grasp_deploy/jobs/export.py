@@ -21,9 +21,10 @@ from ..core.plan import load_plan
 from ..core.shape import LayerShape, ModelShape
 from ..core.slicing import materialize
 from ..core.versions import package_versions
-from ..sources import models
+from ..sources import models, text
 from ..sources.device import resolve_dtype
 from . import loading
+from .calibration import Blocks
 
 CHECKPOINT_DIR = DirKind("checkpoint", fmt.MANIFEST)
 
@@ -41,6 +42,10 @@ class ExportConfig:
     max_shard_size: str = "5GB"
     force: bool = False
     quantize: str | None = None  # checkpoint.quant.SCHEMES
+    calib: str | None = None  # w4a16: round by GPTQ on this text (else to nearest)
+    num_samples: int = 128  # GPTQ's calibration blocks
+    seq_len: int = 256
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.format not in ("safetensors", "onnx"):
@@ -51,6 +56,14 @@ class ExportConfig:
             if self.format == "onnx":
                 raise GraspError("--quantize writes a compressed-tensors checkpoint for vLLM and "
                                  "transformers, not ONNX; drop --format onnx or --quantize")
+        if self.calib is not None:
+            if self.quantize != "w4a16":
+                raise GraspError(f"--calib chooses w4a16's rounding (GPTQ); --quantize "
+                                 f"{self.quantize} rounds to nearest and takes none: drop --calib")
+            text.parse_source(self.calib, allow_self=False)
+            if self.num_samples < 1 or self.seq_len < 2:
+                raise GraspError(f"--num-samples {self.num_samples} / --seq-len {self.seq_len}: "
+                                 "GPTQ needs at least one block of at least 2 tokens")
 
 
 @dataclass(frozen=True)
@@ -108,10 +121,12 @@ def run_dense_export(config: ExportConfig) -> ExportResult:
     source_config = loading.load_config(source)
     dtype = _dtype(config, source_config)
     tokenizer = models.load_tokenizer(source)
-    model = loading.load_model(source, dtype=dtype, device="cpu")
-    tensors = {k: v for k, v in model.state_dict().items()
+    model = loading.load_model(source, dtype=torch.float32 if config.calib else dtype,
+                               device="cpu")
+    identity = models.fingerprint(model)  # before GPTQ rounds the model's weights in place
+    tensors = {k: v.to(dtype) for k, v in model.state_dict().items()
                if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    quantized = quant.quantize(tensors, config.quantize)
+    quantized = _quantize(config, tensors, model, tokenizer)
     cfg = source_config.to_dict()
     for key in ("_name_or_path", "auto_map"):
         cfg.pop(key, None)
@@ -123,15 +138,35 @@ def run_dense_export(config: ExportConfig) -> ExportResult:
         params = models.count_parameters(model)
         manifest = seal(tmp, {
             "format": fmt.MANIFEST_FORMAT, "method": "none",
-            "source": {"model": source.spec, "fingerprint": models.fingerprint(model)},
+            "source": {"model": source.spec, "fingerprint": identity},
             "parameters": {"dense": params, "pruned": params, "reduction": 0.0},
             "quantization": quantized.record, "versions": package_versions(),
             "weights": {name: sha256_file(tmp / name) for name in files}})
     return ExportResult(Path(config.out), manifest)
 
 
+def _quantize(config: ExportConfig, tensors: dict[str, torch.Tensor],
+              model: torch.nn.Module | None, tokenizer: Any) -> quant.Quantized:
+    """``tensors`` quantized as ``config`` asks: w4a16 with --calib rounds by GPTQ on ``model``
+    (float32; its projections are left rounded), everything else to nearest."""
+    assert config.quantize is not None
+    if config.calib is None or model is None:
+        return quant.quantize(tensors, config.quantize)
+    from .gptq import calibration_blocks, gptq_rounding
+
+    want = Blocks(config.num_samples, 0, config.seq_len, seed=0, progress=config.progress)
+    blocks, description = calibration_blocks(config.calib, tokenizer, want)
+    dtype = next(t.dtype for k, t in tensors.items() if quant.is_projection(k))
+    rounded = gptq_rounding(model, blocks, dtype, config.progress)
+    return quant.quantize(tensors, config.quantize, rounded, description)
+
+
 def run_export(config: ExportConfig) -> ExportResult:
     check_target(Path(config.out), config.force, CHECKPOINT_DIR)
+    if config.calib is not None:
+        raise GraspError(f"--calib (GPTQ) rounds a model as it will be served: export the plan "
+                         f"first, then `grasp-deploy export CKPT_DIR --quantize w4a16 --calib "
+                         f"{config.calib}`")
     plan = load_plan(config.plan_dir)
     source = models.resolve_source(config.model or plan.source.name)
     source_config = loading.load_config(source)
@@ -190,7 +225,12 @@ def run_checkpoint_export(config: ExportConfig) -> ExportResult:
     tensors: dict[str, torch.Tensor] = {}
     for name in old_files:
         tensors.update(load_file(str(source / name)))
-    quantized = quant.quantize(tensors, config.quantize)
+    model = tokenizer = None
+    if config.calib is not None:  # GPTQ runs the checkpoint itself (its files verified above)
+        as_source = models.resolve_source(str(source))
+        model = loading.load_model(as_source, dtype=torch.float32, verify=False)
+        tokenizer = models.load_tokenizer(as_source)
+    quantized = _quantize(config, tensors, model, tokenizer)
     skip = {fmt.MANIFEST, fmt.INDEX_FILE, "config.json", fmt.CARD, *old_files}
     with atomic_dir(Path(config.out), config.force, CHECKPOINT_DIR) as tmp:
         copy_files(source, tmp, skip)

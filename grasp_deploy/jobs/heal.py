@@ -228,6 +228,17 @@ def _write(config: HealConfig, manifest: dict[str, Any], student: Any,
         seal(tmp, new)
 
 
+def warning(record: dict[str, Any]) -> str | None:
+    """A line for the user when healing made the checkpoint worse on its held-out blocks (the
+    learning rate too high for the model, typically: the default diverged on a 0.5 B model)."""
+    kl = record["held_out_kl"]
+    if kl["after"] < kl["before"]:
+        return None
+    return (f"warning: healing raised the held-out KL to the teacher ({kl['before']:.4f} -> "
+            f"{kl['after']:.4f}): the result is worse than its input; heal again with a lower "
+            f"--lr (this run: {record['lr']:g}; try {record['lr'] / 5:g})")
+
+
 def run_heal(config: HealConfig, say: Callable[[str], None] = print) -> HealResult:
     """Check everything (target, checkpoint, data, teacher) before training; write OUT
     atomically at the end; an interrupted run leaves its resume state, never a half OUT."""

@@ -37,6 +37,7 @@ from ..sources.known import DEFAULT_MODEL
 from . import bench, loading, serve
 from .export import ExportConfig, run_checkpoint_export, run_export
 from .heal import HealConfig, run_heal
+from .heal import warning as heal_warning
 from .prune import PruneConfig, PruneResult, run_prune
 from .prune_config import post_step_of
 
@@ -191,6 +192,8 @@ def derive(config: PipelineConfig, ckpt: Path, fresh: bool, say: Callable[[str],
             kl = result.record["held_out_kl"]
             say(f"healed: held-out KL to the dense model {kl['before']:.4f} -> "
                 f"{kl['after']:.4f} in {result.record['seconds'] / 60:.1f} min")
+            if (line := heal_warning(result.record)) is not None:
+                say(line)
             fresh = True
         ckpt = healed
     if config.quantize:

@@ -48,6 +48,7 @@ def test_healing_lowers_the_held_out_kl_and_keeps_shapes_and_budget(pruned, tmp_
     kl = result.record["held_out_kl"]
     print(f"held-out KL {kl['before']:.4f} -> {kl['after']:.4f}")
     assert kl["after"] < 0.8 * kl["before"], kl
+    assert heal_job.warning(result.record) is None
     old, new = load_file(str(ckpt / "model.safetensors")), load_file(
         str(tmp_path / "healed" / "model.safetensors"))
     assert {k: v.shape for k, v in old.items()} == {k: v.shape for k, v in new.items()}
@@ -88,6 +89,19 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(pruned, tmp_path, mo
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert result.record["steps"] == 9 and len(result.record["loss_curve"]) == 9
+
+
+def test_a_run_that_makes_the_checkpoint_worse_says_so(pruned, tmp_path):
+    """A learning rate far too high (as the default was for a 0.5 B model) raises the held-out
+    KL: the command still writes what it trained, and says on stderr to lower --lr."""
+    _, ckpt, text = pruned
+    r = CliRunner().invoke(main, ["heal", str(ckpt), "--out", str(tmp_path / "h"), "--data",
+                                  f"file:{text}", "--steps", "4", "--lr", "1", "-b", "2", "-l",
+                                  "32", "--held-out", "4", "--warmup", "1", "--dtype",
+                                  "float32", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: healing raised the held-out KL" in r.stderr, r.stderr
+    assert "--lr (this run: 1; try 0.2)" in r.stderr
 
 
 def test_bad_input_is_one_error_and_nothing_written(pruned, tmp_path):
