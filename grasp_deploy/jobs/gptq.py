@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from ..checkpoint.gptq import gptq, prepare
 from ..checkpoint.quant import PROJECTIONS, group_size, weight_args
 from ..methods.layerwise import (
-    DEFAULT_SINK_SKIP,
     ModelLayers,
     call_layer,
     initial_states,
@@ -44,11 +43,13 @@ def _projections(layer: nn.Module) -> dict[str, nn.Linear]:
             and mod.weight.numel()}
 
 
-def _grams(layer: nn.Module, mods: dict[str, nn.Linear], states: list, index: int,
-           skip: int) -> dict[str, torch.Tensor]:
-    """X^T X of what each projection receives over every calibration batch (the first ``skip``
-    positions of each block left out: the attention sink's outsized activations). Projections
-    fed the same tensor (q/k/v, gate/up) share one matrix: the same object under each name."""
+def _grams(layer: nn.Module, mods: dict[str, nn.Linear], states: list, index: int
+           ) -> dict[str, torch.Tensor]:
+    """X^T X of what each projection receives over every calibration batch, every position
+    included: unlike the layer-wise refits, GPTQ keeps the attention sink's outsized first
+    position (leaving it out cost the dense model 29.47 -> 32.32 against 27.06 with it,
+    bench/results/gptq-smollm2/). Projections fed the same tensor (q/k/v, gate/up) share one
+    matrix: the same object under each name."""
     grams: dict[str, torch.Tensor] = {}
     # this forward: id of an input -> (the first projection it fed, the input itself, held so
     # that its id cannot be reused by a later tensor)
@@ -60,7 +61,7 @@ def _grams(layer: nn.Module, mods: dict[str, nn.Linear], states: list, index: in
             if first != name:
                 grams[name] = grams[first]
                 return
-            x = args[0][:, skip:].reshape(-1, args[0].shape[-1]).double()
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
             if name in grams:
                 grams[name] += x.T @ x  # in place: the projections sharing it see the sum
             else:
@@ -93,7 +94,7 @@ def gptq_rounding(model: nn.Module, blocks: torch.Tensor, dtype: torch.dtype,
         for i in tqdm(range(src.num_layers), desc="GPTQ", unit="layer", disable=not progress):
             layer = src.layer(i)
             mods = _projections(layer)
-            grams = _grams(layer, mods, states, i, DEFAULT_SINK_SKIP)
+            grams = _grams(layer, mods, states, i)
             hessians = {id(g): prepare(g) for g in grams.values()}  # once per shared input
             for name, mod in mods.items():
                 weight, scale = gptq(mod.weight.data, hessians[id(grams[name])], args,
