@@ -21,20 +21,18 @@ from ..methods.layerwise import (
     tensor_name,
 )
 from ..sources import text
-from .calibration import Blocks
+from .calibration import Blocks, text_calibration
 
 BATCH = 4  # calibration blocks per forward
 
 
 def calibration_blocks(spec: str, tokenizer: Any, want: Blocks) -> tuple[torch.Tensor,
                                                                           dict[str, Any]]:
-    """``want.num_samples`` blocks of ``want.seq_len`` tokens of the text ``spec``, and the
-    description the manifest records."""
-    source = text.parse_source(spec, allow_self=False)
-    ids = text.tokenize(tokenizer, text.load_text(source))
-    (blocks,) = text.cut_blocks(ids, want.seq_len, (want.num_samples,), want.seed)
-    return blocks, {**text.describe(source, tokens=int(ids.numel())),
-                    "num_samples": want.num_samples, "seq_len": want.seq_len, "seed": want.seed}
+    """``want.num_samples`` blocks of the text ``spec`` (cut as prune cuts its calibration), and
+    the description the manifest records."""
+    calib = text_calibration(want, text.parse_source(spec, allow_self=False), tokenizer)
+    description = {k: v for k, v in calib.description.items() if k != "scale_samples"}
+    return calib.all_blocks(), description
 
 
 def _projections(layer: nn.Module) -> dict[str, nn.Linear]:
