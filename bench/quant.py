@@ -8,7 +8,8 @@ tokens it says that memory holds); output tok/s and p50 TPOT / TTFT per concurre
 (closed loop, seeded random prompts, the same KV memory, vLLM compiled, dtype auto, the
 launcher's CPU settings; the variants served one after another, in reverse order on the next
 repeat); perplexity as served (prompt logprobs) on the WikiText-2 test and held-out Python code;
-with ``--humaneval``, HumanEval pass@1 as served (sandboxed: needs root).
+with ``--humaneval``, HumanEval pass@1 as served (sandboxed: needs root). With ``--calib`` the
+w4a16 weights are chosen by GPTQ on that text, else rounded to nearest.
 
 Each measurement is saved in WORK/state.json as it is made: a stopped run goes on where it
 stopped, and ``--stages`` runs a part (build, serve, quality, report).
@@ -67,14 +68,22 @@ def variants(model: str, pruned: list[tuple[str, str]], schemes: list[str],
                   if kv_fp8 else [])
 
 
-def build(v: Variant, work: Path) -> None:
-    """``export`` the variant once (bf16 weights beside whatever is quantized)."""
+def build(v: Variant, work: Path, calib: list[str]) -> None:
+    """``export`` the variant once (bf16 weights beside whatever is quantized). With ``calib``
+    (``--calib TEXT -n N -l L``) w4a16 is rounded by GPTQ, which quantizes a checkpoint: a
+    pruned plan's bf16 export is made first and quantized as it stands."""
     where = Path(v.location(work))
     if v.kv_fp8 or (where / "config.json").is_file():
         return
-    cmd = [*harness.grasp_deploy(), "export", v.source, "--dtype", "bfloat16", "--out", str(where)]
+    gptq = bool(calib) and v.scheme == "w4a16"
+    source = v.source
+    if gptq and v.label != "dense":
+        plain = Variant(v.label, v.source, "bf16")
+        build(plain, work, calib)
+        source = plain.location(work)
+    cmd = [*harness.grasp_deploy(), "export", source, "--dtype", "bfloat16", "--out", str(where)]
     if v.scheme != "bf16":
-        cmd += ["--quantize", v.scheme]
+        cmd += ["--quantize", v.scheme, *(calib if gptq else [])]
     harness.run(cmd + (["--dense"] if v.label == "dense" else []))
 
 
@@ -196,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
             ("--wiki-windows", int, None)):  # None: the whole WikiText-2 test
         ap.add_argument(flag, type=kind, default=default)
     ap.add_argument("--humaneval", action="store_true")
+    ap.add_argument("--calib", help="w4a16 by GPTQ on this text (export --calib); else nearest")
+    ap.add_argument("--calib-samples", type=int, default=128, help="GPTQ's 256-token blocks")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.requests = [int(n) for n in args.requests.split(",")]
@@ -210,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         state_path.with_suffix(".tmp").write_text(json.dumps(state))
         state_path.with_suffix(".tmp").replace(state_path)
 
+    calib = (["--calib", args.calib, "-n", str(args.calib_samples), "-l", "256"]
+             if args.calib else [])
     for v in vs if "build" in stages else []:
-        build(v, args.work)
+        build(v, args.work, calib)
     if "serve" in stages:
         stage_serve(vs, args.work, args, state, save)
     if "quality" in stages:

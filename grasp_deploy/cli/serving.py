@@ -153,7 +153,8 @@ def bench(pruned, dense, out, duration, soak_warmup, force, no_verify, **options
                    "as heal --data self)  [default: the --calib text]")
 @click.option("--quantize", default=None, metavar="SCHEME",
               help="Serve the checkpoint (healed, if asked) quantized: int8 or w4a16 "
-                   "(see grasp-deploy export --help).")
+                   "(see grasp-deploy export --help); w4a16 rounds by GPTQ on the --calib "
+                   "text (at most 128 blocks of 256 tokens), to nearest with --calib self.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune_and_serve(model, work, do_bench, host, port, api_key, startup_timeout, once,
                     heal_minutes, heal_steps, heal_data, quantize, quiet, **options):

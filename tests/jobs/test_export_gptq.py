@@ -122,3 +122,38 @@ def test_a_pruned_checkpoint_rounds_by_gptq_and_a_plan_is_told_to_export_first(t
     plain = models.load_model(models.resolve_source(str(tmp_path / "plain")))
     weights = dict(loaded.named_parameters())  # beside the scales compressed-tensors adds
     assert all(weights[k].shape == v.shape for k, v in plain.named_parameters())
+
+
+def test_prune_and_serve_rounds_w4a16_by_gptq_on_the_prune_text_unless_data_free(tmp_path,
+                                                                                  exports):
+    from grasp_deploy.jobs.pipeline import PipelineConfig, derive
+    from grasp_deploy.jobs.prune import PruneConfig
+    from grasp_deploy.server.launcher import ServerConfig
+
+    from conftest import random_plan
+
+    model = models.load_model(models.resolve_source(str(exports / "model")))
+    (tmp_path / "p").mkdir()
+    random_plan(model, str(exports / "model"), ratio=0.4, seed=3, align=32).save(tmp_path / "p")
+    ckpt = tmp_path / "work" / "ckpt"
+    assert CliRunner().invoke(main, ["export", str(tmp_path / "p"), "--out", str(ckpt)]
+                              ).exit_code == 0
+
+    def served(calib, said):
+        prune = PruneConfig(0.4, tmp_path / "p", calib=calib, num_samples=8, seq_len=300,
+                            progress=False)
+        out = derive(PipelineConfig(prune=prune, server=ServerConfig(model="-"),
+                                    quantize="w4a16"), ckpt, False, said.append)
+        return json.loads((out / "grasp_manifest.json").read_text())["quantization"]
+
+    said: list[str] = []
+    record = served(f"file:{exports / 'calib.txt'}", said)
+    assert record["rounding"] == "gptq" and record["calibration"]["num_samples"] == 8
+    assert record["calibration"]["seq_len"] == 256  # capped at export's default
+    assert said == ["w4a16: rounding by GPTQ on 8 blocks of 256 tokens of file:"
+                    f"{exports / 'calib.txt'} (the --calib text)"]
+    again: list[str] = []
+    assert served(f"file:{exports / 'calib.txt'}", again) == record
+    assert again and again[0].startswith("reusing the quantized checkpoint")
+    data_free: list[str] = []
+    assert served("self", data_free)["rounding"] == "nearest" and data_free == []
