@@ -48,6 +48,11 @@ class Quantized:
     record: dict[str, Any]  # the manifest's "quantization"
 
 
+def width_multiple(scheme: str | None) -> int:
+    """What every FFN width of a plan quantized to ``scheme`` must be a multiple of."""
+    return KERNEL_MULTIPLE if scheme == "w4a16" else 1
+
+
 def check_scheme(name: str) -> str:
     if name not in SCHEMES:
         raise GraspError(f"--quantize {name!r} is not a scheme this version writes; "

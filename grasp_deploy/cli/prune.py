@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ from .parts import PartsCommand
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="PLAN_DIR to write (plan.json, run.json).")
 @click.option("--force", is_flag=True, help="Replace an existing PLAN_DIR.")
+@click.option("--for-quantize", "for_quantize", default=None, metavar="SCHEME",
+              help="The plan will be exported with --quantize SCHEME: for w4a16, --align auto "
+                   "keeps FFN widths multiples of 32 (vLLM's 4-bit CPU kernel) and an --align "
+                   "that does not is refused. Default: no constraint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def prune(model, out, force, quiet, **options):
+def prune(model, out, force, for_quantize, quiet, **options):
     """Learn which FFN channels and KV groups to keep; write a plan.
 
     The plan removes --prune-ratio of the prunable parameters, with each layer getting its own
@@ -32,7 +37,7 @@ def prune(model, out, force, quiet, **options):
     """
     from ..jobs.prune import run_prune
 
-    config = prune_config(model, out, force, quiet, **options)
+    config = replace(prune_config(model, out, force, quiet, **options), quantize=for_quantize)
     if quiet:
         quiet_transformers()
     show.prune_summary(run_prune(config))

@@ -16,10 +16,14 @@ A pruned model is served where it was pruned, as a rule, so ``auto`` follows the
 
 A model too narrow for the multiple (fewer than ``MIN_BLOCKS`` blocks in its narrowest FFN, as
 in tiny test models) gets the largest power of two that leaves that many, down to 1.
+
+A plan meant for a kernel with its own width rule (vLLM's 4-bit CPU kernel: multiples of 32)
+gets the least common multiple of the two: ``multiple``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .errors import GraspError
@@ -59,8 +63,8 @@ def parse_align(value: Any) -> int | str:
     return value
 
 
-def resolve_align(value: Any, shape: Any, device_type: str) -> int:
-    """The FFN multiple to prune with: ``auto`` resolved for ``shape`` and the device, an
-    integer as given."""
+def resolve_align(value: Any, shape: Any, device_type: str, multiple: int = 1) -> int:
+    """The FFN multiple to prune with: ``auto`` resolved for ``shape`` and the device (and a
+    multiple of ``multiple``), an integer as given (its caller checks it against ``multiple``)."""
     value = parse_align(value)
-    return auto_align(shape, device_type) if value == AUTO else value
+    return math.lcm(auto_align(shape, device_type), multiple) if value == AUTO else value

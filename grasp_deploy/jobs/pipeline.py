@@ -62,6 +62,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.quantize is not None:
             check_scheme(self.quantize)
+        if self.prune.quantize != self.quantize:  # the plan is pruned for what it is served as
+            object.__setattr__(self, "prune", replace(self.prune, quantize=self.quantize))
         if self.heal_minutes is not None:
             check_number("--heal-minutes", self.heal_minutes, low=0, low_open=True)
         if self.heal_steps is not None:
@@ -87,7 +89,9 @@ class PipelineHooks:
 def prune_inputs(config: PruneConfig) -> dict[str, Any]:
     """The fields that decide the plan (not where it goes or how it is displayed)."""
     data = {f.name: getattr(config, f.name) for f in fields(config)
-            if f.name not in ("out", "force", "progress", "checkpoint_every")}
+            if f.name not in ("out", "force", "progress", "checkpoint_every", "quantize")}
+    if config.width_multiple > 1:  # what the quantization target changes of the plan
+        data["width_multiple"] = config.width_multiple
     data["model"] = config.model or DEFAULT_MODEL
     data["method_settings"] = asdict(config.settings)
     data["post_steps"] = [{"step": post_step_of(s).name, **asdict(s)} for s in config.post_steps]

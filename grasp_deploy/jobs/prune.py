@@ -54,7 +54,7 @@ def run_prune(config: PruneConfig, on_step: StepFn | None = None) -> PruneResult
     hf_config = loading.load_config(source)  # fetches the default model once
     shape = loading.model_shape(hf_config)
     _check_context(config, hf_config)
-    align = resolve_align(config.align_value, shape, device.type)
+    align = resolve_align(config.align_value, shape, device.type, config.width_multiple)
     settings = config.settings_record(align, device.type)
     layout = UnitLayout.from_shape(shape, align=align, tp=config.tp)
     budget = keep_budget(config.prune_ratio, layout.total_cost())

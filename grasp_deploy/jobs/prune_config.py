@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.quant import SCHEMES, width_multiple
 from ..core.align import AUTO, parse_align
 from ..core.checks import check_number
 from ..core.errors import GraspError
@@ -35,6 +36,7 @@ class PruneConfig:
     force: bool = False
     checkpoint_every: int = 50
     progress: bool = True
+    quantize: str | None = None  # the scheme the plan will be exported to (w4a16: widths x32)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):
@@ -50,6 +52,7 @@ class PruneConfig:
             raise GraspError(f"settings of type {type(self.method_settings).__name__} do not "
                              f"belong to --method {self.method} ({method.settings.__name__})")
         parse_align(self.align)
+        self._check_quantize()
         for name, value in (("--num-samples", self.num_samples), ("--seq-len", self.seq_len),
                             ("--tp", self.tp)):
             if value < 1:
@@ -63,6 +66,23 @@ class PruneConfig:
             raise GraspError(f"--calib self samples text from the whole model, which --method "
                              f"{self.method} never loads; give a text source (file:PATH or "
                              "wikitext2)")
+
+    def _check_quantize(self) -> None:
+        if self.quantize is None:
+            return
+        if self.quantize not in SCHEMES:  # prune-and-serve checks its own --quantize first
+            raise GraspError(f"--for-quantize {self.quantize!r} is not a scheme export writes; "
+                             f"use one of: {', '.join(SCHEMES)}")
+        align, multiple = self.align_value, self.width_multiple
+        if align != AUTO and align % multiple:
+            raise GraspError(f"--align {align} leaves FFN widths that {self.quantize}'s kernel "
+                             f"(vLLM's 4-bit CPU kernel) refuses: it needs multiples of "
+                             f"{multiple}; use --align auto or a multiple of {multiple}")
+
+    @property
+    def width_multiple(self) -> int:
+        """What every FFN width must be a multiple of for the quantization the plan is for."""
+        return width_multiple(self.quantize)
 
     def _check_post_steps(self, method: Method) -> None:
         free = self.settings.without_calibration()
@@ -105,6 +125,8 @@ class PruneConfig:
         """What the plan records of the settings (the same keys in the same order, always);
         ``align`` is the FFN multiple used: ``self.align`` resolved for the model and device."""
         rule = f"auto ({device_type})" if self.align_value == AUTO else "given"
+        if self.width_multiple > 1:
+            rule += f", for {self.quantize}"
         record: dict[str, Any] = {"align": align, "align_rule": rule, "tp": self.tp}
         if self.uses_calibration:
             record.update(num_samples=self.num_samples, seq_len=self.seq_len, dtype=self.dtype)

@@ -163,6 +163,21 @@ def test_given_align_fills_the_budget_with_aligned_widths(tiny_dir, text_file, t
     assert 0 <= unused < 8 * 3 * 64
 
 
+def test_a_plan_for_w4a16_keeps_widths_the_4bit_kernel_takes(tiny_dir, text_file, tmp_path):
+    r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "w4", "--for-quantize", "w4a16"))
+    assert r.exit_code == 0, r.output
+    plan = load_plan(tmp_path / "w4")
+    assert plan.settings["align"] == 32 and plan.settings["align_rule"] == "auto (cpu), for w4a16"
+    assert all(len(lp.ffn_keep) % 32 == 0 for lp in plan.layers)
+    for bad, says in ((["--align", "8"], "--align 8 leaves FFN widths that w4a16's kernel"),
+                      ([], "--for-quantize 'w4' is not a scheme")):
+        flag = "w4a16" if bad else "w4"
+        r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "bad", "--for-quantize", flag,
+                               *bad))
+        assert r.exit_code == 2 and says in r.output and len(r.output.splitlines()) == 1, r.output
+        assert not (tmp_path / "bad").exists()
+
+
 def test_reselect_implies_reconstruct_and_says_what_it_did(tiny_dir, text_file, tmp_path):
     r = invoke(*prune_args(tiny_dir, text_file, tmp_path / "plan", "--reselect"))
     assert r.exit_code == 0, r.output

@@ -54,3 +54,11 @@ def test_resolve_gives_integers_unchanged():
     assert resolve_align(7, _shape(1536), "cuda") == 7
     assert resolve_align("auto", _shape(1536), "cuda") == 64
     assert resolve_align("auto", _shape(1536), "cpu") == 1
+
+
+@pytest.mark.parametrize("device,ffn,want", [("cpu", 1536, 32), ("cuda", 1536, 64),
+                                              ("cpu", 96, 32), ("cuda", 96, 32)])
+def test_auto_for_a_kernel_rule_is_a_multiple_of_both(device, ffn, want):
+    # w4a16's kernel needs multiples of 32 even where the model is too narrow for the device's
+    assert resolve_align("auto", _shape(ffn), device, multiple=32) == want
+    assert resolve_align(16, _shape(ffn), device, multiple=32) == 16  # checked by the caller

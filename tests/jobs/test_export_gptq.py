@@ -157,3 +157,22 @@ def test_prune_and_serve_rounds_w4a16_by_gptq_on_the_prune_text_unless_data_free
     assert again and again[0].startswith("reusing the quantized checkpoint")
     data_free: list[str] = []
     assert served("self", data_free)["rounding"] == "nearest" and data_free == []
+
+
+def test_prune_and_serve_prunes_for_the_scheme_it_serves(tmp_path):
+    from grasp_deploy.core.errors import GraspError
+    from grasp_deploy.jobs.pipeline import PipelineConfig, prune_inputs
+    from grasp_deploy.jobs.prune import PruneConfig
+    from grasp_deploy.server.launcher import ServerConfig
+
+    def config(quantize, align="auto"):
+        return PipelineConfig(prune=PruneConfig(0.3, tmp_path, align=align),
+                              server=ServerConfig(model="-"), quantize=quantize)
+
+    plain, int8, w4 = (config(q) for q in (None, "int8", "w4a16"))
+    assert w4.prune.quantize == "w4a16" and w4.prune.width_multiple == 32
+    # the plan (and the work directory named after its inputs) changes only where widths do
+    assert prune_inputs(plain.prune) == prune_inputs(int8.prune) != prune_inputs(w4.prune)
+    with pytest.raises(GraspError, match="--align 48 leaves FFN widths that w4a16's kernel"):
+        config("w4a16", align=48)
+    assert config("w4a16", align=64).prune.align == 64
