@@ -81,7 +81,9 @@ def build(v: Variant, work: Path, calib: list[str]) -> None:
         plain = Variant(v.label, v.source, "bf16")
         build(plain, work, calib)
         source = plain.location(work)
-    cmd = [*harness.grasp_deploy(), "export", source, "--dtype", "bfloat16", "--out", str(where)]
+    cmd = [*harness.grasp_deploy(), "export", source, "--out", str(where)]
+    if source == v.source:  # a checkpoint is quantized in its own dtype (bf16 here)
+        cmd += ["--dtype", "bfloat16"]
     if v.scheme != "bf16":
         cmd += ["--quantize", v.scheme, *(calib if gptq else [])]
     harness.run(cmd + (["--dense"] if v.label == "dense" else []))
