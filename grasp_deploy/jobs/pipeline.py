@@ -180,8 +180,9 @@ def gptq_settings(config: PipelineConfig) -> dict[str, Any] | None:
     prune = config.prune
     if config.quantize != "w4a16" or prune.calib == "self":
         return None
-    return {"calib": prune.calib, "num_samples": min(prune.num_samples, 128),
-            "seq_len": min(prune.seq_len, 256)}
+    return {"calib": prune.calib,
+            "num_samples": min(prune.num_samples, ExportConfig.num_samples),
+            "seq_len": min(prune.seq_len, ExportConfig.seq_len)}
 
 
 def derive(config: PipelineConfig, ckpt: Path, fresh: bool, say: Callable[[str], None]) -> Path:
