@@ -74,8 +74,8 @@ def _head(out: dict) -> list[str]:
         "leaves position 0 of every block, an attention sink, out of its least squares; "
         "`structprune`'s column was measured with `--sink-skip 0`). `grasp-best-kv0.5`: with "
         "`--kv-ratio 0.5` (KV cache at most half the dense model's) besides the parameter "
-        "budget. Every column at `--align 1`, which is what the default `--align auto` "
-        "gives on a CPU.",
+        "budget. Every column at `--align 1` (any width: what `--align auto` gave on a CPU "
+        "until it became 64, issue 36).",
         ""]
 
 

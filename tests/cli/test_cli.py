@@ -34,8 +34,10 @@ def test_prune_twice_gives_the_same_plan_and_eval_reads_it(tiny_dir, text_file, 
     assert abs(a.budget.achieved_ratio - 0.3) < 0.07  # a KV group is 6.7% of this tiny model
     assert a.budget.prunable_kept <= keep_budget(0.3, a.budget.prunable_dense)
     assert a.layers[0].ffn_scale is not None
-    # --align auto (the default) pruning on the CPU: any width; the plan says how it was chosen
-    assert a.settings["align"] == 1 and a.settings["align_rule"] == "auto (cpu)"
+    # --align auto (the default) pruning on the CPU: 64, halved until this narrow model (FFN 96)
+    # keeps 16 blocks; the plan says how it was chosen
+    assert a.settings["align"] == 4 and a.settings["align_rule"] == "auto (cpu)"
+    assert all(len(lp.ffn_keep) % 4 == 0 for lp in a.layers)
     assert not list(tmp_path.glob(".*resume*"))  # checkpoint removed after success
     r = invoke("eval", tiny_dir, "--plan", tmp_path / "a", "--data", f"file:{text_file}",
                "--seq-len", 64, "--max-windows", 3, "--dtype", "float32", "--json")
