@@ -65,11 +65,15 @@ def test_prune_and_serve_a_qwen3_checkpoint_answers_a_chat(text_file, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / "work" / "ckpt" / "config.json").read_text())
     assert config["architectures"] == ["GraspQwen3ForCausalLM"] and config["head_dim"] == 64
-    assert "sample: 'The capital of France is' ->" in proc.stdout
-    chat = [
-        line for line in proc.stdout.splitlines() if "sample: 'chat: What is the capital" in line
-    ]
-    assert len(chat) == 1 and chat[0].split("->", 1)[1].strip() not in ("", "''"), proc.stdout
+    def samples(prompt: str) -> list[str]:
+        return [line.split("->", 1)[1].strip() for line in proc.stdout.splitlines()
+                if f"sample: '{prompt}" in line]
+
+    completion = samples("The capital of France is")
+    assert len(completion) == 1 and completion[0] not in ("", "''"), proc.stdout
+    # the chat turn went through the checkpoint's chat template (a refused request fails the
+    # run); a random model's greedy reply may be empty: its first token can end the text
+    assert len(samples("chat: What is the capital")) == 1, proc.stdout
 
 
 def test_prune_and_serve_heals_and_quantizes_then_reuses_both(checkpoints, text_file, tmp_path):
