@@ -81,11 +81,14 @@ def step_rows(events: list[dict], level: int) -> list[dict[str, tuple[float, int
     return out
 
 
-def medians(directory: Path, level: int) -> dict[str, dict[str, float]]:
-    steps = [s for d in sorted(directory.parent.glob(directory.name + "*"))
+def medians(traces: Path, label: str, level: int) -> dict[str, dict[str, float]]:
+    """Per row: median ms per step, calls per step, and the steps pooled over every server
+    start of ``label`` (``bench.profile_step`` writes ``traces/LABEL-cLEVEL-rN``)."""
+    steps = [s for d in sorted(traces.glob(f"{label}-c{level}-r*"))
              for s in step_rows(load_trace(d), level)]
     if not steps:
-        raise SystemExit(f"no full-batch decode step at concurrency {level} under {directory}")
+        raise SystemExit(f"no full-batch decode step of {label} at concurrency {level} "
+                         f"under {traces}")
     return {row: {"ms": statistics.median(s[row][0] for s in steps) / 1e3,
                   "calls": statistics.median(s[row][1] for s in steps), "steps": len(steps)}
             for row in ORDER}
@@ -94,12 +97,12 @@ def medians(directory: Path, level: int) -> dict[str, dict[str, float]]:
 def gemm_fixed_cost(dense: dict, pruned: dict, weights: tuple[int, int]) -> dict[str, float]:
     """Per-call fixed cost (us) and time per million weights (us) of the GEMM op, from both
     models' GEMM time per step with the same number of calls."""
-    (td, n), (tp, _) = (dense["GEMM"]["ms"] * 1e3, dense["GEMM"]["calls"]), \
-        (pruned["GEMM"]["ms"] * 1e3, pruned["GEMM"]["calls"])
-    wd, wp = weights[0] / 1e6, weights[1] / 1e6
-    per_weight = (td - tp) / (wd - wp)
-    return {"fixed_us_per_call": (td - per_weight * wd) / n, "us_per_million_weights": per_weight,
-            "fixed_ms_per_step": td / 1e3 - per_weight * wd / 1e3}
+    t_dense, t_pruned = dense["GEMM"]["ms"] * 1e3, pruned["GEMM"]["ms"] * 1e3
+    w_dense, w_pruned = weights[0] / 1e6, weights[1] / 1e6
+    per_weight = (t_dense - t_pruned) / (w_dense - w_pruned)
+    fixed = t_dense - per_weight * w_dense  # us per step, the same in both models
+    return {"fixed_us_per_call": fixed / dense["GEMM"]["calls"],
+            "us_per_million_weights": per_weight, "fixed_ms_per_step": fixed / 1e3}
 
 
 def linear_weights(model: str) -> int:
@@ -138,11 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dense", default="smollm2-135m")
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args(argv)
-    level, root = args.concurrency, args.traces / "traces"
+    level, traces = args.concurrency, args.traces / "traces"
     res = {"level": level, "traces": str(args.traces), "pruned_model": args.pruned,
            "dense_model": args.dense,
-           "dense": medians(root / f"dense-c{level}-r", level),
-           "pruned": medians(root / f"pruned-c{level}-r", level),
+           "dense": medians(traces, "dense", level),
+           "pruned": medians(traces, "pruned", level),
            "weights": (linear_weights(args.dense), linear_weights(args.pruned)),
            "ratios": param_ratios(args.pruned)}
     res["gemm"] = gemm_fixed_cost(res["dense"], res["pruned"], res["weights"])
